@@ -1,0 +1,63 @@
+"""The ``hadref`` command line: one subcommand per job, each in its own module.
+
+Subcommands are imported only when run (``hadref --help`` lists them), so a command pays
+only for its own imports. Library errors (:class:`hadref.errors.HadrefError`) become a
+one-line ``hadref: error: ...`` message and exit code 2, never a traceback.
+"""
+
+import importlib
+import importlib.util
+import sys
+
+import click
+
+from hadref.errors import HadrefError
+
+# subcommand -> "module:attribute" (module relative to hadref.cli)
+_COMMANDS = {
+    "convert": "convert:convert",
+    "info": "convert:info",
+    "bench": "bench:bench",
+    "finetune": "train:finetune",
+    "distill": "train:distill",
+    "evaluate": "train:evaluate",
+    "hw": "hw:hw",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(
+            name for name, target in _COMMANDS.items()
+            if importlib.util.find_spec(f"hadref.cli.{target.split(':')[0]}") is not None
+        )
+
+    def get_command(self, ctx, name):
+        target = _COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(f"hadref.cli.{module}"), attr)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except HadrefError as err:
+            click.echo(f"hadref: error: {err}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hadref")
+def main():
+    """hadref: Hamming Attention Distillation in NumPy and Numba.
+
+    \b
+    convert   real BERT weights (safetensors, HF folder, `minilm`) -> our HDF5
+    info      what a model file holds
+    bench     binarized top-N attention against float attention (speed, memory, error)
+    finetune  train a classifier teacher on a GLUE task
+    distill   teacher -> HAD student (four stages), accuracy beside the teacher's
+    evaluate  a model's GLUE metric on dev (HAD students through the packed kernels)
+    hw        CAM-based HAD accelerator model against bf16 attention
+    """

@@ -1,0 +1,52 @@
+"""hadref: the reference implementation of Hamming Attention Distillation (HAD).
+
+The public API is small; everything else is private to its module.
+
+Models (hand-written NumPy BERT engine)::
+
+    model = hadref.load("weights/bert.h5")          # encoder (+ head), config, tokenizer
+    out = model.forward(input_ids, attention_mask)  # out.last_hidden_state (B, T, H) float32
+
+HAD attention on plain arrays (Numba kernels on packed sign bits)::
+
+    bits = hadref.pack_signs(q)                      # (..., d) float -> (..., ceil(d/64)) uint64
+    idx, scores = hadref.hamming_topn(q_bits, k_bits, d, top_n)
+    o = hadref.had_attention(q, k, v, top_n=30)      # (..., n, d) float32
+    o_ref = hadref.float_attention(q, k, v)
+
+Names are imported lazily so that ``import hadref`` stays fast and a command pays only for
+the parts it uses (Numba compilation in particular).
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_PUBLIC = {
+    "HadrefError": "hadref.errors",
+    "BertConfig": "hadref.config",
+    "BertModel": "hadref.model",
+    "load": "hadref.io",
+    "save": "hadref.io",
+    "pack_signs": "hadref.hamming",
+    "hamming_topn": "hadref.hamming",
+    "had_attention": "hadref.hamming",
+    "float_attention": "hadref.hamming",
+    "PackedKeyCache": "hadref.hamming",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hadref' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

