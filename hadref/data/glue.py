@@ -1,0 +1,258 @@
+"""GLUE tasks in the standard local layout (``DIR/TASK/train.tsv``, ``dev.tsv``).
+
+Each task is described by a :class:`Task` (folder, files, columns, labels, metric). Files
+are read as GLUE's own loaders read them: tab-separated, UTF-8, ``csv.QUOTE_NONE`` (RTE
+has a premise that starts with a double quote; a quoting reader would swallow lines).
+
+A malformed row (wrong field count, unknown label, unparsable score) raises
+:class:`~hadref.errors.HadrefError` naming the file and line, unless ``skip_bad_rows`` is
+set: then it is counted and reported in :attr:`Split.skipped`, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hadref.errors import HadrefError
+
+DATA_ENV = "HADREF_DATA"
+
+
+@dataclass(frozen=True)
+class Task:
+    """One GLUE task: where its files are and how to read them.
+
+    ``text_columns`` and ``label_column`` are header names when ``header`` is True, else
+    0-based field indices. ``labels`` maps the label strings of the file to class ids in
+    the given order; None means regression (a float score). ``fields`` is the exact field
+    count a data row must have (None: the header's count).
+    """
+
+    name: str
+    folder: str
+    text_columns: tuple
+    label_column: str | int
+    labels: tuple[str, ...] | None
+    metrics: tuple[str, ...]
+    header: bool = True
+    fields: int | None = None
+    dev_files: tuple[str, ...] = ("dev.tsv",)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.labels is None
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.text_columns) == 2
+
+    @property
+    def num_labels(self) -> int:
+        """Classifier outputs: the number of classes, 1 for regression."""
+        return 1 if self.labels is None else len(self.labels)
+
+    @property
+    def main_metric(self) -> str:
+        return self.metrics[0]
+
+
+# Columns, header rules and label orders follow GLUE's files and the usual loaders
+# (HF run_glue label orders, e.g. MNLI contradiction/entailment/neutral).
+TASKS: dict[str, Task] = {
+    t.name: t for t in (
+        Task("cola", "CoLA", (3,), 1, ("0", "1"), ("matthews_correlation",),
+             header=False, fields=4),
+        Task("sst2", "SST-2", ("sentence",), "label", ("0", "1"), ("accuracy",)),
+        Task("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"),
+             ("f1", "accuracy")),
+        Task("stsb", "STS-B", ("sentence1", "sentence2"), "score", None,
+             ("pearson", "spearmanr")),
+        Task("qqp", "QQP", ("question1", "question2"), "is_duplicate", ("0", "1"),
+             ("f1", "accuracy")),
+        Task("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label",
+             ("contradiction", "entailment", "neutral"), ("accuracy",),
+             dev_files=("dev_matched.tsv", "dev_mismatched.tsv")),
+        Task("qnli", "QNLI", ("question", "sentence"), "label",
+             ("entailment", "not_entailment"), ("accuracy",)),
+        Task("rte", "RTE", ("sentence1", "sentence2"), "label",
+             ("entailment", "not_entailment"), ("accuracy",)),
+        Task("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), ("accuracy",)),
+    )
+}
+
+
+@dataclass
+class Split:
+    """One file of a task, read into memory.
+
+    texts_a, texts_b: lists of str (texts_b None for single-sentence tasks);
+    labels: (n,) int64 class ids, or float32 scores for regression;
+    lines: (n,) int64 1-based line numbers in ``path`` (for messages);
+    skipped: [(line, reason)] rows left out under ``skip_bad_rows``.
+    """
+
+    task: Task
+    path: Path
+    texts_a: list[str]
+    texts_b: list[str] | None
+    labels: np.ndarray
+    lines: np.ndarray
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.texts_a)
+
+    def subset(self, indices) -> "Split":
+        """The rows at ``indices`` (ints), in that order."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return Split(self.task, self.path, [self.texts_a[i] for i in idx],
+                     None if self.texts_b is None else [self.texts_b[i] for i in idx],
+                     self.labels[idx], self.lines[idx], list(self.skipped))
+
+
+def get_task(name: str) -> Task:
+    """The :class:`Task` called ``name`` (case-insensitive; 'sst-2' and 'sst2' both work)."""
+    key = name.lower().replace("-", "")
+    if key not in TASKS:
+        raise HadrefError(f"unknown GLUE task {name!r} (--task); expected one of "
+                          f"{', '.join(TASKS)}")
+    return TASKS[key]
+
+
+def data_root(data_dir: str | os.PathLike | None = None) -> Path:
+    """``data_dir``, else $HADREF_DATA; an error naming both when neither is set."""
+    root = data_dir if data_dir not in (None, "") else os.environ.get(DATA_ENV)
+    if not root:
+        raise HadrefError(f"no GLUE data folder: pass --data DIR or set {DATA_ENV} "
+                          "(DIR/SST-2/train.tsv, DIR/SST-2/dev.tsv, ... as download_glue_data.py lays it out)")
+    return Path(root)
+
+
+def task_files(task: Task, split: str, data_dir=None) -> list[Path]:
+    """Paths of ``split`` ('train' or 'dev'; MNLI's dev is matched then mismatched)."""
+    folder = data_root(data_dir) / task.folder
+    names = ("train.tsv",) if split == "train" else task.dev_files
+    if split not in ("train", "dev"):
+        raise HadrefError(f"unknown split {split!r}: expected 'train' or 'dev'")
+    if not folder.is_dir():
+        expected = ", ".join(f"{task.folder}/{n}" for n in ("train.tsv",) + task.dev_files)
+        raise HadrefError(f"GLUE task folder not found: {folder} (expected {expected} under "
+                          f"{folder.parent}, the layout download_glue_data.py makes; "
+                          f"pass --data DIR or set {DATA_ENV})")
+    paths = [folder / n for n in names]
+    for p in paths:
+        if not p.is_file():
+            raise HadrefError(f"GLUE file not found: {p} (task {task.name} expects "
+                              f"{', '.join(names)} in {folder})")
+    return paths
+
+
+def load_split(task: Task | str, split: str, data_dir=None, *, skip_bad_rows: bool = False,
+               limit: int | None = None) -> list[Split]:
+    """Read ``split`` of ``task``: one :class:`Split` per file (two for MNLI's dev).
+
+    ``limit`` keeps the first ``limit`` good rows of each file (for tests and demos).
+    """
+    task = get_task(task) if isinstance(task, str) else task
+    return [read_tsv(task, p, skip_bad_rows=skip_bad_rows, limit=limit)
+            for p in task_files(task, split, data_dir)]
+
+
+def read_tsv(task: Task, path: str | os.PathLike, *, skip_bad_rows: bool = False,
+             limit: int | None = None) -> Split:
+    """Read one GLUE .tsv of ``task`` (see the module docstring for the rules)."""
+    path = Path(path)
+    texts_a: list[str] = []
+    texts_b: list[str] | None = [] if task.is_pair else None
+    labels: list = []
+    lines: list[int] = []
+    skipped: list[tuple[int, str]] = []
+    label_ids = None if task.labels is None else {s: i for i, s in enumerate(task.labels)}
+    try:
+        handle = open(path, encoding="utf-8-sig", newline="")  # MRPC starts with a BOM
+    except OSError as err:
+        raise HadrefError(f"cannot read {path}: {err.strerror}") from None
+    with handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        try:
+            if task.header:
+                header = next(reader, None)
+                if header is None:
+                    raise HadrefError(f"{path}: empty file, expected a header line")
+                cols = _resolve_columns(task, header, path)
+                n_fields = len(header)
+            else:
+                cols = (*task.text_columns, task.label_column)
+                n_fields = task.fields
+            for row in reader:
+                line = reader.line_num
+                if limit is not None and len(texts_a) >= limit:
+                    break
+                if row == [] or row == [""]:
+                    continue  # blank line (e.g. a trailing empty line): not a row
+                problem = None
+                if len(row) != n_fields:
+                    problem = f"expected {n_fields} tab-separated fields, got {len(row)}"
+                else:
+                    raw = row[cols[-1]].strip()
+                    if label_ids is None:
+                        try:
+                            value = float(raw)
+                            if not np.isfinite(value):
+                                raise ValueError
+                        except ValueError:
+                            problem = f"expected a finite number in the label field, got {raw!r}"
+                    else:
+                        value = label_ids.get(raw)
+                        if value is None:
+                            problem = (f"unknown label {raw!r}, expected one of "
+                                       f"{', '.join(task.labels)}")
+                if problem is not None:
+                    if not skip_bad_rows:
+                        raise HadrefError(f"{path}:{line}: malformed {task.name} row: {problem} "
+                                          "(fix the file or pass --skip-bad-rows)")
+                    skipped.append((line, problem))
+                    continue
+                texts_a.append(row[cols[0]])
+                if texts_b is not None:
+                    texts_b.append(row[cols[1]])
+                labels.append(value)
+                lines.append(line)
+        except csv.Error as err:
+            raise HadrefError(f"{path}:{reader.line_num}: unreadable row: {err}") from None
+        except UnicodeDecodeError as err:
+            raise HadrefError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    dtype = np.float32 if task.is_regression else np.int64
+    return Split(task, path, texts_a, texts_b, np.asarray(labels, dtype=dtype),
+                 np.asarray(lines, dtype=np.int64), skipped)
+
+
+def _resolve_columns(task: Task, header: list[str], path: Path) -> tuple[int, ...]:
+    names = [h.strip() for h in header]
+    wanted = (*task.text_columns, task.label_column)
+    missing = [w for w in wanted if w not in names]
+    if missing:
+        raise HadrefError(f"{path}:1: header lacks column(s) {', '.join(map(repr, missing))} "
+                          f"for task {task.name} (header: {', '.join(names)})")
+    # MNLI dev has label1..label5 then gold_label: the last match is the one we want
+    return tuple(len(names) - 1 - names[::-1].index(w) for w in wanted)
+
+
+def report_skipped(splits, stream=None) -> int:
+    """Print one line per file with skipped rows (first few line numbers); return the total."""
+    stream = stream or sys.stderr
+    total = 0
+    for s in splits:
+        if s.skipped:
+            total += len(s.skipped)
+            first = ", ".join(str(line) for line, _ in s.skipped[:5])
+            more = " ..." if len(s.skipped) > 5 else ""
+            print(f"hadref: skipped {len(s.skipped)} malformed row(s) in {s.path} "
+                  f"(lines {first}{more}; first: {s.skipped[0][1]})", file=stream)
+    return total

@@ -1,0 +1,89 @@
+"""Progress display and the JSON-lines log of a training run.
+
+:class:`Progress` prints one status line (stage, step, c, losses, learning rate, rate,
+time left): rewritten in place on a terminal, a new line every ``every`` seconds
+otherwise (logs, CI). :class:`JsonLog` appends one JSON object per line and flushes, so a
+crash loses nothing already written.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class Progress:
+    """Status line for ``total`` steps, of which ``done`` were already made (resume)."""
+
+    def __init__(self, total: int, done: int = 0, stream=None, every: float = 10.0,
+                 enabled: bool = True, label: str = ""):
+        self.total, self.start_step = total, done
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.every = 0.2 if self.tty else every
+        self.enabled = enabled
+        self.label = label
+        self.t0 = time.monotonic()
+        self._last = -1e9
+
+    def line(self, step: int, fields: dict) -> str:
+        """The status text after ``step`` steps (1-based count of steps made)."""
+        elapsed = time.monotonic() - self.t0
+        made = step - self.start_step
+        rate = made / elapsed if elapsed > 0 else 0.0
+        left = (self.total - step) / rate if rate > 0 else float("nan")
+        parts = [f"{self.label}{step}/{self.total}"]
+        for key, value in fields.items():
+            if value is None:
+                continue
+            parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+        parts.append(f"{rate:.2f} step/s")
+        parts.append("left " + (_duration(left) if left == left else "?"))
+        return " | ".join(parts)
+
+    def update(self, step: int, fields: dict, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < self.every and step < self.total:
+            return
+        self._last = now
+        text = self.line(step, fields)
+        if self.tty:
+            self.stream.write("\r\x1b[K" + text)
+            if step >= self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        """A line of its own (stage ends, evaluations), not overwritten by the status."""
+        if self.enabled:
+            self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
+            self.stream.flush()
+
+
+class JsonLog:
+    """Append-only JSON-lines log (None path: no log)."""
+
+    def __init__(self, path=None):
+        self.handle = open(path, "a", encoding="utf-8") if path else None
+
+    def write(self, **record) -> None:
+        if self.handle is not None:
+            self.handle.write(json.dumps(record, sort_keys=False) + "\n")
+            self.handle.flush()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None

@@ -1,0 +1,64 @@
+"""Standardization coefficients sigma_Q, sigma_K (HAD.md, "Standardization coefficients").
+
+The teacher runs on ``n_batches`` random minibatches of ``batch_size`` training examples.
+For each layer, sigma_Q is the mean over minibatches of the standard deviation of all
+elements of that minibatch's Q_c (the query projection after bias, every head and
+dimension) over valid tokens only; sigma_K likewise. Q_c and K_c are read through the
+engine's attention hook (docs/design.md), so nothing in the model changes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hadref.errors import HadrefError
+
+
+class _RecordingCore:
+    """Attention core that records per-layer std of q and k over valid tokens, then
+    delegates to the core it wraps."""
+
+    def __init__(self, inner, n_layers: int):
+        self.inner = inner
+        self.q_std = [[] for _ in range(n_layers)]
+        self.k_std = [[] for _ in range(n_layers)]
+
+    def forward(self, q, k, v, key_mask, layer, need_scores=False):
+        # (B, h, T, d) -> (B, T, h, d), then the valid tokens only: (n_valid, h, d)
+        self.q_std[layer].append(float(np.std(q.transpose(0, 2, 1, 3)[key_mask], dtype=np.float64)))
+        self.k_std[layer].append(float(np.std(k.transpose(0, 2, 1, 3)[key_mask], dtype=np.float64)))
+        return self.inner.forward(q, k, v, key_mask, layer, need_scores)
+
+    def backward(self, cache, dctx, dscores=None):  # pragma: no cover - never trained
+        raise RuntimeError("sigma estimation runs forward only")
+
+
+def estimate_sigma(model, data, *, n_batches: int = 100, batch_size: int = 16, seed: int = 0):
+    """Per-layer (sigma_q, sigma_k), each (L,) float32, from the model's float attention.
+
+    model: a BertModel with the float attention core; data: an
+    :class:`~hadref.data.batching.Encoded` training set. The minibatches are drawn with a
+    generator seeded by ``seed`` (examples without replacement within a minibatch).
+    """
+    if n_batches < 1 or batch_size < 1:
+        raise HadrefError(f"--sigma-batches and --sigma-batch-size must be >= 1, got "
+                          f"{n_batches} and {batch_size}")
+    n_layers = model.config.num_hidden_layers
+    rng = np.random.default_rng([seed, 0x5161])
+    inner = model.attention_core
+    recorder = _RecordingCore(inner, n_layers)
+    model.attention_core = recorder
+    try:
+        for _ in range(n_batches):
+            idx = rng.choice(len(data), size=min(batch_size, len(data)), replace=False)
+            b = data.batch(idx)
+            model.forward(b.input_ids, b.attention_mask, b.token_type_ids)
+    finally:
+        model.attention_core = inner
+    sigma_q = np.array([np.mean(s) for s in recorder.q_std], dtype=np.float32)
+    sigma_k = np.array([np.mean(s) for s in recorder.k_std], dtype=np.float32)
+    if not (np.all(np.isfinite(sigma_q)) and np.all(sigma_q > 0)
+            and np.all(np.isfinite(sigma_k)) and np.all(sigma_k > 0)):
+        raise HadrefError(f"sigma estimation gave non-positive or non-finite values "
+                          f"(sigma_q {sigma_q}, sigma_k {sigma_k}): is the teacher trained?")
+    return sigma_q, sigma_k
