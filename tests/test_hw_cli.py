@@ -1,0 +1,135 @@
+"""`hadref hw` and `hadref hw sweep`: table, JSON schema, errors (exit 2, one line), plot."""
+
+import builtins
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from hadref.cli import main
+
+COMPONENTS = {"qk", "topn", "softmax", "av", "storage", "total"}
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["hw", *args])
+
+
+def test_table_is_the_default():
+    res = run()
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].startswith("preset paper: n=256 keys, d=1024")
+    qk = next(line for line in lines if line.startswith("qk"))
+    assert qk.split()[1:3] == ["15.880", "12.730"] and qk.split()[4:6] == ["1.108", "0.127"]
+    assert "78.9 % less area, 87.1 % less power" in res.output
+
+
+def test_json_schema():
+    res = run("--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert set(data) == {"sa", "had", "settings", "reductions"}
+    for unit in ("sa", "had"):
+        assert set(data[unit]) == COMPONENTS
+        for comp in COMPONENTS:
+            entry = data[unit][comp]
+            assert set(entry) == {"area_mm2", "power_w", "energy_nj_per_query"}
+            assert all(isinstance(v, float) and v >= 0 for v in entry.values())
+    s = data["settings"]
+    assert s["preset"] == "paper" and s["seq"] == 256 and s["top_n"] == 63
+    assert s["node_nm"] == 65 and s["clock_ghz"] == pytest.approx(1.93836)
+    assert data["had"]["total"]["power_w"] == pytest.approx(3.301, rel=0.02)
+    assert round(100 * data["reductions"]["area"]) == 79
+
+
+def test_overrides_reach_the_model():
+    data = json.loads(run("--preset", "first-principles", "--seq", "1024", "--top-n", "120",
+                          "--dim", "64", "--heads", "4", "--node", "16", "--clock", "1.2",
+                          "--storage", "--json").output)
+    s = data["settings"]
+    assert (s["preset"], s["seq"], s["top_n"], s["dim"], s["heads"], s["node_nm"]) == \
+        ("first-principles", 1024, 120, 64, 4, 16)
+    assert s["clock_ghz"] == pytest.approx(1.2) and s["storage"] is True
+    assert data["sa"]["storage"]["area_mm2"] > 0
+
+
+def test_vs_paper():
+    res = run("--vs-paper")
+    assert res.exit_code == 0, res.output
+    assert "first-principles" in res.output
+    assert len([line for line in res.output.splitlines() if line.startswith(("sa ", "had "))]) == 20
+
+
+def test_matched_power():
+    data = json.loads(run("--power", "matched", "--json").output)
+    rate = data["settings"]["query_rate_per_s"]
+    qk = data["sa"]["qk"]
+    assert qk["power_w"] == pytest.approx(qk["energy_nj_per_query"] * 1e-9 * rate)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--seq", "0"], "--seq 0: expected a positive integer"),
+    (["--seq", "32"], "--seq 32: the preset's N = 63 exceeds it"),
+    (["--top-n", "300"], "--top-n 300: expected at most --seq"),
+    (["--clock", "1e9"], "--clock 1000000000.0: expected a frequency in GHz"),
+    (["--node", "3"], "--node = 3 nm"),
+    (["--topn", "heap"], "--topn heap: needs digital scores"),
+    (["--power", "matched", "--rate", "1e12"], "--rate 1e+12 queries/s: exceeds"),
+    (["--exp", "lut", "--lanes", "-1"], "--lanes -1: expected a positive integer"),
+])
+def test_bad_options_exit_2_with_one_line(args, needle):
+    res = run(*args)
+    assert res.exit_code == 2, res.output
+    err = res.output.strip()
+    assert err.startswith("hadref: error: ") and needle in err and "\n" not in err
+    assert "Traceback" not in res.output
+
+
+def test_click_level_errors_exit_2():
+    assert run("--preset", "nope").exit_code == 2
+    assert run("sweep", "--seq", "256,abc").exit_code == 2
+    assert run("sweep", "--seq", "0").exit_code == 2
+
+
+def test_sweep_table():
+    res = run("sweep", "--seq", "256,1024,4096")
+    assert res.exit_code == 0, res.output
+    assert "energy per query, nJ" in res.output and "area, mm2" in res.output
+    rows = [line.split() for line in res.output.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[0] for r in rows[:3]] == ["256", "1024", "4096"]
+    assert [r[1] for r in rows[:3]] == ["63", "252", "1008"]  # N proportional
+
+
+def test_sweep_json_fixed_top_n():
+    data = json.loads(run("sweep", "--seq", "256,4096", "--top-n-mode", "fixed", "--json").output)
+    assert [d["settings"]["top_n"] for d in data] == [63, 63]
+    cam = [d["had"]["qk"]["energy_nj_per_query"] for d in data]
+    assert cam[1] == pytest.approx(16 * cam[0])            # CAM linear in n
+    av = [d["had"]["av"]["energy_nj_per_query"] for d in data]
+    assert av[1] == pytest.approx(av[0])                    # A V follows N, not n
+    assert data[1]["sa"]["storage"]["area_mm2"] == pytest.approx(
+        16 * data[0]["sa"]["storage"]["area_mm2"])
+
+
+def test_sweep_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "sweep.png"
+    res = run("sweep", "--seq", "256,1024", "--plot", str(out))
+    assert res.exit_code == 0, res.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_plot_without_matplotlib(tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("no matplotlib")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    res = run("sweep", "--seq", "256", "--plot", str(tmp_path / "x.png"))
+    assert res.exit_code == 2
+    assert res.output.strip() == \
+        "hadref: error: --plot needs matplotlib: pip install 'hadref[plot]'"
