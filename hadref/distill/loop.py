@@ -1,0 +1,154 @@
+"""The training loop shared by fine-tuning and distillation: steps, checkpoints, resume.
+
+A run's state is the model's parameters, the optimizer state, the dropout generator, the
+data position and the step; :class:`TrainLoop` saves it atomically every
+``checkpoint_every`` seconds, at the end of each stage, on Ctrl-C and at the end, and
+restores it on ``--resume``. Everything a step uses is a function of that state (c and
+the stage come from the step in closed form), so a resumed run ends with the same
+weights, bit for bit, as an uninterrupted one with the same seed and thread count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+
+from hadref.distill.checkpoint import load_checkpoint, save_checkpoint
+from hadref.errors import HadrefError
+
+
+class TrainLoop:
+    """Runs ``step_fn(step, batch) -> dict of logged numbers`` for steps [start, total).
+
+    kind: 'finetune' or 'distill' (a checkpoint of one cannot resume the other);
+    settings: JSON-able dict that must match on resume; extra_arrays: {name: array} saved
+    beside the parameters (e.g. sigma); ``stage_end(step) -> bool`` marks the steps after
+    which ``on_stage_end(step)`` runs (evaluation) and a checkpoint is written.
+    """
+
+    def __init__(self, *, kind, model, optimizer, stream, rng, total_steps, settings,
+                 checkpoint_path=None, checkpoint_every: float = 300.0, log=None,
+                 progress=None, extra_arrays=None):
+        self.kind, self.model, self.optimizer = kind, model, optimizer
+        self.stream, self.rng, self.total = stream, rng, int(total_steps)
+        self.settings = settings
+        self.path, self.every = checkpoint_path, float(checkpoint_every)
+        self.log, self.progress = log, progress
+        self.extra = dict(extra_arrays or {})
+        self.step = 0
+        self.notes: dict = {}   # JSON-able run facts saved with the checkpoint (dev metrics)
+
+    # --- state -----------------------------------------------------------------------------
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        state = self.optimizer.state_dict()
+        optim = {f"m.{n}": a for n, a in state["m"].items()}
+        optim.update({f"v.{n}": a for n, a in state["v"].items()})
+        arrays = {"params": self.model.params, "optim": optim, "extra": self.extra}
+        meta = {"kind": self.kind, "step": self.step, "total_steps": self.total,
+                "settings": self.settings, "rng": self.rng.bit_generator.state,
+                "data": self.stream.state(), "optim_t": int(state["t"]),
+                "notes": self.notes}
+        save_checkpoint(self.path, arrays, meta)
+        self._saved_at = time.monotonic()
+
+    def restore(self) -> dict:
+        """Load the checkpoint at ``self.path`` into the model, optimizer, generator and
+        stream; return its ``extra`` arrays."""
+        arrays, meta = load_checkpoint(self.path)
+        if meta.get("kind") != self.kind:
+            raise HadrefError(f"{self.path}: a {meta.get('kind')} checkpoint cannot resume {self.kind}")
+        changed = sorted(k for k in set(meta["settings"]) | set(self.settings)
+                         if meta["settings"].get(k) != self.settings.get(k))
+        if changed:
+            k = changed[0]
+            raise HadrefError(f"{self.path}: checkpoint made with {k} = {meta['settings'].get(k)!r}, "
+                              f"this run has {self.settings.get(k)!r}: resume with the same settings"
+                              + (f" ({len(changed)} differ: {', '.join(changed)})" if len(changed) > 1 else ""))
+        params = arrays["params"]
+        if set(params) != set(self.model.params):
+            raise HadrefError(f"{self.path}: checkpoint parameters do not match the model")
+        for name, value in params.items():
+            self.model.params[name][...] = value
+        optim = arrays.get("optim", {})
+        self.optimizer.load_state_dict({
+            "t": meta["optim_t"],
+            "m": {n[2:]: a for n, a in optim.items() if n.startswith("m.")},
+            "v": {n[2:]: a for n, a in optim.items() if n.startswith("v.")}})
+        self.rng.bit_generator.state = meta["rng"]
+        self.stream.restore(meta["data"])
+        self.step = int(meta["step"])
+        self.notes = meta.get("notes", {})
+        self.extra = arrays.get("extra", {})
+        return self.extra
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def run(self, step_fn, stage_end=None, on_stage_end=None, on_step=None) -> None:
+        """Make the remaining steps. ``on_step(step)`` (tests) runs after each step and
+        its checkpoint decision. Ctrl-C is deferred to the end of the current step, which
+        is then checkpointed before KeyboardInterrupt propagates (a half-made step would
+        leave the generator or the weights between two states). Any other exception
+        propagates at once and keeps the last checkpoint, as a real crash would."""
+        self._saved_at = time.monotonic()
+        with _DeferredInterrupt() as interrupt:
+            while self.step < self.total:
+                step = self.step
+                fields = step_fn(step, self.stream.next())
+                self.step = step + 1
+                if self.log is not None:
+                    self.log.write(step=self.step, **fields)
+                if self.progress is not None:
+                    self.progress.update(self.step, fields)
+                if stage_end is not None and stage_end(step):
+                    if on_stage_end is not None:
+                        on_stage_end(step)
+                    self.save()
+                elif time.monotonic() - self._saved_at >= self.every:
+                    self.save()
+                if on_step is not None:
+                    on_step(self.step)
+                if interrupt.requested:
+                    self.save()
+                    raise KeyboardInterrupt
+        self.save()
+
+
+class _DeferredInterrupt:
+    """Within the block, SIGINT sets ``requested`` instead of raising (main thread only;
+    elsewhere it changes nothing)."""
+
+    def __enter__(self):
+        self.requested = False
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+@contextlib.contextmanager
+def dropout_scope(model, enabled: bool):
+    """Within the block, the model's dropout probabilities are 0 unless ``enabled`` (a
+    training forward still keeps the cache its backward needs)."""
+    cfg = model.config
+    saved = cfg.hidden_dropout_prob, cfg.attention_probs_dropout_prob
+    if not enabled:
+        cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
+    try:
+        yield
+    finally:
+        cfg.hidden_dropout_prob, cfg.attention_probs_dropout_prob = saved

@@ -1,0 +1,227 @@
+"""HAD distillation: a fine-tuned teacher -> a student with binarized, top-N attention.
+
+One step (HAD.md, "Training")::
+
+    stage, c   = schedule at this step (c decays by gamma per minibatch in stages 1-2)
+    teacher    forward (float attention, no dropout): logits z_T, scores S_T
+    student    forward (HAD core at this stage and c, dropout): logits z_S, scores S_S
+               (S_S: the transformed logits before the top-N mask)
+    loss       L_out(z_T, z_S) + L_attn(S_T, S_S)   (stage 4 and --no-attn-loss: L_out only)
+    backward   dlogits and dscores through the student
+    update     global-norm clip at 0.5, Adam at the stage's learning rate
+
+The student starts as a copy of the teacher with the standardization coefficients
+estimated on the teacher (:mod:`hadref.distill.sigma`); all its weights are trained. At
+the end of each stage the student is evaluated on dev with hard binarization (the
+inference path), logged, and checkpointed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from hadref.data.batching import BatchStream
+from hadref.distill.evaluation import evaluate
+from hadref.distill.losses import attention_kl, output_loss
+from hadref.distill.loop import TrainLoop, dropout_scope
+from hadref.distill.schedule import Schedule
+from hadref.distill.sigma import estimate_sigma
+from hadref.errors import HadrefError
+from hadref.optim import Adam, clip_grad_norm
+
+# gamma of the quick schedule: stages 1 + 2 (c from 5 to 0.05) in 1,500 minibatches
+QUICK_GAMMA = math.exp(-(math.log(5.0) + math.log(20.0)) / 1500)
+
+# What --schedule sets; an option given explicitly wins over its schedule's value.
+SCHEDULES = {
+    # paper: stage 3 and 4 lengths from the paper; gamma is ours (not recoverable)
+    "paper": {"gamma": 0.9995, "stage3_steps": 10_000, "stage4_steps": 10_000},
+    # HAD.md's "quick schedule that worked": the same stages with fewer steps
+    "quick": {"gamma": QUICK_GAMMA, "stage3_steps": 1_000, "stage4_steps": 1_000},
+}
+
+
+@dataclass
+class DistillSettings:
+    """Every setting of HAD.md (the CLI's options, same names). Defaults are the paper's
+    where it gives one, marked choices (HAD.md) otherwise."""
+
+    schedule: str = "paper"
+    gamma: float = SCHEDULES["paper"]["gamma"]   # [choice] per-minibatch decay of c
+    c_start: float = 5.0
+    c_mid: float = 1.0
+    c_end: float = 0.05
+    stage3_steps: int = 10_000
+    stage4_steps: int = 10_000
+    batch_size: int = 16
+    lr: float = 2e-5            # [choice] stages 1-3 (paper: not recoverable)
+    lr_stage4: float = 5e-6     # [choice] lower stage-4 rate
+    clip: float = 0.5           # global-norm clipping [choice: global norm]
+    ste_t: float = 1.0          # [choice] STE pass-through window |x| <= t
+    top_n: int = 30
+    top_n_ratio: float | None = None   # N = round(ratio * max_len) when given
+    temperature: float = 1.0
+    attn_loss: bool = True      # False: the "w/o AD" ablation
+    tanh: bool = True           # False: the "w/o Tanh" ablation
+    sigma_batches: int = 100
+    sigma_batch_size: int = 16
+    max_len: int = 128
+    dropout: bool = True        # [choice] student trained with the model's dropout
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def effective_top_n(self) -> int:
+        """N used in every stage: --top-n, or round(--top-n-ratio * --max-len)."""
+        if self.top_n_ratio is not None:
+            return max(1, int(round(self.top_n_ratio * self.max_len)))
+        return int(self.top_n)
+
+    def make_schedule(self) -> Schedule:
+        return Schedule(gamma=self.gamma, c_start=self.c_start, c_mid=self.c_mid,
+                        c_end=self.c_end, stage3_steps=self.stage3_steps,
+                        stage4_steps=self.stage4_steps, lr=self.lr, lr_stage4=self.lr_stage4,
+                        attn_loss=self.attn_loss, tanh=self.tanh)
+
+    def check(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise HadrefError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.top_n < 1:
+            raise HadrefError(f"--top-n must be at least 1, got {self.top_n}")
+        if self.top_n_ratio is not None and not 0 < self.top_n_ratio <= 1:
+            raise HadrefError(f"--top-n-ratio must lie in (0, 1], got {self.top_n_ratio}")
+        if self.ste_t <= 0 or self.clip <= 0 or self.temperature <= 0:
+            raise HadrefError("--ste-t, --clip and --temperature must be positive")
+        if self.batch_size < 1:
+            raise HadrefError(f"--batch-size must be at least 1, got {self.batch_size}")
+        self.make_schedule()  # validates gamma, c values, step counts, learning rates
+
+
+def _had_core(sigma_q, sigma_k, settings: DistillSettings, stage: str = "tanh1", c: float = 5.0):
+    from hadref.had_core import HADAttentionCore
+
+    return HADAttentionCore(sigma_q, sigma_k, settings.effective_top_n, stage=stage, c=c,
+                            ste_t=settings.ste_t)
+
+
+def had_metadata(sigma_q, sigma_k, settings: DistillSettings, stage_reached: int,
+                 teacher_sha256: str = "") -> dict:
+    """The ``had`` group of a student file (docs/design.md)."""
+    return {"sigma_q": np.asarray(sigma_q, np.float32), "sigma_k": np.asarray(sigma_k, np.float32),
+            "top_n": settings.effective_top_n, "ste_t": float(settings.ste_t),
+            "stage": str(stage_reached), "settings": settings.to_dict(),
+            "teacher_sha256": teacher_sha256}
+
+
+def _inference_core(sigma_q, sigma_k, settings: DistillSettings):
+    from hadref.had_core import HADAttentionCore
+
+    return HADAttentionCore.for_inference(sigma_q, sigma_k, settings.effective_top_n)
+
+
+def distill(teacher, train_data, dev_data, task, settings: DistillSettings, *,
+            checkpoint_path=None, checkpoint_every: float = 300.0, resume: bool = False,
+            log=None, progress=None, on_step=None, teacher_sha256: str = "",
+            eval_batch_size: int = 64):
+    """Distill ``teacher`` (a model with a head for ``task``) into a HAD student.
+
+    train_data, dev_data: Encoded sets tokenized with the teacher's tokenizer (dev_data
+    None: no stage-end evaluation). Returns (student model with ``student.had`` set and
+    the inference core attached, {stage number as str: dev metrics with hard binarization},
+    '0' being the teacher binarized without distillation).
+    """
+    settings.check()
+    if teacher.num_labels != task.num_labels:
+        raise HadrefError(f"the teacher's head has {teacher.num_labels} outputs, task "
+                          f"{task.name} needs {task.num_labels}: fine-tune a teacher first")
+    schedule = settings.make_schedule()
+    stream = BatchStream(train_data, settings.batch_size, settings.seed)
+    student = teacher.copy()
+    optimizer = Adam(student.params, lr=settings.lr)   # Adam, no weight decay (paper)
+    rng = np.random.default_rng([settings.seed, 0xD1])
+    loop = TrainLoop(kind="distill", model=student, optimizer=optimizer, stream=stream, rng=rng,
+                     total_steps=schedule.total_steps,
+                     settings={"task": task.name, **settings.to_dict()},
+                     checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
+                     log=log, progress=progress)
+    stage_metrics = loop.notes.setdefault("dev_metrics", {})  # {stage: metrics}, checkpointed
+    if resume:
+        extra = loop.restore()
+        stage_metrics = loop.notes.setdefault("dev_metrics", {})
+        sigma_q, sigma_k = extra["sigma_q"], extra["sigma_k"]
+    else:
+        sigma_q, sigma_k = estimate_sigma(teacher, train_data, n_batches=settings.sigma_batches,
+                                          batch_size=settings.sigma_batch_size, seed=settings.seed)
+        loop.extra = {"sigma_q": sigma_q, "sigma_k": sigma_k}
+        if log is not None:
+            log.write(event="sigma", sigma_q=sigma_q.tolist(), sigma_k=sigma_k.tolist())
+        if dev_data is not None:  # the teacher binarized without distillation ("stage 0")
+            stage_metrics["0"] = _stage_eval(teacher, sigma_q, sigma_k, settings, dev_data, task,
+                                           0, 0, log, progress, eval_batch_size)
+    core = _had_core(sigma_q, sigma_k, settings)
+    student.attention_core = core
+    if progress is not None:
+        progress.total, progress.start_step = schedule.total_steps, loop.step
+    regression = task.is_regression
+
+    def step_fn(step, batch):
+        stage, _ = schedule.locate(step)
+        c = schedule.c_at(step)
+        core.stage = stage.core_stage
+        if c is not None:
+            core.c = c
+        attn = stage.attn_loss
+        out_t = teacher.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids,
+                                output_scores=attn)
+        with dropout_scope(student, settings.dropout):
+            out_s = student.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids,
+                                    output_scores=attn, train=True, rng=rng)
+        l_out, dlogits = output_loss(out_t.logits, out_s.logits, regression=regression,
+                                     temperature=settings.temperature)
+        l_attn, dscores = 0.0, None
+        if attn:
+            l_attn, dscores = attention_kl(out_t.scores, out_s.scores, batch.attention_mask != 0)
+        grads = student.backward(dlogits=dlogits, dscores=dscores)
+        norm = clip_grad_norm(grads, settings.clip)
+        optimizer.lr = stage.lr
+        optimizer.step(grads)
+        return {"stage": stage.number, "c": c, "loss": l_out + l_attn, "l_attn": l_attn if attn else None,
+                "l_out": l_out, "grad_norm": norm, "lr": stage.lr}
+
+    def on_stage_end(step):
+        stage, _ = schedule.locate(step)
+        if dev_data is not None:
+            stage_metrics[str(stage.number)] = _stage_eval(student, sigma_q, sigma_k, settings, dev_data,
+                                                      task, stage.number, step + 1, log, progress,
+                                                      eval_batch_size)
+
+    loop.run(step_fn, stage_end=schedule.stage_end, on_stage_end=on_stage_end, on_step=on_step)
+    last = max((s.number for s in schedule.stages if s.steps > 0), default=0)
+    student.attention_core = _inference_core(sigma_q, sigma_k, settings)
+    student.had = had_metadata(sigma_q, sigma_k, settings, last, teacher_sha256)
+    return student, stage_metrics
+
+
+def _stage_eval(model, sigma_q, sigma_k, settings, dev_data, task, number, step, log, progress,
+                batch_size):
+    # the model as inference sees it: hard binarization + top-N (the packed kernels)
+    training_core = model.attention_core
+    model.attention_core = _inference_core(sigma_q, sigma_k, settings)
+    try:
+        metrics_, _ = evaluate(model, dev_data, task, batch_size)
+    finally:
+        model.attention_core = training_core
+    if log is not None:
+        log.write(event="eval", split="dev", stage=number, step=step, binarized=True, **metrics_)
+    if progress is not None:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics_.items())
+        what = (f"after stage {number}" if number else
+                "teacher binarized without distillation")
+        progress.message(f"{what}: dev {shown} (hard binarization, N = {settings.effective_top_n})")
+    return metrics_
