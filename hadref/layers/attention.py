@@ -1,0 +1,121 @@
+"""Multi-head self-attention and the attention hook (see docs/design.md).
+
+The layer projects x to q, k, v (B, h, T, d) (after bias, before any scaling) and hands
+them to an *attention core*; the default core, :class:`FloatAttentionCore`, computes
+softmax(q k^T / sqrt(d)) v with the padding mask. ``hadref.had_core.HADAttentionCore``
+plugs in the same way (``model.attention_core = core``).
+
+Parameters (Hugging Face names) under ``encoder.layer.{i}.attention.``:
+``self.query``, ``self.key``, ``self.value`` and ``output.dense`` (``.weight`` (H, H),
+``.bias`` (H,)). The residual and the LayerNorm that follow (``output.LayerNorm``) belong
+to the encoder layer.
+"""
+
+import math
+
+import numpy as np
+
+from hadref import _fused
+from hadref.layers.dropout import dropout_backward, dropout_forward
+from hadref.layers.linear import linear_backward, linear_forward
+
+
+class FloatAttentionCore:
+    """Float attention: scores = q k^T / sqrt(d); probs = masked softmax; ctx = probs v.
+
+    ``forward(q, k, v, key_mask, layer, need_scores, dropout=None)``: q, k, v (B, h, T, d)
+    float; key_mask (B, T) bool (True = valid key). Returns ``(ctx (B, h, T, d), cache,
+    aux)`` with ``aux['probs']`` (B, h, T, T) (exact zeros on padding keys, all-zero rows
+    when a sequence has no valid key) and, when ``need_scores``, ``aux['scores']`` (B, h,
+    T, T), the scaled logits (finite everywhere, padding keys included).
+
+    ``dropout=(p, rng)`` drops attention probabilities in training (Hugging Face's
+    attention_probs_dropout_prob); ``aux['probs']`` are the probabilities before dropout.
+    Cores that support it say so with ``supports_dropout = True``.
+    """
+
+    supports_dropout = True
+
+    def forward(self, q, k, v, key_mask, layer, need_scores, dropout=None):
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        scores = np.matmul(q, k.swapaxes(-1, -2))
+        scores *= q.dtype.type(scale)
+        probs = np.empty_like(scores)
+        _fused.masked_softmax(scores, key_mask, probs)
+        if dropout is not None:
+            used, drop_cache = dropout_forward(probs, dropout[0], dropout[1], True)
+        else:
+            used, drop_cache = probs, None
+        ctx = np.matmul(used, v)
+        aux = {"probs": probs}
+        if need_scores:
+            aux["scores"] = scores
+        return ctx, (q, k, v, probs, used, drop_cache, scale), aux
+
+    def backward(self, cache, dctx, dscores=None):
+        """dctx (B, h, T, d), dscores (B, h, T, T) or None -> (dq, dk, dv) (B, h, T, d)."""
+        q, k, v, probs, used, drop_cache, scale = cache
+        dused = np.matmul(dctx, v.swapaxes(-1, -2))
+        dv = np.matmul(used.swapaxes(-1, -2), dctx)
+        dprobs = np.ascontiguousarray(dropout_backward(dused, drop_cache))
+        _fused.softmax_backward(probs, dprobs, dprobs)  # in place: dprobs becomes dscores
+        if dscores is not None:
+            dprobs += dscores
+        dq = np.matmul(dprobs, k)
+        dq *= q.dtype.type(scale)
+        dk = np.matmul(dprobs.swapaxes(-1, -2), q)
+        dk *= q.dtype.type(scale)
+        return dq, dk, dv
+
+
+def _names(layer):
+    p = f"encoder.layer.{layer}.attention."
+    return (p + "self.query", p + "self.key", p + "self.value", p + "output.dense")
+
+
+def self_attention_forward(x, params, layer, num_heads, key_mask, core, need_scores,
+                           attn_dropout_p, rng, train):
+    """x (B, T, H) -> (out (B, T, H) after the output dense, cache, aux from the core).
+
+    q, k, v come from one fused (3H, H) projection; the core sees C-contiguous
+    (B, h, T, d) arrays.
+    """
+    nb, nt, h = x.shape
+    d = h // num_heads
+    query, key, value, dense = _names(layer)
+    weight = np.concatenate([params[query + ".weight"], params[key + ".weight"],
+                             params[value + ".weight"]])
+    bias = np.concatenate([params[query + ".bias"], params[key + ".bias"],
+                           params[value + ".bias"]])
+    qkv, qkv_cache = linear_forward(x, weight, bias)
+    qkv = np.ascontiguousarray(qkv.reshape(nb, nt, 3, num_heads, d).transpose(2, 0, 3, 1, 4))
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    dropout = None
+    if train and attn_dropout_p > 0 and getattr(core, "supports_dropout", False):
+        dropout = (attn_dropout_p, rng)
+    if dropout is None:
+        ctx, core_cache, aux = core.forward(q, k, v, key_mask, layer, need_scores)
+    else:
+        ctx, core_cache, aux = core.forward(q, k, v, key_mask, layer, need_scores,
+                                            dropout=dropout)
+    merged = np.ascontiguousarray(ctx.transpose(0, 2, 1, 3)).reshape(nb, nt, h)
+    out, dense_cache = linear_forward(merged, params[dense + ".weight"], params[dense + ".bias"])
+    return out, (qkv_cache, core, core_cache, dense_cache, layer, num_heads), aux
+
+
+def self_attention_backward(dout, cache, dscores=None):
+    """dout (B, T, H), dscores (B, h, T, T) or None -> (dx (B, T, H), {name: gradient})."""
+    qkv_cache, core, core_cache, dense_cache, layer, num_heads = cache
+    query, key, value, dense = _names(layer)
+    grads = {}
+    dmerged, grads[dense + ".weight"], grads[dense + ".bias"] = linear_backward(dout, dense_cache)
+    nb, nt, h = dmerged.shape
+    d = h // num_heads
+    dctx = np.ascontiguousarray(dmerged.reshape(nb, nt, num_heads, d).transpose(0, 2, 1, 3))
+    dq, dk, dv = core.backward(core_cache, dctx, dscores)
+    dqkv = np.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(nb, nt, 3 * h)
+    dx, dweight, dbias = linear_backward(dqkv, qkv_cache)
+    for i, name in enumerate((query, key, value)):
+        grads[name + ".weight"] = dweight[i * h:(i + 1) * h]
+        grads[name + ".bias"] = dbias[i * h:(i + 1) * h]
+    return dx, grads

@@ -1,0 +1,24 @@
+"""Classification head (Hugging Face BertForSequenceClassification): logits = dense(dropout(pooled)).
+
+Parameters: ``classifier.weight`` (C, H), ``classifier.bias`` (C,).
+"""
+
+from hadref.layers.dropout import dropout_backward, dropout_forward
+from hadref.layers.linear import linear_backward, linear_forward
+
+WEIGHT = "classifier.weight"
+BIAS = "classifier.bias"
+
+
+def classifier_forward(pooled, params, dropout_p, rng, train):
+    """pooled (B, H) -> (logits (B, C), cache)."""
+    dropped, drop_cache = dropout_forward(pooled, dropout_p, rng, train)
+    logits, dense_cache = linear_forward(dropped, params[WEIGHT], params[BIAS])
+    return logits, (drop_cache, dense_cache)
+
+
+def classifier_backward(dlogits, cache):
+    """dlogits (B, C) -> (dpooled (B, H), {name: gradient})."""
+    drop_cache, dense_cache = cache
+    ddropped, dweight, dbias = linear_backward(dlogits, dense_cache)
+    return dropout_backward(ddropped, drop_cache), {WEIGHT: dweight, BIAS: dbias}

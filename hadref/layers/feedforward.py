@@ -1,0 +1,33 @@
+"""Feed-forward block: dense (H -> I) -> exact GELU -> dense (I -> H).
+
+Parameters under ``encoder.layer.{i}.``: ``intermediate.dense`` (weight (I, H), bias (I,))
+and ``output.dense`` (weight (H, I), bias (H,)). The dropout, residual and LayerNorm that
+follow belong to the encoder layer.
+"""
+
+from hadref.layers.gelu import gelu_backward, gelu_forward
+from hadref.layers.linear import linear_backward, linear_forward
+
+
+def _names(layer):
+    return f"encoder.layer.{layer}.intermediate.dense", f"encoder.layer.{layer}.output.dense"
+
+
+def feedforward_forward(x, params, layer):
+    """x (B, T, H) -> (y (B, T, H), cache)."""
+    inner, outer = _names(layer)
+    pre, inner_cache = linear_forward(x, params[inner + ".weight"], params[inner + ".bias"])
+    act, gelu_cache = gelu_forward(pre)
+    y, outer_cache = linear_forward(act, params[outer + ".weight"], params[outer + ".bias"])
+    return y, (inner_cache, gelu_cache, outer_cache, layer)
+
+
+def feedforward_backward(dy, cache):
+    """dy (B, T, H) -> (dx (B, T, H), {name: gradient})."""
+    inner_cache, gelu_cache, outer_cache, layer = cache
+    inner, outer = _names(layer)
+    grads = {}
+    dact, grads[outer + ".weight"], grads[outer + ".bias"] = linear_backward(dy, outer_cache)
+    dpre = gelu_backward(dact, gelu_cache)
+    dx, grads[inner + ".weight"], grads[inner + ".bias"] = linear_backward(dpre, inner_cache)
+    return dx, grads

@@ -1,0 +1,26 @@
+"""Linear layer y = x W^T + b, with the Hugging Face weight layout W (out, in).
+
+The leading axes of x are flattened so that BLAS sees one 2-D matrix product.
+"""
+
+import numpy as np
+
+
+def linear_forward(x, weight, bias):
+    """x (..., in), weight (out, in), bias (out,) or None -> y (..., out); cache = (x, weight)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    y = np.matmul(x2, weight.T)
+    if bias is not None:
+        y += bias
+    return y.reshape(*x.shape[:-1], weight.shape[0]), (x, weight)
+
+
+def linear_backward(dy, cache, need_dx=True):
+    """dy (..., out) -> (dx (..., in) or None, dweight (out, in), dbias (out,))."""
+    x, weight = cache
+    dy2 = dy.reshape(-1, dy.shape[-1])
+    x2 = x.reshape(-1, x.shape[-1])
+    dweight = np.matmul(dy2.T, x2)
+    dbias = dy2.sum(axis=0)
+    dx = np.matmul(dy2, weight).reshape(x.shape) if need_dx else None
+    return dx, dweight, dbias

@@ -1,0 +1,342 @@
+"""Every engine layer against central finite differences in float64 (input and parameter
+gradients), with hypothesis over shapes, masks and dropout seeds."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from hadref.config import BertConfig
+from hadref.layers import (attention, classifier, dropout, embeddings, encoder_layer,
+                           feedforward, gelu, layernorm, linear, losses, pooler)
+from hadref.model import BertModel
+
+EPS = 1e-6
+
+
+def numeric_grad(loss, x, max_entries=20, rng=None):
+    """Central differences of loss() w.r.t. x (perturbed in place); up to max_entries
+    entries (random subset), returns (flat indices, gradient values)."""
+    flat = x.reshape(-1)
+    idx = np.arange(flat.size)
+    if flat.size > max_entries:
+        idx = (rng or np.random.default_rng(0)).choice(flat.size, max_entries, replace=False)
+    out = np.empty(len(idx))
+    for n, i in enumerate(idx):
+        old = flat[i]
+        flat[i] = old + EPS
+        up = loss()
+        flat[i] = old - EPS
+        down = loss()
+        flat[i] = old
+        out[n] = (up - down) / (2 * EPS)
+    return idx, out
+
+
+def assert_grad(analytic, loss, x, name=""):
+    idx, num = numeric_grad(loss, x)
+    ana = np.asarray(analytic, dtype=np.float64).reshape(-1)[idx]
+    np.testing.assert_allclose(ana, num, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def rand(rng, *shape):
+    return rng.standard_normal(shape)
+
+
+shapes = st.tuples(st.integers(1, 3), st.integers(1, 5))  # (B, T)
+seeds = st.integers(0, 2**31 - 1)
+
+
+@given(shapes, st.integers(1, 6), st.integers(1, 6), seeds)
+def test_linear(bt, n_in, n_out, seed):
+    rng = np.random.default_rng(seed)
+    x, w, b = rand(rng, *bt, n_in), rand(rng, n_out, n_in), rand(rng, n_out)
+    r = rand(rng, *bt, n_out)
+
+    def loss():
+        return float((linear.linear_forward(x, w, b)[0] * r).sum())
+
+    y, cache = linear.linear_forward(x, w, b)
+    np.testing.assert_allclose(y, x @ w.T + b, rtol=1e-12)
+    dx, dw, db = linear.linear_backward(r, cache)
+    for name, grad, arr in (("x", dx, x), ("w", dw, w), ("b", db, b)):
+        assert_grad(grad, loss, arr, name)
+
+
+@given(shapes, st.integers(1, 9), seeds, st.floats(1e-12, 1e-3))
+def test_layernorm(bt, h, seed, eps):
+    rng = np.random.default_rng(seed)
+    x, g, b = rand(rng, *bt, h) * 3 + 1, rand(rng, h), rand(rng, h)
+    r = rand(rng, *bt, h)
+
+    def loss():
+        return float((layernorm.layernorm_forward(x, g, b, eps)[0] * r).sum())
+
+    y, cache = layernorm.layernorm_forward(x, g, b, eps)
+    mu = x.mean(-1, keepdims=True)
+    ref = (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps) * g + b
+    np.testing.assert_allclose(y, ref, rtol=1e-10, atol=1e-12)
+    dx, dg, db = layernorm.layernorm_backward(r, cache)
+    if h > 1:  # h == 1: the output is beta whatever x is; FD of a constant is noise-free 0
+        assert_grad(dx, loss, x, "x")
+    assert_grad(dg, loss, g, "gamma")
+    assert_grad(db, loss, b, "beta")
+
+
+@given(shapes, st.integers(1, 7), seeds)
+def test_gelu(bt, h, seed):
+    rng = np.random.default_rng(seed)
+    x = rand(rng, *bt, h) * 3
+    r = rand(rng, *bt, h)
+    y, cache = gelu.gelu_forward(x)
+    erf = np.vectorize(math.erf)
+    np.testing.assert_allclose(y, 0.5 * x * (1 + erf(x / math.sqrt(2))), rtol=1e-14, atol=1e-15)
+    assert_grad(gelu.gelu_backward(r, cache),
+                lambda: float((gelu.gelu_forward(x)[0] * r).sum()), x)
+
+
+@given(shapes, st.integers(1, 7), seeds, st.sampled_from([0.0, 0.1, 0.5, 0.9]))
+def test_dropout(bt, h, seed, p):
+    rng = np.random.default_rng(seed)
+    x = rand(rng, *bt, h)
+    r = rand(rng, *bt, h)
+    y, cache = dropout.dropout_forward(x, p, np.random.default_rng(seed), True)
+    y2, _ = dropout.dropout_forward(x, p, np.random.default_rng(seed), True)
+    np.testing.assert_array_equal(y, y2)  # the seeded generator decides the mask
+    if p > 0:
+        keep = cache[0]
+        np.testing.assert_allclose(y, np.where(keep, x / (1 - p), 0.0), rtol=1e-15)
+    assert_grad(dropout.dropout_backward(r, cache),
+                lambda: float((dropout.dropout_forward(
+                    x, p, np.random.default_rng(seed), True)[0] * r).sum()), x)
+    same, none = dropout.dropout_forward(x, p, rng, False)
+    assert same is x and none is None
+
+
+def test_dropout_rate():
+    x = np.ones((200, 500), np.float32)
+    y, (keep, p) = dropout.dropout_forward(x, 0.1, np.random.default_rng(1), True)
+    assert abs(keep.mean() - 0.9) < 0.005
+    assert y.dtype == np.float32 and abs(y.mean() - 1.0) < 0.01
+
+
+@given(shapes, st.integers(1, 3), st.integers(1, 4), seeds, st.booleans())
+def test_embeddings(bt, h_half, vocab, seed, drop):
+    rng = np.random.default_rng(seed)
+    nb, nt = bt
+    h = 2 * h_half
+    params = {embeddings.WORD: rand(rng, vocab, h), embeddings.POSITION: rand(rng, nt + 2, h),
+              embeddings.TOKEN_TYPE: rand(rng, 2, h), embeddings.LN_WEIGHT: rand(rng, h),
+              embeddings.LN_BIAS: rand(rng, h)}
+    ids = rng.integers(0, vocab, bt)
+    types = rng.integers(0, 2, bt)
+    r = rand(rng, nb, nt, h)
+    p = 0.3 if drop else 0.0
+
+    def run():
+        return embeddings.embeddings_forward(ids, types, params, 1e-12, p,
+                                             np.random.default_rng(seed), True)
+
+    out, cache = run()
+    summed = params[embeddings.WORD][ids] + params[embeddings.POSITION][:nt] \
+        + params[embeddings.TOKEN_TYPE][types]
+    ref, _ = layernorm.layernorm_forward(summed, params[embeddings.LN_WEIGHT],
+                                         params[embeddings.LN_BIAS], 1e-12)
+    if not drop:
+        np.testing.assert_allclose(out, ref, rtol=1e-12)
+    grads = embeddings.embeddings_backward(r, cache)
+    for name, value in params.items():
+        assert_grad(grads[name], lambda: float((run()[0] * r).sum()), value, name)
+
+
+def _random_key_mask(rng, nb, nt, allow_empty):
+    mask = rng.random((nb, nt)) < 0.7
+    if not allow_empty:
+        mask[:, 0] = True
+    return mask
+
+
+@given(shapes, st.integers(1, 3), st.integers(1, 4), seeds, st.booleans(), st.booleans())
+def test_float_attention_core(bt, heads, d, seed, with_scores, with_dropout):
+    rng = np.random.default_rng(seed)
+    nb, nt = bt
+    q, k, v = (rand(rng, nb, heads, nt, d) for _ in range(3))
+    key_mask = _random_key_mask(rng, nb, nt, allow_empty=True)
+    r_ctx = rand(rng, nb, heads, nt, d)
+    r_s = rand(rng, nb, heads, nt, nt)
+    core = attention.FloatAttentionCore()
+
+    def run():
+        drop = (0.4, np.random.default_rng(seed)) if with_dropout else None
+        return core.forward(q, k, v, key_mask, 0, with_scores, dropout=drop)
+
+    def loss():
+        ctx, _, aux = run()
+        return float((ctx * r_ctx).sum() + ((aux["scores"] * r_s).sum() if with_scores else 0))
+
+    ctx, cache, aux = run()
+    # reference: softmax over valid keys; rows with no valid key are zero
+    scores = q @ k.swapaxes(-1, -2) / math.sqrt(d)
+    masked = np.where(key_mask[:, None, None, :], scores, -np.inf)
+    with np.errstate(invalid="ignore"):
+        e = np.exp(masked - masked.max(-1, keepdims=True))
+        ref = np.nan_to_num(e / e.sum(-1, keepdims=True))
+    np.testing.assert_allclose(aux["probs"], ref, rtol=1e-12, atol=1e-15)
+    assert (aux["probs"][np.broadcast_to(~key_mask[:, None, None, :], ref.shape)] == 0).all()
+    if with_scores:
+        np.testing.assert_allclose(aux["scores"], scores, rtol=1e-12)
+    else:
+        assert "scores" not in aux
+    if not with_dropout:
+        np.testing.assert_allclose(ctx, ref @ v, rtol=1e-12, atol=1e-14)
+    dq, dk, dv = core.backward(cache, r_ctx, r_s if with_scores else None)
+    for name, grad, arr in (("q", dq, q), ("k", dk, k), ("v", dv, v)):
+        assert_grad(grad, loss, arr, name)
+
+
+def _layer_params(rng, h, inner, layer=0):
+    model = BertModel.random(BertConfig(vocab_size=5, hidden_size=h, num_hidden_layers=layer + 1,
+                                        num_attention_heads=1, intermediate_size=inner,
+                                        max_position_embeddings=8), dtype=np.float64)
+    # random (not init-like) values so every path carries signal
+    return {n: rng.standard_normal(v.shape) * 0.5 for n, v in model.params.items()}
+
+
+@given(shapes, st.sampled_from([(1, 2), (2, 2), (3, 1), (2, 3)]), seeds, st.booleans())
+def test_self_attention(bt, heads_d, seed, with_scores):
+    rng = np.random.default_rng(seed)
+    nb, nt = bt
+    heads, d = heads_d
+    h = heads * d
+    params = _layer_params(rng, h, 4)
+    x = rand(rng, nb, nt, h)
+    key_mask = _random_key_mask(rng, nb, nt, allow_empty=False)
+    r = rand(rng, nb, nt, h)
+    r_s = rand(rng, nb, heads, nt, nt)
+    core = attention.FloatAttentionCore()
+
+    def run():
+        return attention.self_attention_forward(x, params, 0, heads, key_mask, core,
+                                                with_scores, 0.0, None, False)
+
+    def loss():
+        out, _, aux = run()
+        return float((out * r).sum() + ((aux["scores"] * r_s).sum() if with_scores else 0))
+
+    _, cache, _ = run()
+    dx, grads = attention.self_attention_backward(r, cache, r_s if with_scores else None)
+    assert_grad(dx, loss, x, "x")
+    for name, grad in grads.items():
+        assert_grad(grad, loss, params[name], name)
+
+
+@given(shapes, st.integers(1, 4), st.integers(1, 5), seeds)
+def test_feedforward(bt, h, inner, seed):
+    rng = np.random.default_rng(seed)
+    params = _layer_params(rng, h, inner)
+    x = rand(rng, *bt, h)
+    r = rand(rng, *bt, h)
+
+    def loss():
+        return float((feedforward.feedforward_forward(x, params, 0)[0] * r).sum())
+
+    _, cache = feedforward.feedforward_forward(x, params, 0)
+    dx, grads = feedforward.feedforward_backward(r, cache)
+    assert set(grads) == {n for n in params if "intermediate" in n or ".output.dense" in n
+                          and "attention" not in n}
+    assert_grad(dx, loss, x, "x")
+    for name, grad in grads.items():
+        assert_grad(grad, loss, params[name], name)
+
+
+@settings(max_examples=20)
+@given(shapes, st.sampled_from([(1, 2), (2, 2), (2, 3)]), seeds, st.booleans(), st.booleans())
+def test_encoder_layer(bt, heads_d, seed, with_scores, drop):
+    rng = np.random.default_rng(seed)
+    nb, nt = bt
+    heads, d = heads_d
+    h = heads * d
+    cfg = BertConfig(vocab_size=5, hidden_size=h, num_hidden_layers=2, num_attention_heads=heads,
+                     intermediate_size=3, max_position_embeddings=8,
+                     hidden_dropout_prob=0.3 if drop else 0.0,
+                     attention_probs_dropout_prob=0.2 if drop else 0.0)
+    params = _layer_params(rng, h, 3, layer=1)
+    x = rand(rng, nb, nt, h)
+    key_mask = _random_key_mask(rng, nb, nt, allow_empty=False)
+    r = rand(rng, nb, nt, h)
+    r_s = rand(rng, nb, heads, nt, nt)
+    core = attention.FloatAttentionCore()
+
+    def run():
+        return encoder_layer.encoder_layer_forward(x, params, 1, cfg, key_mask, core, with_scores,
+                                                   np.random.default_rng(seed), True)
+
+    def loss():
+        out, _, aux = run()
+        return float((out * r).sum() + ((aux["scores"] * r_s).sum() if with_scores else 0))
+
+    _, cache, _ = run()
+    dx, grads = encoder_layer.encoder_layer_backward(r, cache, r_s if with_scores else None)
+    assert all(name.startswith("encoder.layer.1.") for name in grads) and len(grads) == 16
+    assert_grad(dx, loss, x, "x")
+    for name, grad in grads.items():
+        assert_grad(grad, loss, params[name], name)
+
+
+@given(shapes, st.integers(1, 5), st.integers(1, 4), seeds, st.booleans())
+def test_pooler_and_classifier(bt, h, n_labels, seed, drop):
+    rng = np.random.default_rng(seed)
+    params = {pooler.WEIGHT: rand(rng, h, h), pooler.BIAS: rand(rng, h),
+              classifier.WEIGHT: rand(rng, n_labels, h), classifier.BIAS: rand(rng, n_labels)}
+    hidden = rand(rng, *bt, h)
+    r = rand(rng, bt[0], n_labels)
+    p = 0.5 if drop else 0.0
+
+    def run():
+        pooled, pc = pooler.pooler_forward(hidden, params)
+        logits, cc = classifier.classifier_forward(pooled, params, p, np.random.default_rng(seed),
+                                                   True)
+        return logits, pc, cc
+
+    def loss():
+        return float((run()[0] * r).sum())
+
+    _, pc, cc = run()
+    dpooled, grads = classifier.classifier_backward(r, cc)
+    dhidden, pgrads = pooler.pooler_backward(dpooled, pc)
+    grads.update(pgrads)
+    assert (dhidden[:, 1:] == 0).all()
+    assert_grad(dhidden, loss, hidden, "hidden")
+    for name, grad in grads.items():
+        assert_grad(grad, loss, params[name], name)
+
+
+@given(st.integers(1, 5), st.integers(1, 5), seeds)
+def test_losses(nb, n_classes, seed):
+    rng = np.random.default_rng(seed)
+    logits = rand(rng, nb, n_classes) * 3
+    labels = rng.integers(0, n_classes, nb)
+    loss, dlogits = losses.softmax_cross_entropy(logits, labels)
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert loss == pytest.approx(-np.log(p[np.arange(nb), labels]).mean(), rel=1e-10)
+    assert_grad(dlogits, lambda: losses.softmax_cross_entropy(logits, labels)[0], logits)
+    preds, targets = rand(rng, nb, 1), rand(rng, nb)
+    value, dpred = losses.mse(preds, targets)
+    assert value == pytest.approx(((preds[:, 0] - targets) ** 2).mean(), rel=1e-12)
+    assert_grad(dpred, lambda: losses.mse(preds, targets)[0], preds)
+
+
+def test_cross_entropy_rejects_bad_labels():
+    from hadref.errors import HadrefError
+
+    with pytest.raises(HadrefError, match="labels"):
+        losses.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 3]))
+    with pytest.raises(HadrefError, match="labels"):
+        losses.softmax_cross_entropy(np.zeros((2, 3)), np.array([0.0, 1.0]))
+
+
+def test_cross_entropy_is_stable_for_huge_logits():
+    loss, d = losses.softmax_cross_entropy(np.array([[1e4, 0.0], [0.0, 1e4]], np.float32),
+                                           np.array([0, 0]))
+    assert np.isfinite(loss) and np.isfinite(d).all() and loss == pytest.approx(5e3)
