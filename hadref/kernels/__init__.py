@@ -1,1 +1,22 @@
-"""(filled in by its issue)"""
+"""Numba kernels of HAD inference on packed sign bits (plain arrays in, plain arrays out).
+
+One small concept per module, as in pynndescent/UMAP; no Python object crosses into jitted
+code. The public, validated entry points are in :mod:`hadref.hamming`; these kernels trust
+their inputs (shapes, dtypes, contiguity are checked there).
+
+=================  ===========================================================================
+``pack``           ``pack_rows``: float (R, d) -> uint64 (R, ceil(d/64)), bit set iff x >= 0
+``popcount``       ``ctpop64`` (LLVM ``ctpop``: one POPCNT instruction), ``row_levels``
+``select``         counting top-N over the d+1 popcount levels; float partial select
+                   (quickselect) for the training path
+``softmax_av``     sparse softmax over the N survivors and the value accumulation
+``fused``          the drivers: ``topn_packed``, ``attend_from_topn`` (the two stages
+                   apart, for the benchmark and ``hamming_topn``) and ``attend_packed``
+                   (one pass per query row, nothing of size n*N materialized)
+=================  ===========================================================================
+
+Conventions (``../shared/HAD.md``): popcount *level* ``l = popcount(q XOR k)`` in 0..d, the
+dot product of the +-1 sign vectors is ``d - 2 l``; a smaller level is a larger score. Ties
+go to the lower key index; padding (and, with ``causal``, future) keys are never selected;
+``N_eff = min(N, selectable keys)``; a row with no selectable key outputs zeros.
+"""

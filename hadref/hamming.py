@@ -1,0 +1,382 @@
+"""HAD attention on plain arrays: the public inference API (Numba kernels on packed bits).
+
+>>> import numpy as np, hadref
+>>> rng = np.random.default_rng(0)
+>>> q, k, v = (rng.standard_normal((2, 12, 256, 64), dtype=np.float32) for _ in range(3))
+>>> o = hadref.had_attention(q, k, v, top_n=30)          # (2, 12, 256, 64) float32
+>>> o_ref = hadref.float_attention(q, k, v)              # dense softmax(QK^T/sqrt(d)) V
+
+Conventions (``../shared/HAD.md``): the sign of 0 is +1 (bit set iff x >= 0); the score of
+a query/key pair is ``sigma_q * sigma_k * (d - 2 * popcount(q_bits XOR k_bits))``; the N
+largest scores of each query row survive, ties to the lower key index, padding keys never;
+``N_eff = min(N, valid keys)``; the softmax ``softmax(score / sqrt(d))`` runs over the
+survivors only; a row without any valid key outputs zeros.
+
+Everything else in the module is private. Bad input raises :class:`HadrefError` naming the
+argument and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from hadref.errors import HadrefError
+from hadref.kernels import fused as _fused
+from hadref.kernels.pack import pack_rows as _pack_rows
+
+__all__ = ["pack_signs", "hamming_topn", "had_attention", "float_attention", "PackedKeyCache"]
+
+_FLOATS = (np.float32, np.float64)
+_MAX_D = 32766  # popcount levels are stored as int16
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _as_float(x, name: str, min_ndim: int = 2) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype.type not in _FLOATS:
+        raise HadrefError(f"{name}: expected float32 (or float64) array, got dtype {x.dtype}")
+    if x.ndim < min_ndim:
+        raise HadrefError(f"{name}: expected shape (..., n, d), got {x.shape}")
+    if 0 in x.shape:
+        raise HadrefError(f"{name}: expected non-empty array, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise HadrefError(f"{name}: expected finite values, found NaN or inf")
+    return np.ascontiguousarray(x)
+
+
+def _check_top_n(top_n) -> int:
+    if isinstance(top_n, (bool, np.bool_)) or not isinstance(top_n, (int, np.integer)) or top_n < 1:
+        raise HadrefError(f"top_n: expected an integer >= 1, got {top_n!r}")
+    return int(top_n)
+
+
+def _check_sigma(value, name: str) -> float:
+    try:
+        sigma = float(value)
+    except (TypeError, ValueError):
+        raise HadrefError(f"{name}: expected a positive finite number, got {value!r}") from None
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise HadrefError(f"{name}: expected a positive finite number, got {value!r}")
+    return sigma
+
+
+def _two_scale(sigma_q: float, sigma_k: float, d: int) -> float:
+    """One popcount level in logit units: 2 * sigma_q * sigma_k / sqrt(d)."""
+    scale = 2.0 * sigma_q * sigma_k / math.sqrt(d)
+    if not math.isfinite(scale):
+        raise HadrefError(f"sigma_q * sigma_k: too large (logit scale {scale})")
+    return scale
+
+
+def _key_valid(key_mask, lead: tuple, n: int, name: str = "key_mask") -> np.ndarray:
+    """key_mask broadcastable to (*lead, n), bool -> (G, n) bool, C-contiguous."""
+    groups = int(np.prod(lead, dtype=np.int64))
+    if key_mask is None:
+        return np.ones((groups, n), dtype=np.bool_)
+    mask = np.asarray(key_mask)
+    if mask.dtype != np.bool_:
+        if mask.dtype.kind in "iu" and np.isin(mask, (0, 1)).all():
+            mask = mask.astype(np.bool_)
+        else:
+            raise HadrefError(f"{name}: expected a bool (or 0/1) array, got dtype {mask.dtype}")
+    try:
+        mask = np.broadcast_to(mask, (*lead, n))
+    except ValueError:
+        raise HadrefError(f"{name}: expected shape broadcastable to {(*lead, n)}, "
+                          f"got {mask.shape}") from None
+    return np.ascontiguousarray(mask.reshape(groups, n))
+
+
+def _valid_before(valid: np.ndarray, n: int) -> np.ndarray:
+    """(G, >= n) bool -> (G, n + 1) int32: valid keys among the first j, for j = 0..n."""
+    out = np.zeros((valid.shape[0], n + 1), dtype=np.int32)
+    np.cumsum(valid[:, :n], axis=1, dtype=np.int32, out=out[:, 1:])
+    return out
+
+
+def _chunks(rows: int) -> int:
+    """Worker chunks: a few per thread so that uneven rows (causal) balance out."""
+    return max(1, min(rows, 4 * numba.get_num_threads()))
+
+
+# ----------------------------------------------------------------------------- public API
+
+def pack_signs(x) -> np.ndarray:
+    """Pack the signs of the last axis into 64-bit words.
+
+    x: (..., d) float32 or float64, finite.
+    Returns (..., ceil(d / 64)) uint64: bit ``i % 64`` of word ``i // 64`` is set iff
+    ``x[..., i] >= 0`` (sign(0) = +1); the padding bits of the last word are zero, so
+    ``d - 2 * popcount(a ^ b)`` is the exact dot product of the +-1 sign vectors for any d.
+
+    >>> hadref.pack_signs(np.array([0.5, -1.0, 0.0], np.float32))
+    array([5], dtype=uint64)
+    """
+    x = _as_float(x, "x", min_ndim=1)
+    d = x.shape[-1]
+    rows = x.reshape(-1, d)
+    out = np.empty((rows.shape[0], (d + 63) // 64), dtype=np.uint64)
+    _pack_rows(rows, out)
+    return out.reshape(*x.shape[:-1], out.shape[1])
+
+
+def _as_bits(bits, name: str, d: int) -> np.ndarray:
+    bits = np.asarray(bits)
+    if bits.dtype != np.uint64:
+        raise HadrefError(f"{name}: expected uint64 packed bits (hadref.pack_signs), "
+                          f"got dtype {bits.dtype}")
+    if bits.ndim < 2 or 0 in bits.shape:
+        raise HadrefError(f"{name}: expected non-empty shape (..., n, words), got {bits.shape}")
+    if bits.shape[-1] != (d + 63) // 64:
+        raise HadrefError(f"{name}: expected {(d + 63) // 64} words per row for d = {d}, "
+                          f"got {bits.shape[-1]}")
+    return np.ascontiguousarray(bits)
+
+
+def _check_d(d) -> int:
+    if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)) or not 1 <= d <= _MAX_D:
+        raise HadrefError(f"d: expected an integer in 1..{_MAX_D}, got {d!r}")
+    return int(d)
+
+
+def _topn_groups(q_bits, k_bits, valid, n, d, top_n, causal):
+    """(G, m, W), (G, >= n, W) packed -> indices (G, m, N) int32, levels, counts."""
+    groups, m, _ = q_bits.shape
+    idx = np.full((groups, m, top_n), -1, dtype=np.int32)
+    lev = np.full((groups, m, top_n), d + 1, dtype=np.int16)
+    count = np.empty((groups, m), dtype=np.int32)
+    chunks = _chunks(groups * m)
+    sel = min(top_n, n)
+    _fused.topn_packed(q_bits, k_bits, valid, _valid_before(valid, n), n, d, top_n, bool(causal), idx, lev, count,
+                       np.empty((chunks, n), np.int16), np.empty((chunks, sel), np.int32),
+                       np.empty((chunks, sel), np.int16), np.empty((chunks, d + 2), np.int32))
+    return idx, lev, count
+
+
+def hamming_topn(q_bits, k_bits, d, top_n, key_mask=None, causal=False):
+    """The top-N keys of each query by Hamming similarity of packed sign bits.
+
+    q_bits: (..., m, W) uint64 and k_bits: (..., n, W) uint64 from :func:`pack_signs`
+    (same leading dims, W = ceil(d / 64)); d: the unpacked dimension; top_n: N >= 1;
+    key_mask: bool broadcastable to (..., n), True = valid key; causal: query i sees keys
+    ``j <= i + n - m`` only.
+
+    Returns ``(indices, scores)``, both (..., m, N) int32: key indices by score descending
+    (lower index first on ties) and their scores ``d - 2 * popcount(q XOR k)`` (the dot
+    product of the +-1 sign vectors). Where a row has fewer than N selectable keys, the
+    tail holds index -1 and score ``-(d + 1)``.
+    """
+    d = _check_d(d)
+    top_n = _check_top_n(top_n)
+    q_bits = _as_bits(q_bits, "q_bits", d)
+    k_bits = _as_bits(k_bits, "k_bits", d)
+    lead = q_bits.shape[:-2]
+    if k_bits.shape[:-2] != lead:
+        raise HadrefError(f"k_bits: expected leading dims {lead} (as q_bits), "
+                          f"got {k_bits.shape[:-2]}")
+    m, n, words = q_bits.shape[-2], k_bits.shape[-2], q_bits.shape[-1]
+    valid = _key_valid(key_mask, lead, n)
+    idx, lev, _ = _topn_groups(q_bits.reshape(-1, m, words), k_bits.reshape(-1, n, words),
+                               valid, n, d, top_n, causal)
+    scores = d - 2 * lev.astype(np.int32)
+    scores[idx < 0] = -(d + 1)  # rows with fewer than N selectable keys
+    return idx.reshape(*lead, m, top_n), scores.reshape(*lead, m, top_n)
+
+
+def _check_qkv(q, k, v):
+    q = _as_float(q, "q")
+    k = _as_float(k, "k")
+    v = _as_float(v, "v")
+    if q.shape[:-2] != k.shape[:-2] or v.shape[:-2] != k.shape[:-2]:
+        raise HadrefError(f"q, k, v: expected the same leading dims, got shapes "
+                          f"{q.shape}, {k.shape}, {v.shape}")
+    if q.shape[-1] != k.shape[-1]:
+        raise HadrefError(f"k: expected head size d = {q.shape[-1]} (as q), got {k.shape[-1]}")
+    if v.shape[-2] != k.shape[-2]:
+        raise HadrefError(f"v: expected n = {k.shape[-2]} rows (as k), got {v.shape[-2]}")
+    return q, k, v
+
+
+def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal):
+    """Packed (G, m, W), (G, >= n, W), v (G, >= n, dv) -> (G, m, dv), the fused kernel."""
+    groups, m, _ = q_bits.shape
+    dv = v.shape[2]
+    top_n = min(top_n, n)
+    out = np.empty((groups, m, dv), dtype=v.dtype)
+    c = _chunks(groups * m)
+    _fused.attend_packed(q_bits, k_bits, v, valid, _valid_before(valid, n), n, d, top_n, two_scale, bool(causal), out,
+                         np.empty((c, n), np.int16), np.empty((c, top_n), np.int32),
+                         np.empty((c, top_n), np.int16), np.empty((c, d + 2), v.dtype),
+                         np.empty((c, dv), v.dtype))
+    return out
+
+
+def had_attention(q, k, v, top_n, sigma_q=1.0, sigma_k=1.0, key_mask=None, causal=False):
+    """HAD attention: binarized queries and keys, top-N, sparse softmax and value sum.
+
+    q: (..., m, d), k: (..., n, d), v: (..., n, dv), float32 (float64 accepted; the output
+    takes v's dtype), finite, same leading dims. top_n: N >= 1 (N > n means all keys).
+    sigma_q, sigma_k: the layer's standardization coefficients (> 0); only their product
+    matters here, as the logit scale ``sigma_q * sigma_k / sqrt(d)``. key_mask: bool
+    broadcastable to (..., n), True = valid key. causal: query i sees keys
+    ``j <= i + n - m``.
+
+    Returns (..., m, dv): ``softmax(topN(S) / sqrt(d)) V`` with
+    ``S = (sigma_q sign(q)) (sigma_k sign(k))^T``, computed on packed bits in one pass per
+    query row (no (m, n) matrix, extra memory O(threads * n)).
+    """
+    top_n = _check_top_n(top_n)
+    sigma_q = _check_sigma(sigma_q, "sigma_q")
+    sigma_k = _check_sigma(sigma_k, "sigma_k")
+    q, k, v = _check_qkv(q, k, v)
+    lead, (m, d), (n, dv) = q.shape[:-2], q.shape[-2:], v.shape[-2:]
+    _check_d(d)
+    valid = _key_valid(key_mask, lead, n)
+    q_bits = pack_signs(q).reshape(-1, m, (d + 63) // 64)
+    k_bits = pack_signs(k).reshape(-1, n, (d + 63) // 64)
+    out = _attend(q_bits, k_bits, v.reshape(-1, n, dv), valid, n, d, top_n,
+                  _two_scale(sigma_q, sigma_k, d), causal)
+    return out.reshape(*lead, m, dv)
+
+
+def float_attention(q, k, v, key_mask=None, causal=False):
+    """Dense float attention ``softmax(Q K^T / sqrt(d)) V`` (NumPy/BLAS), the reference.
+
+    Shapes, dtypes, key_mask and causal as :func:`had_attention`. One (m, n) score matrix
+    per (batch, head) at a time, softmax in place (max-subtracted): extra memory m*n floats.
+    A row without any valid key outputs zeros.
+    """
+    q, k, v = _check_qkv(q, k, v)
+    lead, (m, d), (n, dv) = q.shape[:-2], q.shape[-2:], v.shape[-2:]
+    valid = _key_valid(key_mask, lead, n)
+    dtype = np.result_type(q, k, v)
+    qf, kf, vf = q.reshape(-1, m, d), k.reshape(-1, n, d), v.reshape(-1, n, dv)
+    out = np.empty((qf.shape[0], m, dv), dtype=dtype)
+    inv_sqrt_d = dtype.type(1.0 / math.sqrt(d))
+    allowed = None
+    if causal:
+        allowed = np.arange(n)[None, :] <= (np.arange(m)[:, None] + (n - m))
+    for g in range(qf.shape[0]):
+        s = qf[g] @ kf[g].T
+        s *= inv_sqrt_d
+        keep = valid[g][None, :] if allowed is None else (allowed & valid[g][None, :])
+        if not (allowed is None and valid[g].all()):
+            np.copyto(s, -np.inf, where=~keep)
+        row_max = s.max(axis=1, keepdims=True)
+        empty = ~np.isfinite(row_max)
+        row_max[empty] = 0.0
+        s -= row_max
+        np.exp(s, out=s)
+        total = s.sum(axis=1, keepdims=True)
+        total[empty] = 1.0
+        s /= total
+        np.matmul(s, vf[g], out=out[g])
+    return out.reshape(*lead, m, dv)
+
+
+class PackedKeyCache:
+    """Packed keys (and their values) kept across queries: pack once, query many times.
+
+    The decode-style use: keys are packed as they arrive (``append``) and every new query
+    attends over the whole cache without touching float keys again. Key storage is
+    ``ceil(d/64) * 8`` bytes per token and head instead of ``4 d`` for float32 keys.
+
+    k: (..., n, d), v: (..., n, dv) float; key_mask: bool broadcastable to (..., n);
+    sigma_k: the layer's key coefficient (> 0).
+
+    >>> cache = hadref.PackedKeyCache(k, v)
+    >>> cache.append(k_new, v_new)                  # (..., t, d), (..., t, dv)
+    >>> o = cache.attend(q_new, top_n=30)           # (..., m, dv)
+    """
+
+    def __init__(self, k, v, key_mask=None, sigma_k: float = 1.0):
+        k = _as_float(k, "k")
+        v = _as_float(v, "v")
+        if k.shape[:-2] != v.shape[:-2] or k.shape[-2] != v.shape[-2]:
+            raise HadrefError(f"v: expected shape (..., {k.shape[-2]}, dv) matching k "
+                              f"{k.shape}, got {v.shape}")
+        self.d = _check_d(k.shape[-1])
+        self.sigma_k = _check_sigma(sigma_k, "sigma_k")
+        self.lead = k.shape[:-2]
+        self.dv = v.shape[-1]
+        self._groups = int(np.prod(self.lead, dtype=np.int64))
+        self._words = (self.d + 63) // 64
+        self._n = 0
+        capacity = k.shape[-2]
+        self._bits = np.empty((self._groups, capacity, self._words), np.uint64)
+        self._v = np.empty((self._groups, capacity, self.dv), v.dtype)
+        self._valid = np.empty((self._groups, capacity), np.bool_)
+        self.append(k, v, key_mask)
+
+    @property
+    def n_keys(self) -> int:
+        """Tokens held."""
+        return self._n
+
+    @property
+    def key_bytes_per_token(self) -> int:
+        """Bytes of packed keys per token, over all leading dims (heads)."""
+        return self._groups * self._words * 8
+
+    def _grow(self, need: int) -> None:
+        capacity = self._bits.shape[1]
+        if need <= capacity:
+            return
+        capacity = max(need, 2 * capacity)
+        for name in ("_bits", "_v", "_valid"):
+            old = getattr(self, name)
+            new = np.empty((old.shape[0], capacity, *old.shape[2:]), old.dtype)
+            new[:, : self._n] = old[:, : self._n]
+            setattr(self, name, new)
+
+    def append(self, k, v, key_mask=None) -> None:
+        """Pack and add t new keys: k (..., t, d), v (..., t, dv) with the cache's leading dims."""
+        k = _as_float(k, "k")
+        v = _as_float(v, "v")
+        if k.shape[:-2] != self.lead or k.shape[-1] != self.d:
+            raise HadrefError(f"k: expected shape {(*self.lead, 't', self.d)}, got {k.shape}")
+        if v.shape != (*k.shape[:-1], self.dv):
+            raise HadrefError(f"v: expected shape {(*k.shape[:-1], self.dv)}, got {v.shape}")
+        t = k.shape[-2]
+        self._grow(self._n + t)
+        sl = slice(self._n, self._n + t)
+        self._bits[:, sl] = pack_signs(k).reshape(self._groups, t, self._words)
+        self._v[:, sl] = v.reshape(self._groups, t, self.dv)
+        self._valid[:, sl] = _key_valid(key_mask, self.lead, t)
+        self._n += t
+
+    def topn(self, q, top_n, causal=False):
+        """:func:`hamming_topn` of float queries (..., m, d) against the cached keys."""
+        q = self._check_q(q)
+        top_n = _check_top_n(top_n)
+        m, n = q.shape[-2], self._n
+        idx, lev, _ = _topn_groups(pack_signs(q).reshape(self._groups, m, self._words),
+                                   self._bits, self._valid, n, self.d, top_n, causal)
+        scores = self.d - 2 * lev.astype(np.int32)
+        scores[idx < 0] = -(self.d + 1)
+        return idx.reshape(*self.lead, m, top_n), scores.reshape(*self.lead, m, top_n)
+
+    def attend(self, q, top_n, sigma_q: float = 1.0, causal=False):
+        """HAD attention of queries (..., m, d) over the cached keys and values -> (..., m, dv).
+
+        Same result as ``had_attention(q, K, V, top_n, sigma_q, sigma_k, key_mask, causal)``
+        on everything appended so far.
+        """
+        q = self._check_q(q)
+        top_n = _check_top_n(top_n)
+        sigma_q = _check_sigma(sigma_q, "sigma_q")
+        m, n = q.shape[-2], self._n
+        out = _attend(pack_signs(q).reshape(self._groups, m, self._words), self._bits,
+                      self._v, self._valid, n, self.d, top_n,
+                      _two_scale(sigma_q, self.sigma_k, self.d), causal)
+        return out.reshape(*self.lead, m, self.dv)
+
+    def _check_q(self, q):
+        q = _as_float(q, "q")
+        if q.shape[:-2] != self.lead or q.shape[-1] != self.d:
+            raise HadrefError(f"q: expected shape {(*self.lead, 'm', self.d)}, got {q.shape}")
+        return q

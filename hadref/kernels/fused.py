@@ -1,0 +1,120 @@
+"""The drivers: parallel over (batch*head, query row) with ``prange``.
+
+Arrays are flattened to G = prod(leading dims) groups:
+``q_bits (G, m, W)``, ``k_bits (G, >= n, W)`` uint64, ``v (G, >= n, dv)`` float,
+``valid (G, >= n)`` bool with ``valid_before (G, >= n + 1)`` int32 its prefix counts
+(``valid_before[g, j]`` = valid keys among the first j), of which only the first ``n`` keys (an argument) are used, so a
+growing key cache can pass its whole buffer without a copy. Query row ``i`` with
+``causal`` sees keys ``j <= i + n - m`` (queries aligned to the end of the keys, as in
+decoding; ``m == n`` is ordinary causal attention).
+
+Rows are dealt to C worker chunks round-robin (which balances the causal triangle); each
+chunk owns one row of every workspace, all passed in by the caller so that they are
+NumPy allocations a memory probe sees: levels (n int16), the survivors (N int32 + N
+int16), a few (d+2)-sized tables, one (dv,) accumulator. ``attend_packed`` materializes
+nothing of size n*N: per query row it streams the key block once, selects, and
+accumulates. ``fastmath`` is limited to contraction and reassociation of the value sum
+(the selection is integer and exact; exp is untouched).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from hadref.kernels.popcount import row_levels
+from hadref.kernels.select import counting_topn, order_by_level
+from hadref.kernels.softmax_av import softmax_av_row
+
+_VALUE_SUM_MATH = {"contract", "reassoc"}
+
+
+@njit(cache=True, inline="always")
+def _limit(i, m, n, causal):
+    if not causal:
+        return n
+    return max(0, min(n, i + n - m + 1))
+
+
+@njit(cache=True, parallel=True, fastmath=_VALUE_SUM_MATH)
+def attend_packed(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale, causal, out,
+                  levels_ws, idx_ws, lev_ws, weight_ws, acc_ws):
+    """HAD attention, fused: XOR-popcount, counting top-N, sparse softmax, value sum.
+
+    out: (G, m, dv) written. Workspaces (C chunks, C >= 1): levels_ws (C, n) int16;
+    idx_ws (C, N') int32 and lev_ws (C, N') int16 with N' = min(top_n, n);
+    weight_ws (C, d+2) and acc_ws (C, dv) of v's dtype.
+    """
+    groups, m, _ = q_bits.shape
+    chunks = levels_ws.shape[0]
+    rows = groups * m
+    for c in prange(chunks):
+        levels = levels_ws[c]
+        sel_idx = idx_ws[c]
+        sel_lev = lev_ws[c]
+        weight = weight_ws[c]
+        acc = acc_ws[c]
+        guess = d // 2
+        for r in range(c, rows, chunks):
+            g = r // m
+            i = r - g * m
+            limit = _limit(i, m, n, causal)
+            row_levels(q_bits[g, i], k_bits[g], valid[g], limit, d + 1, levels)
+            n_eff, top, thr = counting_topn(levels, limit, valid_before[g, limit], d, top_n,
+                                            guess, sel_idx, sel_lev)
+            guess = thr
+            softmax_av_row(sel_idx, sel_lev, n_eff, top, thr, v[g], two_scale, weight, acc,
+                           out[g, i])
+
+
+@njit(cache=True, parallel=True)
+def topn_packed(q_bits, k_bits, valid, valid_before, n, d, top_n, causal, out_idx, out_lev, out_count,
+                levels_ws, idx_ws, lev_ws, count_ws):
+    """Stage 1 alone: the top-N of every query row, ordered.
+
+    out_idx (G, m, N) int32 and out_lev (G, m, N) int16: written in positions
+    ``0 .. N_eff-1`` by level ascending (score descending), index ascending on ties;
+    out_count (G, m) int32: N_eff. Positions >= N_eff are left as they were.
+    Workspaces: levels_ws (C, n) int16, idx_ws (C, N') int32, lev_ws (C, N') int16,
+    count_ws (C, d+2) int32.
+    """
+    groups, m, _ = q_bits.shape
+    chunks = levels_ws.shape[0]
+    rows = groups * m
+    for c in prange(chunks):
+        levels = levels_ws[c]
+        sel_idx = idx_ws[c]
+        sel_lev = lev_ws[c]
+        count = count_ws[c]
+        guess = d // 2
+        for r in range(c, rows, chunks):
+            g = r // m
+            i = r - g * m
+            limit = _limit(i, m, n, causal)
+            row_levels(q_bits[g, i], k_bits[g], valid[g], limit, d + 1, levels)
+            n_eff, top, thr = counting_topn(levels, limit, valid_before[g, limit], d, top_n,
+                                            guess, sel_idx, sel_lev)
+            guess = thr
+            order_by_level(sel_idx, sel_lev, n_eff, top, thr, count, out_idx[g, i],
+                           out_lev[g, i])
+            out_count[g, i] = n_eff
+
+
+@njit(cache=True, parallel=True, fastmath=_VALUE_SUM_MATH)
+def attend_from_topn(sel_idx, sel_lev, sel_count, v, two_scale, out, weight_ws, acc_ws):
+    """Stage 2 alone: sparse softmax and value sum from ``topn_packed``'s output.
+
+    Workspaces: weight_ws (C, d+2) and acc_ws (C, dv) of v's dtype.
+    """
+    groups, m, _ = sel_idx.shape
+    chunks = weight_ws.shape[0]
+    rows = groups * m
+    for c in prange(chunks):
+        weight = weight_ws[c]
+        acc = acc_ws[c]
+        for r in range(c, rows, chunks):
+            g = r // m
+            i = r - g * m
+            n_eff = sel_count[g, i]
+            top = sel_lev[g, i, 0] if n_eff > 0 else 0
+            thr = sel_lev[g, i, n_eff - 1] if n_eff > 0 else 0
+            softmax_av_row(sel_idx[g, i], sel_lev[g, i], n_eff, top, thr, v[g], two_scale,
+                           weight, acc, out[g, i])

@@ -1,0 +1,67 @@
+"""Top-N masked attention, forward and backward (the training path).
+
+``scores`` are the scaled logits of one layer (``S / sqrt(d)``, shape (..., m, n)); for
+each query row the N largest scores among the valid keys survive (ties to the lower key
+index, ``N_eff = min(N, valid keys)``), the softmax runs over the survivors only and
+``ctx = P V``. The selected index set is a constant in backward: gradients reach the kept
+scores only. A row without any valid key gives zero probabilities and a zero context.
+
+The selection is a Numba partial select (``hadref.kernels.select.float_topn_mask``,
+quickselect under the order (score descending, index ascending)), not a full sort.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hadref.errors import HadrefError
+from hadref.kernels.select import float_topn_mask
+
+
+def topn_mask(scores, key_valid, top_n: int) -> np.ndarray:
+    """Boolean (..., m, n) mask of the top-N valid keys of each row.
+
+    scores: (..., m, n) float32/float64, finite; key_valid: bool broadcastable to
+    (..., m, n) (e.g. (B, 1, 1, n)), True = selectable; top_n >= 1.
+    """
+    scores = np.ascontiguousarray(scores)
+    if not np.isfinite(scores).all():
+        raise HadrefError("scores: expected finite attention logits, found NaN or inf")
+    if isinstance(top_n, (bool, np.bool_)) or not isinstance(top_n, (int, np.integer)) or top_n < 1:
+        raise HadrefError(f"top_n: expected an integer >= 1, got {top_n!r}")
+    n = scores.shape[-1]
+    flat = scores.reshape(-1, n)
+    valid = np.ascontiguousarray(np.broadcast_to(key_valid, scores.shape)).reshape(-1, n)
+    keep = np.empty(flat.shape, dtype=np.bool_)
+    float_topn_mask(flat, valid, int(top_n), keep)
+    return keep.reshape(scores.shape)
+
+
+def topn_attention_forward(scores, v, key_valid, top_n: int):
+    """softmax over the top-N of each row, then the value sum.
+
+    scores: (..., m, n) scaled logits; v: (..., n, dv); key_valid: bool broadcastable to
+    (..., m, n); top_n >= 1.
+    Returns ``(ctx (..., m, dv), probs (..., m, n), cache)``; probs are exactly zero off
+    the selected set.
+    """
+    keep = topn_mask(scores, key_valid, top_n)
+    z = np.where(keep, scores, -np.inf)
+    zmax = z.max(axis=-1, keepdims=True)
+    empty = ~keep.any(axis=-1, keepdims=True)
+    zmax[empty] = 0.0
+    e = np.exp(z - zmax)  # exp(-inf) = 0 off the selection
+    total = e.sum(axis=-1, keepdims=True)
+    total[empty] = 1.0
+    probs = e / total
+    ctx = probs @ v
+    return ctx, probs, (probs, v)
+
+
+def topn_attention_backward(dctx, cache):
+    """dctx (..., m, dv) -> (dscores (..., m, n), dv (..., n, dv)); the index set is fixed."""
+    probs, v = cache
+    dv = np.swapaxes(probs, -1, -2) @ dctx
+    dp = dctx @ np.swapaxes(v, -1, -2)
+    dscores = probs * (dp - (dp * probs).sum(axis=-1, keepdims=True))
+    return dscores, dv
