@@ -90,10 +90,12 @@ def _design(preset_name, seq=None, dim=None, heads=None, top_n=None, node=None, 
 @click.group(invoke_without_command=True)
 @click.option("--seq", type=int, help="n keys per query row (context length).")
 @_design_options(storage_default=False)
+@click.option("--breakdown", is_flag=True,
+              help="also list every part: instances, action, count per query, energies.")
 @click.option("--vs-paper", is_flag=True,
               help="compare the paper and first-principles presets with the paper's table.")
 @click.pass_context
-def hw(ctx, as_json, vs_paper, **options):
+def hw(ctx, as_json, breakdown, vs_paper, **options):
     """CAM-based HAD accelerator model against bf16 attention.
 
     Without a subcommand: the per-component table (area mm2, power W, energy nJ/query) of
@@ -102,7 +104,7 @@ def hw(ctx, as_json, vs_paper, **options):
     if ctx.invoked_subcommand is not None:
         return
     from hadref.hw import evaluate
-    from hadref.hw.report import format_comparison, format_table, to_dict
+    from hadref.hw.report import format_breakdown, format_comparison, format_table, to_dict
 
     result = evaluate(_design(**options))
     if vs_paper:
@@ -118,6 +120,9 @@ def hw(ctx, as_json, vs_paper, **options):
         click.echo(json.dumps(to_dict(result), indent=2))
     else:
         click.echo(format_table(result))
+        if breakdown:
+            click.echo("")
+            click.echo(format_breakdown(result))
 
 
 @hw.command()
@@ -131,7 +136,8 @@ def hw(ctx, as_json, vs_paper, **options):
 def sweep(seqs, top_n_mode, as_json, plot_path, **options):
     """How each block scales with context length (energy per query and area).
 
-    Lanes and clock stay those of the preset: the same hardware, more work per query.
+    The SA MAC lanes, softmax lanes and clock stay the preset's; the HAD A V lanes are
+    re-sized to keep pace with the SA at each n (docs/hw.md, section 4).
     """
     from hadref.hw.report import format_sweep, plot_sweep, sweep as run_sweep, sweep_dict
 

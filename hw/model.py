@@ -294,7 +294,7 @@ def _had_blocks(d: Design, lib: TechLibrary) -> dict[str, Block]:
                    n * h)]
         digital = True
     exp = C.ExpUnit(lib, d.exp, lut_entries=dh + 1)
-    lane = C.SoftmaxLane(lib, exp, integer_score_bits=b + 1)
+    lane = C.SoftmaxLane(lib, exp, integer_score_bits=b)  # max - s in [0, d]
     mac = C.MacUnit(lib, d.accumulate)
     av_active = d.lanes_for(N * dh * h)
     av_built = d.lanes_for(d.n_provisioned * dh * h)

@@ -79,6 +79,29 @@ def format_table(result: Result) -> str:
     return "\n".join(lines)
 
 
+def format_breakdown(result: Result) -> str:
+    """Every part of every block: instances, action, count per query, energy per action,
+    area per instance, and the products, so each number can be checked by hand."""
+    lines = [f"{'block':<12} {'part':<14} {'inst':>6} {'busy':>6} {'action':<9} "
+             f"{'count/query':>12} {'pJ/action':>11} {'um2/inst':>10} {'nJ/query':>10} "
+             f"{'mm2':>9} {'cycles':>7}"]
+    for unit, blocks in result.units.items():
+        for name, blk in blocks.items():
+            for p in blk.parts:
+                busy = p.instances if p.busy is None else p.busy
+                lines.append(
+                    f"{unit + '.' + name:<12} {p.label:<14} {p.instances:>6} {busy:>6} "
+                    f"{p.action:<9} {p.count:>12} "
+                    f"{units.to_pj(p.component.energy(p.action)):>11.4g} "
+                    f"{units.to_um2(p.component.area):>10.4g} "
+                    f"{units.to_nj(p.energy_per_query):>10.4g} {units.to_mm2(p.area):>9.4g} "
+                    f"{p.cycles_per_query:>7}")
+            if blk.parts and (blk.k_area != 1 or blk.k_energy != 1):
+                lines.append(f"{unit + '.' + name:<12} {'calibration':<14} x{blk.k_area:.4g} "
+                             f"area, x{blk.k_energy:.4g} energy (fitted to the paper)")
+    return "\n".join(lines)
+
+
 def _less(reduction: float) -> str:
     """0.79 -> '79.0 % less'; -0.5 -> '50.0 % more'."""
     return f"{100 * abs(reduction):.1f} % {'less' if reduction >= 0 else 'more'}"
@@ -113,7 +136,8 @@ def sweep(design: Design, seqs: list[int], top_n_mode: str = "proportional") -> 
 
     ``top_n_mode``: ``fixed`` keeps N (and the provisioned A V rows), capped at n;
     ``proportional`` scales both with n from the design's own n (N = round(N0 n / n0),
-    at least 1). Lanes and clock stay fixed: the hardware is the same, the work grows.
+    at least 1). MAC lanes, softmax lanes (when given) and the clock stay fixed; lanes
+    the model derives (HAD A V, XNOR) are re-sized to keep pace with the SA at each n.
     """
     if top_n_mode not in ("fixed", "proportional"):
         raise HadrefError(f"--top-n-mode {top_n_mode!r}: expected fixed or proportional")
