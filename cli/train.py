@@ -365,7 +365,8 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
 @click.argument("model_path", metavar="MODEL.h5", type=click.Path(dir_okay=False))
 @click.option("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli.")
 @click.option("--max-len", type=click.IntRange(min=8), default=None,
-              help="Tokens per example (default: the student's training length, else 128).")
+              help="Tokens per example (default: a student's training length, else 128 or the "
+                   "model's position table if shorter).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--check", is_flag=True,
               help="HAD student: also run the training path and require the same prediction "
@@ -394,7 +395,8 @@ def evaluate(model_path, task, max_len, batch_size, check, as_json, data_dir, sk
         raise HadrefError(f"--check compares the packed kernels with the training path of a HAD "
                           f"student; {model_path} is a float model")
     if max_len is None:
-        max_len = int((model.had or {}).get("settings", {}).get("max_len", 128))
+        default = min(128, model.config.max_position_embeddings)
+        max_len = int((model.had or {}).get("settings", {}).get("max_len", default))
     _, devs = _load_task_data(t, model, data_dir, max_len, skip_bad_rows, None, dev_limit,
                               need_train=False)
     result = {"task": t.name, "model": str(model_path), "max_len": max_len,
