@@ -107,6 +107,8 @@ class Design:
                                   f"expected one of {', '.join(allowed)}")
         if self.query_rate is not None and not (self.query_rate > 0):
             raise HadrefError(f"--rate {self.query_rate!r}: expected a positive number")
+        if self.query_rate is not None and self.power_mode != "matched":
+            raise HadrefError(f"--rate {self.query_rate:g}: applies only with --power matched")
         for key, value in (("cam_cell_f2", self.cam_cell_f2),
                            ("cam_search_fj_per_bit", self.cam_search_fj_per_bit)):
             if value is not None and not value > 0:

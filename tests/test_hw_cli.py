@@ -77,6 +77,7 @@ def test_matched_power():
     (["--topn", "heap"], "--topn heap: needs digital scores"),
     (["--power", "matched", "--rate", "1e12"], "--rate 1e+12 queries/s: exceeds"),
     (["--exp", "lut", "--lanes", "-1"], "--lanes -1: expected a positive integer"),
+    (["--rate", "1e6"], "--rate 1e+06: applies only with --power matched"),
 ])
 def test_bad_options_exit_2_with_one_line(args, needle):
     res = run(*args)

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from hadref.hw import evaluate, preset
-from hadref.hw.fit import COMPONENTS, compare, fit_paper, paper_table
+from hadref.hw.fit import compare, fit_paper, paper_table
 from hadref.hw.units import MM2
 
 # The paper's table (arXiv 2502.01770, section 4.4), typed in here independently of
@@ -101,7 +101,3 @@ def test_first_principles_uses_no_fitted_constant():
     # the MAC blocks (whose lanes and clock the fit set) agree
     assert res.sa["qk"].power == pytest.approx(12.730, rel=1e-3)
     assert math.isclose(res.had["av"].power, evaluate(preset("paper")).had["av"].power)
-
-
-def test_components_listed():
-    assert COMPONENTS == ("qk", "topn", "softmax", "av", "total")

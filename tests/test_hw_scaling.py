@@ -296,6 +296,13 @@ def test_invalid_design_values():
             BASE.replace(**kwargs)
 
 
+def test_component_latency_and_throughput():
+    mac = C.MacUnit(library(45))
+    assert mac.latency(2e9) == pytest.approx(0.5e-9)
+    assert mac.throughput(2e9) == pytest.approx(2e9)
+    assert "area=3000 um2" in repr(mac) and "mac=1.5 pJ" in repr(mac)
+
+
 def test_component_unknown_action():
     with pytest.raises(HadrefError, match="no action 'read'"):
         C.MacUnit(library(45)).energy("read")
