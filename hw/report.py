@@ -217,9 +217,11 @@ def plot_sweep(results: list[Result], path) -> None:
     d = results[0].design
     handles, labels = axes[1].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="center right", frameon=False)
+    tops = [r.design.top_n for r in results]
+    n_text = (f"N = {tops[0]} fixed" if len(set(tops)) == 1 and len(tops) > 1
+              else "N = " + ", ".join(map(str, tops)))
     fig.suptitle(f"preset {d.name}: d={d.dim}, heads={d.heads}, {d.node_nm:g} nm, "
-                 f"{d.clock_hz / units.GHZ:.3g} GHz, {d.mac_lanes} MAC lanes; "
-                 f"N: {', '.join(str(r.design.top_n) for r in results)} "
+                 f"{d.clock_hz / units.GHZ:.3g} GHz, {d.mac_lanes} MAC lanes; {n_text} "
                  "(SA dashed, HAD solid)", fontsize=9)
     fig.tight_layout(rect=(0, 0, 0.87, 1))
     try:
