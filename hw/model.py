@@ -17,8 +17,10 @@ Conventions (all per query token, all heads):
   per clock cycle when busy, ``count`` actions per query;
 - energy per query = sum over parts of count x energy(action);
 - area = sum over parts of instances x area;
-- cycles per query = max over parts of ceil(count / instances) (parts pipeline);
-- power: ``peak`` = clock x sum over parts of busy instances x energy(action) (every
+- cycles per query = max over parts of ceil(count / busy) (parts pipeline), where busy
+  = actions per cycle (one per instance unless stated: an SRAM delivers the bits its
+  lanes read per cycle; idle provisioned lanes are not busy);
+- power: ``peak`` = clock x sum over parts of busy x energy(action) (every
   instance acts every cycle: what a synthesis report at full activity gives; provisioned
   but idle lanes are clock-gated); ``matched`` = energy per query x one query rate for
   every block of both units (default: the slowest block's rate).
@@ -141,7 +143,7 @@ class Design:
 @dataclass(frozen=True)
 class Part:
     """``instances`` copies of ``component``; ``count`` actions per query; ``busy``
-    instances per cycle at peak (default all); area of all instances counted."""
+    actions per cycle when working (default: one per instance); area of all instances."""
 
     label: str
     component: C.Component
