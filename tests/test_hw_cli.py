@@ -39,6 +39,7 @@ def test_json_schema():
     s = data["settings"]
     assert s["preset"] == "paper" and s["seq"] == 256 and s["top_n"] == 63
     assert s["node_nm"] == 65 and s["clock_ghz"] == pytest.approx(1.93836)
+    assert (s["mac_lanes"], s["had_av_lanes_busy"], s["had_av_lanes_built"]) == (3529, 869, 1241)
     assert data["had"]["total"]["power_w"] == pytest.approx(3.301, rel=0.02)
     assert round(100 * data["reductions"]["area"]) == 79
 
