@@ -52,12 +52,7 @@ class _LazyGroup(click.Group):
 def main():
     """hadref: Hamming Attention Distillation in NumPy and Numba.
 
-    \b
-    convert   real BERT weights (safetensors, HF folder, `minilm`) -> our HDF5
-    info      what a model file holds
-    bench     binarized top-N attention against float attention (speed, memory, error)
-    finetune  train a classifier teacher on a GLUE task
-    distill   teacher -> HAD student (four stages), accuracy beside the teacher's
-    evaluate  a model's GLUE metric on dev (HAD students through the packed kernels)
-    hw        CAM-based HAD accelerator model against bf16 attention
+    Convert real BERT weights to our HDF5 file, fine-tune a teacher, distill it into a
+    HAD student, evaluate it, time the packed kernels, or model the CAM accelerator.
+    `hadref COMMAND --help` says how to use each command.
     """
