@@ -43,9 +43,16 @@ def _as_float(x, name: str, min_ndim: int = 2) -> np.ndarray:
         raise HadrefError(f"{name}: expected shape (..., n, d), got {x.shape}")
     if 0 in x.shape:
         raise HadrefError(f"{name}: expected non-empty array, got shape {x.shape}")
-    if not np.isfinite(x).all():
+    if not _all_finite(x):
         raise HadrefError(f"{name}: expected finite values, found NaN or inf")
     return np.ascontiguousarray(x)
+
+
+def _all_finite(x: np.ndarray) -> bool:
+    """True when no NaN or inf: one float64 sum pass (NaN and inf propagate; a float32 sum
+    cannot overflow in float64), the elementwise test only when the sum is not finite."""
+    total = np.add.reduce(x, axis=None, dtype=np.float64)
+    return bool(np.isfinite(total)) or bool(np.isfinite(x).all())
 
 
 def _check_top_n(top_n) -> int:
@@ -96,6 +103,11 @@ def _valid_before(valid: np.ndarray, n: int) -> np.ndarray:
     out = np.zeros((valid.shape[0], n + 1), dtype=np.int32)
     np.cumsum(valid[:, :n], axis=1, dtype=np.int32, out=out[:, 1:])
     return out
+
+
+def _marks(chunks: int, n: int) -> np.ndarray:
+    """Workspace of the selection's bit masks: (chunks, 2, ceil(n/64)) uint64."""
+    return np.empty((chunks, 2, (n + 63) // 64), np.uint64)
 
 
 def _chunks(rows: int) -> int:
@@ -152,7 +164,8 @@ def _topn_groups(q_bits, k_bits, valid, n, d, top_n, causal):
     chunks = _chunks(groups * m)
     sel = min(top_n, n)
     _fused.topn_packed(q_bits, k_bits, valid, _valid_before(valid, n), n, d, top_n, bool(causal), idx, lev, count,
-                       np.empty((chunks, n), np.int16), np.empty((chunks, sel), np.int32),
+                       np.empty((chunks, n), np.int16), _marks(chunks, n),
+                       np.empty((chunks, sel), np.int32),
                        np.empty((chunks, sel), np.int16), np.empty((chunks, d + 2), np.int32))
     return idx, lev, count
 
@@ -209,7 +222,7 @@ def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal):
     out = np.empty((groups, m, dv), dtype=v.dtype)
     c = _chunks(groups * m)
     _fused.attend_packed(q_bits, k_bits, v, valid, _valid_before(valid, n), n, d, top_n, two_scale, bool(causal), out,
-                         np.empty((c, n), np.int16), np.empty((c, top_n), np.int32),
+                         np.empty((c, n), np.int16), _marks(c, n), np.empty((c, top_n), np.int32),
                          np.empty((c, top_n), np.int16), np.empty((c, d + 2), v.dtype),
                          np.empty((c, dv), v.dtype))
     return out

@@ -20,6 +20,20 @@ def ctpop64(typingctx, x):
     return sig, codegen
 
 
+@intrinsic
+def cttz64(typingctx, x):
+    """Index of the lowest set bit of a nonzero uint64 (LLVM ``llvm.cttz.i64``: TZCNT/BSF)."""
+    if x != types.uint64:
+        return None
+    sig = types.uint64(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        fn = builder.module.declare_intrinsic("llvm.cttz", [ir.IntType(64), ir.IntType(1)])
+        return builder.call(fn, [args[0], ir.Constant(ir.IntType(1), 0)])
+
+    return sig, codegen
+
+
 @njit(cache=True, inline="always")
 def row_levels(q_row, k_bits, valid, limit, invalid_level, levels):
     """Popcount levels of one query against keys ``0 .. limit-1``.
@@ -47,3 +61,4 @@ def row_levels(q_row, k_bits, valid, limit, invalid_level, levels):
             for w in range(words):
                 pc += ctpop64(q_row[w] ^ k_bits[j, w])
             levels[j] = np.int16(pc) if valid[j] else bad
+

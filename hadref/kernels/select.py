@@ -12,6 +12,8 @@ order (score descending, index ascending) finds the same set in expected O(n).
 import numpy as np
 from numba import njit, prange
 
+from hadref.kernels.popcount import cttz64
+
 
 @njit(cache=True, inline="always")
 def _count_at_most(levels, limit, t):
@@ -22,7 +24,8 @@ def _count_at_most(levels, limit, t):
 
 
 @njit(cache=True, inline="always")
-def counting_topn(levels, limit, selectable, d, top_n, guess, out_idx, out_lev):
+def counting_topn(levels, limit, selectable, d, top_n, guess, below_words, at_words, out_idx,
+                  out_lev):
     """Select the N smallest levels (largest scores) among keys ``0 .. limit-1``.
 
     levels: (>= limit,) int16 from ``row_levels`` (``d + 1`` = padding, never selected).
@@ -30,6 +33,7 @@ def counting_topn(levels, limit, selectable, d, top_n, guess, out_idx, out_lev):
     guess:  a level where the threshold probably lies (the previous row's threshold: rows
             of one head have similar score distributions); any value in 0..d is correct,
             a good one saves counting passes.
+    below_words, at_words: (>= ceil(limit/64),) uint64 scratch.
     out_idx: (>= N_eff,) int32, out_lev: (>= N_eff,) int16, written in positions
              ``0 .. N_eff-1``: the survivors in key-index order and their levels.
     Returns ``(N_eff, top_level, threshold_level)``: N_eff = min(top_n, selectable); every
@@ -37,83 +41,101 @@ def counting_topn(levels, limit, selectable, d, top_n, guess, out_idx, out_lev):
     fill the remaining places lowest index first. ``top_level`` is the smallest level
     selected (the row's maximum score).
 
-    The threshold is the smallest t in 0..d with count(level <= t) >= N_eff: found by
-    galloping from ``guess`` then bisecting, each probe one vectorized counting pass
-    (two passes when the guess is right).
+    The threshold is the smallest t in 0..d with count(level <= t) >= N_eff: two counting
+    passes check the guess (the usual case), otherwise galloping away from it and
+    bisecting find it; each probe is one vectorized pass over the row.
     """
     n_eff = min(top_n, selectable)
     if n_eff == 0:
         return 0, 0, 0
-    if n_eff == selectable:  # every selectable key survives: no threshold search
-        thr = d
-        below = selectable - _count_equal(levels, limit, d)
-    else:
-        # invariant: count(<= lo - 1) < n_eff <= count(<= hi); below = count(<= lo - 1)
-        g = min(max(guess, 0), d)
-        c = _count_at_most(levels, limit, g)
-        if c >= n_eff:
-            hi = g
-            lo = 0
-            below = 0
-            step = 1
-            while hi - step >= 0:
-                probe = hi - step
-                cp = _count_at_most(levels, limit, probe)
-                if cp >= n_eff:
-                    hi = probe
-                    step *= 2
-                else:
-                    lo = probe + 1
-                    below = cp
-                    break
-        else:
-            lo = g + 1
-            below = c
-            hi = d
-            step = 1
-            while lo + step - 1 < d:
-                probe = lo + step - 1
-                cp = _count_at_most(levels, limit, probe)
-                if cp >= n_eff:
-                    hi = probe
-                    break
+    guess = min(max(guess, 0), d)
+    at_most_guess = _count_at_most(levels, limit, guess)
+    # bracket: count(<= lo - 1) = below < n_eff <= count(<= hi)
+    if at_most_guess >= n_eff:  # the threshold is the guess or under it
+        lo, hi, below = 0, guess, 0
+        step = 1
+        while hi - step >= lo:
+            probe = hi - step
+            cp = _count_at_most(levels, limit, probe)
+            if cp >= n_eff:
+                hi = probe
+                step *= 2
+            else:
                 lo = probe + 1
                 below = cp
-                step *= 2
-        while lo < hi:
-            mid = (lo + hi) // 2
-            c = _count_at_most(levels, limit, mid)
-            if c >= n_eff:
-                hi = mid
-            else:
-                lo = mid + 1
-                below = c
-        thr = lo
-    # one pass gathers the survivors in index order (branch-free but for its early exit)
-    at_thr = n_eff - below  # places for keys at the threshold level, lowest index first
-    seen_at_thr = 0
-    placed = 0
-    top = thr
-    for j in range(limit):
-        lev = levels[j]
-        is_thr = lev == thr
-        take = (lev < thr) | (is_thr & (seen_at_thr < at_thr))
-        seen_at_thr += np.int32(is_thr)
-        out_idx[placed] = j
-        out_lev[placed] = lev
-        top = min(top, lev) if take else top
-        placed += np.int32(take)
-        if placed == n_eff:
-            break
+                break
+    else:  # above it
+        lo, hi, below = guess + 1, d, at_most_guess
+        step = 1
+        while lo + step - 1 < hi:
+            probe = lo + step - 1
+            cp = _count_at_most(levels, limit, probe)
+            if cp >= n_eff:
+                hi = probe
+                break
+            lo = probe + 1
+            below = cp
+            step *= 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        cp = _count_at_most(levels, limit, mid)
+        if cp >= n_eff:
+            hi = mid
+        else:
+            lo = mid + 1
+            below = cp
+    thr = lo
+    _mark(levels, limit, thr, below_words, at_words)
+    top = _gather(levels, limit, below_words, at_words, n_eff - below, n_eff, out_idx,
+                  out_lev)
     return n_eff, top, thr
 
 
 @njit(cache=True, inline="always")
-def _count_equal(levels, limit, t):
-    count = 0
-    for j in range(limit):
-        count += np.int32(levels[j] == t)
-    return count
+def _mark(levels, limit, thr, below_words, at_words):
+    """Bit masks of the keys below and at level thr, 64 keys per word."""
+    t = np.int16(thr)
+    for base in range(0, limit, 64):
+        stop = min(base + 64, limit)
+        below_bits = np.uint64(0)
+        at_bits = np.uint64(0)
+        for j in range(base, stop):
+            lev = levels[j]
+            shift = np.uint64(j - base)
+            below_bits |= np.uint64(lev < t) << shift
+            at_bits |= np.uint64(lev == t) << shift
+        below_words[base // 64] = below_bits
+        at_words[base // 64] = at_bits
+
+
+@njit(cache=True, inline="always")
+def _gather(levels, limit, below_words, at_words, at_thr, n_eff, out_idx, out_lev):
+    """Walk the marked keys in index order: all below the threshold, the first ``at_thr``
+    at it. The scalar work is per survivor (TZCNT over set bits), not per key.
+    Returns the smallest level gathered."""
+    one = np.uint64(1)
+    placed = 0
+    top = np.int64(1 << 30)
+    for w in range((limit + 63) // 64):
+        take = below_words[w]
+        at_bits = at_words[w]
+        while at_bits != 0 and at_thr > 0:
+            lowest = at_bits & (~at_bits + one)
+            take |= lowest
+            at_bits ^= lowest
+            at_thr -= 1
+        base = 64 * w
+        while take != 0:
+            j = base + np.int64(cttz64(take))
+            lev = levels[j]
+            out_idx[placed] = j
+            out_lev[placed] = lev
+            top = min(top, np.int64(lev))
+            placed += 1
+            take &= take - one
+        if placed == n_eff:
+            break
+    return top
 
 
 @njit(cache=True, inline="always")

@@ -32,7 +32,21 @@ def softmax_av_row(sel_idx, sel_lev, n_eff, top, last, v, two_scale, weight_of_l
     for c in range(dv):
         acc[c] = 0.0
     total = 0.0
-    for t in range(n_eff):
+    # four value rows per sweep over acc: a quarter of the accumulator loads and stores
+    body = n_eff - n_eff % 4
+    for t in range(0, body, 4):
+        w0 = weight_of_level[sel_lev[t]]
+        w1 = weight_of_level[sel_lev[t + 1]]
+        w2 = weight_of_level[sel_lev[t + 2]]
+        w3 = weight_of_level[sel_lev[t + 3]]
+        total += np.float64(w0) + np.float64(w1) + np.float64(w2) + np.float64(w3)
+        r0 = v[sel_idx[t]]
+        r1 = v[sel_idx[t + 1]]
+        r2 = v[sel_idx[t + 2]]
+        r3 = v[sel_idx[t + 3]]
+        for c in range(dv):
+            acc[c] += w0 * r0[c] + w1 * r1[c] + w2 * r2[c] + w3 * r3[c]
+    for t in range(body, n_eff):
         w = weight_of_level[sel_lev[t]]
         total += np.float64(w)
         row = v[sel_idx[t]]

@@ -1,0 +1,318 @@
+"""``hadref bench``: HAD attention on packed bits against dense float attention.
+
+Generated inputs (no weights): q, k, v ~ N(0, 1) float32 of shape (batch, heads, seq, dim),
+N = round(0.117 * seq) (the paper's ratio: 30 at 256, 120 at 1024) unless ``--top-n``.
+Per sequence length it times, with one warm-up call each and then ``--repeat`` rounds in
+which every method runs once in turn (interleaved, so that a busy machine slows all of
+them alike), and reports medians:
+
+* dense float attention: ``hadref.float_attention`` (NumPy/BLAS: S = QK^T, stable softmax
+  in place, AV; one (seq, seq) matrix per head at a time);
+* HAD attention: ``hadref.had_attention`` (pack, then one fused pass per query row), and
+  its stages run apart: pack q and k, popcount + top-N (the ordered indices of every row,
+  one head at a time), softmax + AV from those indices.
+
+Extra memory is the peak of NumPy allocations during one call (``tracemalloc``, which sees
+every array including the kernels' workspaces, all allocated on the NumPy side) minus the
+output. The error of HAD against float attention on the same inputs: the relative output
+error ``||O_had - O_float|| / ||O_float||`` and the recall of the float top-N set (the N
+largest ``q.k`` of a row) by HAD's top-N set, over up to ``--recall-rows`` rows per head.
+"""
+
+from __future__ import annotations
+
+import json as _json
+import sys
+import time
+import tracemalloc
+
+import click
+import numpy as np
+
+from hadref.cli._common import parse_int_list
+from hadref.errors import HadrefError
+
+PAPER_RATIO = 0.117  # N / context of the paper: 15/30/60/120 at 128/256/512/1024
+
+
+def default_top_n(seq: int) -> int:
+    """The paper's N for a context length: round(0.117 * seq), at least 1."""
+    return max(1, round(PAPER_RATIO * seq))
+
+
+def _median_ms(samples) -> float:
+    return float(np.median(samples) * 1e3)
+
+
+def _peak_extra_bytes(fn, result_bytes: int) -> int:
+    """Peak NumPy allocation during fn() minus the result it returns (both counted)."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        out = fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    del out
+    return max(0, peak - result_bytes)
+
+
+class _Stages:
+    """HAD attention split into its three stages, one (batch, head) group at a time so that
+    the (seq, N) indices of only one group are held (the fused path holds none)."""
+
+    def __init__(self, q, k, v, top_n):
+        from hadref import hamming
+
+        self._h = hamming
+        self.lead, (self.n, self.d), self.dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
+        self.q = q.reshape(-1, self.n, self.d)
+        self.k = k.reshape(-1, self.n, self.d)
+        self.v = v.reshape(-1, self.n, self.dv)
+        self.top_n = min(top_n, self.n)
+        groups = self.q.shape[0]
+        self.valid = np.ones((1, self.n), np.bool_)
+        self.valid_before = hamming._valid_before(self.valid, self.n)
+        c = hamming._chunks(self.n)
+        words = (self.d + 63) // 64
+        self.q_bits = np.empty((groups, self.n, words), np.uint64)
+        self.k_bits = np.empty((groups, self.n, words), np.uint64)
+        self.idx = np.empty((1, self.n, self.top_n), np.int32)
+        self.lev = np.empty((1, self.n, self.top_n), np.int16)
+        self.count = np.empty((1, self.n), np.int32)
+        self.ws = (np.empty((c, self.n), np.int16), hamming._marks(c, self.n),
+                   np.empty((c, self.top_n), np.int32),
+                   np.empty((c, self.top_n), np.int16), np.empty((c, self.d + 2), np.int32))
+        self.av_ws = (np.empty((c, self.d + 2), v.dtype), np.empty((c, self.dv), v.dtype))
+        self.out = np.empty((groups, self.n, self.dv), v.dtype)
+        self.two_scale = hamming._two_scale(1.0, 1.0, self.d)
+
+    def pack(self):
+        from hadref.kernels.pack import pack_rows
+
+        pack_rows(self.q.reshape(-1, self.d), self.q_bits.reshape(-1, self.q_bits.shape[-1]))
+        pack_rows(self.k.reshape(-1, self.d), self.k_bits.reshape(-1, self.k_bits.shape[-1]))
+
+    def topn_and_av(self):
+        """Both remaining stages, group by group; returns (topn seconds, av seconds)."""
+        from hadref.kernels import fused
+
+        t_topn = t_av = 0.0
+        for g in range(self.q.shape[0]):
+            t0 = time.perf_counter()
+            fused.topn_packed(self.q_bits[g:g + 1], self.k_bits[g:g + 1], self.valid,
+                              self.valid_before, self.n, self.d, self.top_n, False,
+                              self.idx, self.lev, self.count, *self.ws)
+            t1 = time.perf_counter()
+            fused.attend_from_topn(self.idx, self.lev, self.count, self.v[g:g + 1],
+                                   self.two_scale, self.out[g:g + 1], *self.av_ws)
+            t2 = time.perf_counter()
+            t_topn += t1 - t0
+            t_av += t2 - t1
+        return t_topn, t_av
+
+
+def _recall(q, k, top_n, rows_per_head, rng):
+    """Mean |float top-N set & HAD top-N set| / N over sampled rows of every head."""
+    from hadref import hamming
+
+    lead, (n, d) = q.shape[:-2], q.shape[-2:]
+    qf, kf = q.reshape(-1, n, d), k.reshape(-1, n, d)
+    take = min(n, rows_per_head)
+    top_n = min(top_n, n)
+    hits = 0
+    for g in range(qf.shape[0]):
+        rows = np.sort(rng.choice(n, size=take, replace=False))
+        scores = qf[g, rows] @ kf[g].T  # (take, n) float32
+        float_top = np.argpartition(-scores, top_n - 1, axis=1)[:, :top_n]
+        had_idx, _ = hamming.hamming_topn(hamming.pack_signs(qf[g, rows]),
+                                          hamming.pack_signs(kf[g]), d, top_n)
+        for r in range(take):
+            hits += np.intersect1d(float_top[r], had_idx[r], assume_unique=True).size
+    return hits / (qf.shape[0] * take * top_n)
+
+
+def run_bench(seq: int, heads: int = 12, dim: int = 64, top_n: int | None = None,
+              batch: int = 1, repeat: int = 5, recall_rows: int = 256, seed: int = 0,
+              progress=None) -> dict:
+    """Measure one sequence length; returns a dict of the figures (ms, bytes, ratios)."""
+    from hadref import hamming
+
+    n_sel = default_top_n(seq) if top_n is None else top_n
+    rng = np.random.default_rng(seed)
+    shape = (batch, heads, seq, dim)
+    q, k, v = (rng.standard_normal(shape, dtype=np.float32) for _ in range(3))
+    say = progress or (lambda message: None)
+
+    stages = _Stages(q, k, v, n_sel)
+    # warm-up: compiles (first run only, then cached on disk) and touches the memory
+    say(f"seq {seq}: warm-up")
+    dense_out = hamming.float_attention(q, k, v)
+    had_out = hamming.had_attention(q, k, v, n_sel)
+    stages.pack()
+    stages.topn_and_av()
+    if not np.allclose(stages.out.reshape(had_out.shape), had_out, rtol=1e-5, atol=1e-6):
+        raise RuntimeError("bench: the staged kernels disagree with had_attention")
+
+    times = {"dense": [], "had": [], "pack": [], "topn": [], "av": []}
+    for r in range(repeat):
+        say(f"seq {seq}: repeat {r + 1}/{repeat}")
+        t0 = time.perf_counter()
+        hamming.float_attention(q, k, v)
+        t1 = time.perf_counter()
+        hamming.had_attention(q, k, v, n_sel)
+        t2 = time.perf_counter()
+        stages.pack()
+        t3 = time.perf_counter()
+        t_topn, t_av = stages.topn_and_av()
+        times["dense"].append(t1 - t0)
+        times["had"].append(t2 - t1)
+        times["pack"].append(t3 - t2)
+        times["topn"].append(t_topn)
+        times["av"].append(t_av)
+
+    say(f"seq {seq}: memory and error")
+    out_bytes = dense_out.nbytes
+    mem_dense = _peak_extra_bytes(lambda: hamming.float_attention(q, k, v), out_bytes)
+    mem_had = _peak_extra_bytes(lambda: hamming.had_attention(q, k, v, n_sel), out_bytes)
+    rel_err = float(np.linalg.norm((had_out - dense_out).ravel())
+                    / np.linalg.norm(dense_out.ravel()))
+    recall = _recall(q, k, n_sel, recall_rows, np.random.default_rng(seed + 1))
+    med = {name: _median_ms(samples) for name, samples in times.items()}
+    words = (dim + 63) // 64
+    return {
+        "seq": seq, "heads": heads, "dim": dim, "batch": batch, "top_n": n_sel,
+        "repeat": repeat,
+        "dense_ms": med["dense"], "had_ms": med["had"], "pack_ms": med["pack"],
+        "popcount_topn_ms": med["topn"], "softmax_av_ms": med["av"],
+        "speedup": med["dense"] / med["had"],
+        "dense_extra_bytes": mem_dense, "had_extra_bytes": mem_had,
+        "key_bytes_per_token_packed": heads * words * 8,
+        "key_bytes_per_token_float32": heads * dim * 4,
+        "relative_output_error": rel_err, "recall_float_topn": recall,
+        "recall_rows_per_head": min(seq, recall_rows),
+        "samples_ms": {name: [s * 1e3 for s in samples] for name, samples in times.items()},
+    }
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
+
+
+def format_table(results: list[dict], threads: int) -> str:
+    lines = []
+    for r in results:
+        lines += [
+            f"seq {r['seq']}: batch {r['batch']} x {r['heads']} heads, d {r['dim']}, "
+            f"N {r['top_n']}; median of {r['repeat']} interleaved repeats, {threads} Numba "
+            f"thread(s)",
+            f"  {'':34}{'median ms':>11}{'speed-up':>10}{'extra memory':>15}",
+            f"  {'dense float (NumPy BLAS)':34}{r['dense_ms']:11.2f}{1.0:9.2f}x"
+            f"{_mib(r['dense_extra_bytes']):>15}",
+            f"  {'HAD total (pack + fused kernel)':34}{r['had_ms']:11.2f}{r['speedup']:9.2f}x"
+            f"{_mib(r['had_extra_bytes']):>15}",
+            f"  {'  stage: pack q, k':34}{r['pack_ms']:11.2f}",
+            f"  {'  stage: popcount + top-N':34}{r['popcount_topn_ms']:11.2f}",
+            f"  {'  stage: softmax + AV':34}{r['softmax_av_ms']:11.2f}",
+            f"  key cache per token: {r['key_bytes_per_token_packed']} B packed vs "
+            f"{r['key_bytes_per_token_float32']} B float32 "
+            f"({r['key_bytes_per_token_float32'] / r['key_bytes_per_token_packed']:.0f}x smaller)",
+            f"  HAD vs float: relative output error {r['relative_output_error']:.3f}, recall "
+            f"of the float top-{r['top_n']} set {r['recall_float_topn']:.3f} "
+            f"({r['recall_rows_per_head']} rows/head)",
+            "",
+        ]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _plot(results: list[dict], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise HadrefError("--plot: needs matplotlib (pip install 'hadref[plot]')") from None
+    seqs = [r["seq"] for r in results]
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for key, label, style in (("dense_ms", "dense float (NumPy BLAS)", "o-"),
+                              ("had_ms", "HAD total", "s-"),
+                              ("popcount_topn_ms", "HAD popcount + top-N", "^--"),
+                              ("softmax_av_ms", "HAD softmax + AV", "v--"),
+                              ("pack_ms", "HAD pack", "x:")):
+        ax.plot(seqs, [r[key] for r in results], style, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length")
+    ax.set_ylabel("median time (ms)")
+    r0 = results[0]
+    ax.set_title(f"attention, batch {r0['batch']} x {r0['heads']} heads, d {r0['dim']}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as err:
+        raise HadrefError(f"--plot: cannot write {path}: {err.strerror}") from None
+    finally:
+        plt.close(fig)
+
+
+@click.command()
+@click.option("--seq", "seq_text", default="1024", show_default=True,
+              help="Sequence length(s), comma-separated, e.g. 256,1024,4096.")
+@click.option("--heads", type=click.IntRange(min=1), default=12, show_default=True)
+@click.option("--dim", type=click.IntRange(1, 32766), default=64, show_default=True,
+              help="Head size d.")
+@click.option("--top-n", type=click.IntRange(min=1), default=None,
+              help="N kept per query row [default: round(0.117 * seq), the paper's ratio].")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Timed rounds after one warm-up; medians are reported.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Numba threads [default: all]. BLAS keeps its own setting "
+                   "(OPENBLAS_NUM_THREADS).")
+@click.option("--recall-rows", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Rows per head sampled for the recall of the float top-N set.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Write time against sequence length (log-log) to this PNG.")
+def bench(seq_text, heads, dim, top_n, batch, repeat, threads, recall_rows, seed, as_json,
+          plot):
+    """Time HAD attention (packed bits, top-N) against dense float attention.
+
+    Generated inputs, no weights needed: q, k, v ~ N(0, 1) float32 (batch, heads, seq,
+    dim). Prints median ms per stage, the speed-up, extra memory, key-cache bytes per token
+    and the error of HAD against float attention on the same inputs.
+    """
+    import numba
+
+    seqs = parse_int_list(seq_text, "--seq")
+    if threads is not None:
+        if threads > numba.config.NUMBA_NUM_THREADS:
+            raise HadrefError(f"--threads: at most {numba.config.NUMBA_NUM_THREADS} on this "
+                              f"machine (NUMBA_NUM_THREADS), got {threads}")
+        numba.set_num_threads(threads)
+    used_threads = numba.get_num_threads()
+
+    def progress(message):
+        if not as_json:
+            click.echo(f"  ... {message}", err=True)
+
+    results = []
+    for seq in seqs:
+        results.append(run_bench(seq, heads, dim, top_n, batch, repeat, recall_rows, seed,
+                                 progress))
+        if not as_json:
+            click.echo(format_table(results[-1:], used_threads))
+    if as_json:
+        click.echo(_json.dumps({"threads": used_threads, "results": results}, indent=2))
+    if plot:
+        _plot(results, plot)
+        if not as_json:
+            click.echo(f"plot written to {plot}")
+    sys.stdout.flush()
+
+
+__all__ = ["bench", "run_bench", "default_top_n", "format_table"]
