@@ -106,8 +106,8 @@ def _valid_before(valid: np.ndarray, n: int) -> np.ndarray:
 
 
 def _marks(chunks: int, n: int) -> np.ndarray:
-    """Workspace of the selection's bit masks: (chunks, 2, ceil(n/64)) uint64."""
-    return np.empty((chunks, 2, (n + 63) // 64), np.uint64)
+    """Workspace of the selection's bit masks and key flags: (chunks, 10, ceil(n/64)) uint64."""
+    return np.empty((chunks, 10, (n + 63) // 64), np.uint64)
 
 
 def _chunks(rows: int) -> int:

@@ -50,7 +50,7 @@ def _attend_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n
         limit = _limit(i, m, n, causal)
         row_levels(q_bits[g, i], k_bits[g], valid[g], limit, d + 1, levels)
         n_eff, top, thr = counting_topn(levels, limit, valid_before[g, limit], d, top_n,
-                                        guess, marks[0], marks[1], sel_idx, sel_lev)
+                                        guess, marks, sel_idx, sel_lev)
         guess = thr
         softmax_av_row(sel_idx, sel_lev, n_eff, top, thr, v[g], two_scale, weight, acc,
                        out[g, i])
@@ -62,7 +62,7 @@ def attend_packed(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale
     """HAD attention, fused: XOR-popcount, counting top-N, sparse softmax, value sum.
 
     out: (G, m, dv) written. Workspaces (C chunks, C >= 1): levels_ws (C, n) int16;
-    marks_ws (C, 2, ceil(n/64)) uint64;
+    marks_ws (C, 10, ceil(n/64)) uint64;
     idx_ws (C, N') int32 and lev_ws (C, N') int16 with N' = min(top_n, n);
     weight_ws (C, d+2) and acc_ws (C, dv) of v's dtype.
     """
@@ -84,7 +84,7 @@ def _topn_chunk(c, chunks, q_bits, k_bits, valid, valid_before, n, d, top_n, cau
         limit = _limit(i, m, n, causal)
         row_levels(q_bits[g, i], k_bits[g], valid[g], limit, d + 1, levels)
         n_eff, top, thr = counting_topn(levels, limit, valid_before[g, limit], d, top_n,
-                                        guess, marks[0], marks[1], sel_idx, sel_lev)
+                                        guess, marks, sel_idx, sel_lev)
         guess = thr
         order_by_level(sel_idx, sel_lev, n_eff, top, thr, count, out_idx[g, i], out_lev[g, i])
         out_count[g, i] = n_eff
@@ -98,7 +98,7 @@ def topn_packed(q_bits, k_bits, valid, valid_before, n, d, top_n, causal, out_id
     out_idx (G, m, N) int32 and out_lev (G, m, N) int16: written in positions
     ``0 .. N_eff-1`` by level ascending (score descending), index ascending on ties;
     out_count (G, m) int32: N_eff. Positions >= N_eff are left as they were.
-    Workspaces: levels_ws (C, n) int16, marks_ws (C, 2, ceil(n/64)) uint64,
+    Workspaces: levels_ws (C, n) int16, marks_ws (C, 10, ceil(n/64)) uint64,
     idx_ws (C, N') int32, lev_ws (C, N') int16,
     count_ws (C, d+2) int32.
     """
