@@ -94,14 +94,15 @@ class TrainLoop:
         is then checkpointed before KeyboardInterrupt propagates (a half-made step would
         leave the generator or the weights between two states). Any other exception
         propagates at once and keeps the last checkpoint, as a real crash would."""
-        self._saved_at = time.monotonic()
+        self._saved_at = start = time.monotonic()
         with _DeferredInterrupt() as interrupt:
             while self.step < self.total:
                 step = self.step
                 fields = step_fn(step, self.stream.next())
                 self.step = step + 1
                 if self.log is not None:
-                    self.log.write(step=self.step, **fields)
+                    self.log.write(step=self.step, **fields,
+                                   time_s=round(time.monotonic() - start, 3))
                 if self.progress is not None:
                     self.progress.update(self.step, fields)
                 if stage_end is not None and stage_end(step):

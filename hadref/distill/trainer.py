@@ -191,6 +191,7 @@ def distill(teacher, train_data, dev_data, task, settings: DistillSettings, *,
         norm = clip_grad_norm(grads, settings.clip)
         optimizer.lr = stage.lr
         optimizer.step(grads)
+        loop.notes.update(stage=stage.number, c=c)  # for readers of the checkpoint
         return {"stage": stage.number, "c": c, "loss": l_out + l_attn, "l_attn": l_attn if attn else None,
                 "l_out": l_out, "grad_norm": norm, "lr": stage.lr}
 
