@@ -1,29 +1,51 @@
 """Numba-fused elementwise kernels of the engine (one pass over memory each).
 
-LayerNorm, exact (erf) GELU, masked softmax, their backwards, the embedding gather and
-scatter-add, and the Adam update. Every kernel works on plain, C-contiguous NumPy arrays
-(float32, or float64 for gradient checks: Numba compiles one version per dtype) and writes
-into arrays the caller allocates. Sums are accumulated in float64. No fastmath: these
-kernels must agree with the plain NumPy formulas (tests/test_engine_fused.py).
+LayerNorm, exact (erf) GELU, masked softmax, their backwards, dropout, the embedding
+gather and scatter-add, and the Adam update. Every kernel works on plain, C-contiguous
+NumPy arrays and writes into arrays the caller allocates.
+
+Two precisions. float64 (gradient checks) runs the exact formulas with libm's erf/exp.
+float32 (training and inference) runs SIMD-friendly versions of the transcendental
+kernels: a rational erf (max abs error 5e-7) and a Cephes-style exp (max relative error
+1e-7), both within a few float32 ulps. The wrappers ``gelu_forward``, ``gelu_backward``,
+``masked_softmax`` and ``softmax_backward`` pick the version from the dtype. Every kernel
+is tested against its plain NumPy formula (tests/test_engine_fused.py).
+
+Choices that make the loops vectorize:
+- ``error_model="numpy"``: Python's error model puts a zero-division branch in every
+  division, which keeps LLVM from vectorizing the loop.
+- row sums are reassociated (``_SUMS``: no ``nnan``/``ninf``, so tests against -inf keep
+  their meaning); the float32 softmax runs with full fastmath and never meets inf or NaN.
+- single-threaded on purpose: these loops run near memory speed; the engine's parallelism
+  is BLAS's. On 2 shared cores, OpenMP-parallel versions measured slower than serial ones
+  (threads spinning at barriers while other processes hold the cores).
 """
 
 import math
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit
+from numba.core import types
+from numba.extending import intrinsic
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_LN_BWD_CHUNKS = 16  # row chunks with their own dgamma/dbeta partial sums (no write races)
+_LN_BWD_CHUNKS = 1  # rows accumulate dgamma/dbeta into partial sums (one chunk: serial)
+_SUMS = {"reassoc", "contract", "nsz", "arcp"}
+_F32 = np.float32
+_LOWEST_F32 = np.float32(-3.4e38)  # finite "minus infinity" for the fastmath softmax
 
 
 # --- LayerNorm over the last axis -------------------------------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", fastmath=_SUMS)
 def layernorm_forward(x, gamma, beta, eps, out, mean, rstd):
-    """x (N, H) -> out (N, H) = (x - mean) * rstd * gamma + beta; fills mean, rstd (N,)."""
+    """x (N, H) -> out (N, H) = (x - mean) * rstd * gamma + beta; fills mean, rstd (N,).
+
+    Mean and variance (two-pass) are accumulated in float64."""
     n, h = x.shape
-    for i in prange(n):
+    for i in range(n):
         s = 0.0
         for j in range(h):
             s += x[i, j]
@@ -39,13 +61,14 @@ def layernorm_forward(x, gamma, beta, eps, out, mean, rstd):
             out[i, j] = (x[i, j] - m) * r * gamma[j] + beta[j]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", fastmath=_SUMS)
 def layernorm_backward(dout, x, mean, rstd, gamma, dx, dgamma_parts, dbeta_parts):
-    """dx (N, H); dgamma_parts, dbeta_parts (chunks, H) float64 partial sums (sum them)."""
+    """dx (N, H); adds sum_rows dout * xhat and sum_rows dout into dgamma_parts[c],
+    dbeta_parts[c] ((chunks, H) float64, zeroed by the caller; the caller sums them)."""
     n, h = x.shape
     chunks = dgamma_parts.shape[0]
     per = (n + chunks - 1) // chunks
-    for c in prange(chunks):
+    for c in range(chunks):
         for i in range(c * per, min(n, (c + 1) * per)):
             m = mean[i]
             r = rstd[i]
@@ -65,94 +88,256 @@ def layernorm_backward(dout, x, mean, rstd, gamma, dx, dgamma_parts, dbeta_parts
                 dx[i, j] = r * (dout[i, j] * gamma[j] - a - xhat * b)
 
 
-# --- exact GELU ---------------------------------------------------------------------------
+# --- float32 transcendental helpers ---------------------------------------------------------
 
-@njit(cache=True, parallel=True)
-def gelu_forward(x, out):
-    """out = 0.5 x (1 + erf(x / sqrt 2)), elementwise over flat arrays."""
-    for i in prange(x.size):
+@intrinsic
+def _pow2_f32(typingctx, n):
+    """2.0**n as float32 for a float32 n holding an integer in [-126, 127]: the IEEE
+    exponent field (n + 127) << 23, bit-cast (exact; no libm call, SIMD-friendly)."""
+    if n != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        k = builder.add(builder.fptosi(args[0], i32), ir.Constant(i32, 127))
+        return builder.bitcast(builder.shl(k, ir.Constant(i32, 23)), ir.FloatType())
+
+    return types.float32(types.float32), codegen
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _erf_f32(x):
+    """erf(x) for float32 x: odd rational approximation on [-4, 4] (|error| < 5e-7)."""
+    x = min(max(x, _F32(-4.0)), _F32(4.0))
+    x2 = x * x
+    p = x2 * _F32(-2.72614225801306e-10) + _F32(2.77068142495902e-08)
+    p = x2 * p + _F32(-2.10102402082508e-06)
+    p = x2 * p + _F32(-5.69250639462346e-05)
+    p = x2 * p + _F32(-7.34990630326855e-04)
+    p = x2 * p + _F32(-2.95459980854025e-03)
+    p = x2 * p + _F32(-1.60960333262415e-02)
+    q = x2 * _F32(-1.45660718464996e-05) + _F32(-2.13374055278905e-04)
+    q = x2 * q + _F32(-1.68282697438203e-03)
+    q = x2 * q + _F32(-7.37332916720468e-03)
+    q = x2 * q + _F32(-1.42647390514189e-02)
+    return x * p / q
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _exp_nonpos_f32(y):
+    """exp(y) for float32 y <= 0 (Cephes expf; relative error < 1e-7 down to y = -87,
+    below which it returns exp(-87) ~ 1.6e-38): y = n ln2 + r, exp(r) by polynomial,
+    2^n from its exponent bits. Inlined, it vectorizes (libm's expf does not)."""
+    y = max(y, _F32(-87.0))
+    n = _F32(np.int32(y * _F32(1.4426950408889634) + _F32(128.5))) - _F32(128.0)
+    r = y - n * _F32(0.693359375) - n * _F32(-2.12194440e-4)
+    p = _F32(1.9875691500e-4) * r + _F32(1.3981999507e-3)
+    p = p * r + _F32(8.3334519073e-3)
+    p = p * r + _F32(4.1665795894e-2)
+    p = p * r + _F32(1.6666665459e-1)
+    p = p * r + _F32(5.0000001201e-1)
+    e = p * (r * r) + r + _F32(1.0)
+    return e * _pow2_f32(n)
+
+
+# --- exact GELU -------------------------------------------------------------------------------
+
+@njit(cache=True, error_model="numpy")
+def _gelu_forward_exact(x, out):
+    for i in range(x.size):
         xi = x[i]
         out[i] = 0.5 * xi * (1.0 + math.erf(xi * _INV_SQRT2))
 
 
-@njit(cache=True, parallel=True)
-def gelu_backward(dout, x, dx):
-    """dx = dout * (Phi(x) + x phi(x)), elementwise over flat arrays."""
-    for i in prange(x.size):
+@njit(cache=True, error_model="numpy")
+def _gelu_backward_exact(dout, x, dx):
+    for i in range(x.size):
         xi = x[i]
         cdf = 0.5 * (1.0 + math.erf(xi * _INV_SQRT2))
         pdf = math.exp(-0.5 * xi * xi) * _INV_SQRT_2PI
         dx[i] = dout[i] * (cdf + xi * pdf)
 
 
+@njit(cache=True, error_model="numpy")
+def _gelu_forward_f32(x, out):
+    for i in range(x.size):
+        xi = x[i]
+        out[i] = _F32(0.5) * xi * (_F32(1.0) + _erf_f32(xi * _F32(_INV_SQRT2)))
+
+
+@njit(cache=True, error_model="numpy")
+def _gelu_backward_f32(dout, x, dx):
+    for i in range(x.size):
+        xi = x[i]
+        cdf = _F32(0.5) * (_F32(1.0) + _erf_f32(xi * _F32(_INV_SQRT2)))
+        pdf = _exp_nonpos_f32(_F32(-0.5) * xi * xi) * _F32(_INV_SQRT_2PI)
+        dx[i] = dout[i] * (cdf + xi * pdf)
+
+
+def gelu_forward(x, out):
+    """out = 0.5 x (1 + erf(x / sqrt 2)) over flat arrays x, out (same dtype)."""
+    (_gelu_forward_f32 if x.dtype == np.float32 else _gelu_forward_exact)(x, out)
+
+
+def gelu_backward(dout, x, dx):
+    """dx = dout * (Phi(x) + x phi(x)) over flat arrays."""
+    (_gelu_backward_f32 if x.dtype == np.float32 else _gelu_backward_exact)(dout, x, dx)
+
+
 # --- softmax over keys with a padding mask ----------------------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy")
+def _masked_softmax_exact(scores, key_mask, out):
+    nb, nh, nt, ns = scores.shape
+    for b in range(nb):
+        for hh in range(nh):
+            for i in range(nt):
+                row_max = -np.inf
+                for j in range(ns):
+                    if key_mask[b, j] and scores[b, hh, i, j] > row_max:
+                        row_max = scores[b, hh, i, j]
+                if row_max == -np.inf:
+                    for j in range(ns):
+                        out[b, hh, i, j] = 0.0
+                    continue
+                total = 0.0
+                for j in range(ns):
+                    if key_mask[b, j]:
+                        e = math.exp(scores[b, hh, i, j] - row_max)
+                        out[b, hh, i, j] = e
+                        total += e
+                    else:
+                        out[b, hh, i, j] = 0.0
+                inv = 1.0 / total
+                for j in range(ns):
+                    out[b, hh, i, j] *= inv
+
+
+@njit(cache=True, error_model="numpy", fastmath=True)
+def _masked_softmax_f32(scores, key_mask, out):
+    # Full fastmath is safe here: for finite scores no inf or NaN is ever formed (masked
+    # keys use a finite sentinel, exp arguments are clamped to <= 0, and rows without a
+    # valid key are decided before any arithmetic).
+    nb, nh, nt, ns = scores.shape
+    keep_f = np.empty(ns, dtype=np.float32)
+    for b in range(nb):
+        keep = key_mask[b]
+        n_valid = 0
+        for j in range(ns):
+            keep_f[j] = _F32(1.0) if keep[j] else _F32(0.0)
+            n_valid += 1 if keep[j] else 0
+        for hh in range(nh):
+            for i in range(nt):
+                row = scores[b, hh, i]
+                dst = out[b, hh, i]
+                if n_valid == 0:
+                    dst[:] = 0.0
+                    continue
+                row_max = _LOWEST_F32
+                for j in range(ns):
+                    row_max = max(row_max, row[j] if keep[j] else _LOWEST_F32)
+                total = _F32(0.0)
+                for j in range(ns):
+                    e = _exp_nonpos_f32(min(row[j] - row_max, _F32(0.0))) * keep_f[j]
+                    dst[j] = e
+                    total += e
+                inv = _F32(1.0) / total
+                for j in range(ns):
+                    dst[j] *= inv
+
+
+@njit(cache=True, error_model="numpy", fastmath=_SUMS)
+def _softmax_backward_any(probs, dprobs, dscores):
+    nb, nh, nt, ns = probs.shape
+    for b in range(nb):
+        for hh in range(nh):
+            for i in range(nt):
+                p = probs[b, hh, i]
+                dp = dprobs[b, hh, i]
+                ds = dscores[b, hh, i]
+                dot = 0.0
+                for j in range(ns):
+                    dot += p[j] * dp[j]
+                for j in range(ns):
+                    ds[j] = p[j] * (dp[j] - dot)
+
+
 def masked_softmax(scores, key_mask, out):
     """scores (B, h, T, S), key_mask (B, S) bool -> out (B, h, T, S) probabilities.
 
     Padding keys get exactly 0; a row without a valid key is all zeros (never NaN).
     """
-    nb, nh, nt, ns = scores.shape
-    for bh in prange(nb * nh):
-        b = bh // nh
-        hh = bh % nh
-        for i in range(nt):
-            row_max = -np.inf
-            for j in range(ns):
-                if key_mask[b, j] and scores[b, hh, i, j] > row_max:
-                    row_max = scores[b, hh, i, j]
-            if row_max == -np.inf:
-                for j in range(ns):
-                    out[b, hh, i, j] = 0.0
-                continue
-            total = 0.0
-            for j in range(ns):
-                if key_mask[b, j]:
-                    e = math.exp(scores[b, hh, i, j] - row_max)
-                    out[b, hh, i, j] = e
-                    total += e
-                else:
-                    out[b, hh, i, j] = 0.0
-            inv = 1.0 / total
-            for j in range(ns):
-                out[b, hh, i, j] *= inv
+    (_masked_softmax_f32 if scores.dtype == np.float32 else _masked_softmax_exact)(
+        scores, key_mask, out)
 
 
-@njit(cache=True, parallel=True)
 def softmax_backward(probs, dprobs, dscores):
-    """dscores = probs * (dprobs - sum_j probs * dprobs), rows over the last axis (4-D)."""
-    nb, nh, nt, ns = probs.shape
-    for bh in prange(nb * nh):
-        b = bh // nh
-        hh = bh % nh
-        for i in range(nt):
-            dot = 0.0
-            for j in range(ns):
-                dot += probs[b, hh, i, j] * dprobs[b, hh, i, j]
-            for j in range(ns):
-                dscores[b, hh, i, j] = probs[b, hh, i, j] * (dprobs[b, hh, i, j] - dot)
+    """dscores = probs * (dprobs - sum_j probs * dprobs) over the last axis (4-D arrays);
+    dscores may be dprobs itself (in place). The row dot is accumulated in float64."""
+    _softmax_backward_any(probs, dprobs, dscores)
+
+
+# --- dropout ------------------------------------------------------------------------------
+
+@intrinsic
+def _hash16(typingctx, counter, key1, key2):
+    """16 random bits for element `counter` under the keys (key1, key2): two rounds of the
+    lowbias32 integer hash (C. Wellons), h = H(H(counter + key1) + key2), in 32-bit lanes
+    so that the loop vectorizes. Counter-based: the same (counter, keys) always give the
+    same bits, so backward recomputes the forward's mask instead of storing it."""
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+
+        def lowbias32(h):
+            h = builder.xor(h, builder.lshr(h, ir.Constant(i32, 16)))
+            h = builder.mul(h, ir.Constant(i32, 0x7FEB352D))
+            h = builder.xor(h, builder.lshr(h, ir.Constant(i32, 15)))
+            h = builder.mul(h, ir.Constant(i32, 0x846CA68B))
+            return builder.xor(h, builder.lshr(h, ir.Constant(i32, 16)))
+
+        c, k1, k2 = (builder.trunc(a, i32) for a in args)
+        h = lowbias32(builder.add(c, k1))
+        h = lowbias32(builder.add(h, k2))
+        return builder.trunc(builder.lshr(h, ir.Constant(i32, 16)), ir.IntType(16))
+
+    return types.uint16(types.int64, types.int64, types.int64), codegen
+
+
+@njit(cache=True, error_model="numpy")
+def dropout_apply(x, key1, key2, threshold, scale, out):
+    """out[i] = x[i] * scale if bits(i) >= threshold else 0, over flat arrays, where
+    bits(i) = _hash16(i, key1, key2) (uint16). Forward and backward call it with the same
+    keys, so they see the same mask."""
+    zero = x.dtype.type(0.0)
+    for i in range(x.size):
+        out[i] = x[i] * scale if _hash16(i, key1, key2) >= threshold else zero
+
+
+@njit(cache=True, error_model="numpy")
+def dropout_bits(n, key1, key2, bits):
+    """bits[i] = _hash16(i, key1, key2) for i < n (the mask dropout_apply uses; tests)."""
+    for i in range(n):
+        bits[i] = _hash16(i, key1, key2)
 
 
 # --- embeddings ---------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy")
 def embedding_sum(input_ids, token_type_ids, word, position, token_type, out):
     """input_ids, token_type_ids (B, T) int64 -> out (B, T, H) = word + position + type."""
     nb, nt = input_ids.shape
     h = word.shape[1]
-    for n in prange(nb * nt):
-        b = n // nt
-        t = n % nt
-        wi = input_ids[b, t]
-        ti = token_type_ids[b, t]
-        for j in range(h):
-            out[b, t, j] = word[wi, j] + position[t, j] + token_type[ti, j]
+    for b in range(nb):
+        for t in range(nt):
+            wi = input_ids[b, t]
+            ti = token_type_ids[b, t]
+            for j in range(h):
+                out[b, t, j] = word[wi, j] + position[t, j] + token_type[ti, j]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def scatter_add_rows(ids, rows, table):
-    """table[ids[n]] += rows[n] for flat ids (N,) and rows (N, H); sequential (repeats)."""
+    """table[ids[n]] += rows[n] for flat ids (N,) and rows (N, H) (repeated ids add up)."""
     h = rows.shape[1]
     for n in range(ids.shape[0]):
         r = ids[n]
@@ -162,15 +347,15 @@ def scatter_add_rows(ids, rows, table):
 
 # --- optimizer ------------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy")
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, bias1, bias2, weight_decay):
-    """One Adam(W) step on flat arrays, in place.
+    """One Adam(W) step on flat arrays, in place (arithmetic in float64).
 
     m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;
     p <- p - lr * (wd * p + (m / bias1) / (sqrt(v / bias2) + eps))   (decoupled decay).
     """
-    for i in prange(param.size):
-        g = grad[i]
+    for i in range(param.size):
+        g = np.float64(grad[i])
         mi = beta1 * m[i] + (1.0 - beta1) * g
         vi = beta2 * v[i] + (1.0 - beta2) * g * g
         m[i] = mi
@@ -179,10 +364,11 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, bias1, bias2, weight_d
         param[i] = p - lr * (weight_decay * p + (mi / bias1) / (math.sqrt(vi / bias2) + eps))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", fastmath=_SUMS)
 def sum_of_squares(x):
     """sum(x**2) of a flat array, accumulated in float64."""
     total = 0.0
-    for i in prange(x.size):
-        total += np.float64(x[i]) * x[i]
+    for i in range(x.size):
+        xi = np.float64(x[i])
+        total += xi * xi
     return total

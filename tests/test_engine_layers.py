@@ -105,8 +105,13 @@ def test_dropout(bt, h, seed, p):
     y2, _ = dropout.dropout_forward(x, p, np.random.default_rng(seed), True)
     np.testing.assert_array_equal(y, y2)  # the seeded generator decides the mask
     if p > 0:
-        keep = cache[0]
-        np.testing.assert_allclose(y, np.where(keep, x / (1 - p), 0.0), rtol=1e-15)
+        _, _, threshold, scale, shape = cache
+        assert threshold == round(p * 65536) and scale == 65536 / (65536 - threshold)
+        keep = dropout.dropout_mask(cache)
+        assert keep.shape == shape
+        np.testing.assert_array_equal(y, np.where(keep, x * scale, 0.0))
+        np.testing.assert_array_equal(dropout.dropout_backward(r, cache),
+                                      np.where(keep, r * scale, 0.0))
     assert_grad(dropout.dropout_backward(r, cache),
                 lambda: float((dropout.dropout_forward(
                     x, p, np.random.default_rng(seed), True)[0] * r).sum()), x)
@@ -114,11 +119,21 @@ def test_dropout(bt, h, seed, p):
     assert same is x and none is None
 
 
-def test_dropout_rate():
-    x = np.ones((200, 500), np.float32)
-    y, (keep, p) = dropout.dropout_forward(x, 0.1, np.random.default_rng(1), True)
-    assert abs(keep.mean() - 0.9) < 0.005
-    assert y.dtype == np.float32 and abs(y.mean() - 1.0) < 0.01
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_dropout_masks_look_random(p):
+    """Rate, unbiasedness, independence between neighbours and between calls."""
+    x = np.ones((400, 500), np.float32)
+    rng = np.random.default_rng(1)
+    y, cache = dropout.dropout_forward(x, p, rng, True)
+    keep = dropout.dropout_mask(cache)
+    sd = math.sqrt(p * (1 - p) / keep.size)
+    assert abs(keep.mean() - (1 - p)) < 5 * sd
+    assert y.dtype == np.float32 and abs(y.mean() - 1.0) < 5 * sd / (1 - p)
+    k = keep.reshape(-1).astype(np.float64)
+    for lag in (1, 2, 8, 500):
+        assert abs(np.corrcoef(k[:-lag], k[lag:])[0, 1]) < 0.01
+    other = dropout.dropout_mask(dropout.dropout_forward(x, p, rng, True)[1])
+    assert abs(np.corrcoef(k, other.reshape(-1))[0, 1]) < 0.01
 
 
 @given(shapes, st.integers(1, 3), st.integers(1, 4), seeds, st.booleans())

@@ -1,27 +1,57 @@
-"""Inverted dropout: y = x * keep / (1 - p), keep ~ Bernoulli(1 - p) from a numpy Generator.
+"""Inverted dropout: y = x * keep / (1 - p), keep ~ Bernoulli(1 - p), seeded by a numpy
+Generator.
 
-The boolean keep-mask is the cache, so backward reproduces exactly the forward's choice.
-With ``train=False`` or ``p == 0`` the layer is the identity and the cache is None.
+Each call draws two 32-bit keys from the given ``numpy.random.Generator``; element i is
+kept when 16 bits of a counter-based hash of (i, keys) are >= ``threshold = round(p *
+65536)`` (hadref._fused._hash16). So the drop probability is ``threshold / 65536``
+(within 7.7e-6 of p) and kept values are scaled by the exact ``65536 / (65536 -
+threshold)``, which keeps the layer unbiased. The mask is a pure function of the keys:
+the cache holds the keys and backward recomputes exactly the forward's mask, without
+storing it (at T = 256 an attention-probability mask would be 25 MB per layer) and
+without a second pass over a random stream. The same generator state gives the same
+mask. With ``train=False`` or ``p == 0`` the layer is the identity and the cache is None.
 """
 
 import numpy as np
 
+from hadref import _fused
+
+_LEVELS = 65536
+
 
 def dropout_forward(x, p, rng, train):
-    """x (...), p in [0, 1), rng np.random.Generator -> (y (...), keep mask bool (...) or None)."""
-    if not train or p == 0.0:
+    """x (...) float, p in [0, 1), rng np.random.Generator -> (y (...), cache or None).
+
+    cache = (key1, key2, threshold, scale, shape)."""
+    threshold = int(round(p * _LEVELS))
+    if not train or threshold == 0:
         return x, None
-    keep = rng.random(x.shape, dtype=np.float32) >= p
-    y = x * keep
-    y *= x.dtype.type(1.0 / (1.0 - p))
-    return y, (keep, p)
+    if x.size >= 2**32:
+        raise ValueError("dropout: arrays of 2**32 or more elements are not supported")
+    x = np.ascontiguousarray(x)
+    key1, key2 = (int(k) for k in rng.integers(0, 2**32, size=2, dtype=np.uint64))
+    scale = _LEVELS / (_LEVELS - threshold)
+    out = np.empty_like(x)
+    _fused.dropout_apply(x.reshape(-1), key1, key2, threshold, x.dtype.type(scale),
+                         out.reshape(-1))
+    return out, (key1, key2, threshold, scale, x.shape)
 
 
 def dropout_backward(dy, cache):
-    """dy (...) -> dx (...); the identity when the forward was."""
+    """dy (...) -> dx (...) = dy * keep * scale; the identity when the forward was."""
     if cache is None:
         return dy
-    keep, p = cache
-    dx = dy * keep
-    dx *= dy.dtype.type(1.0 / (1.0 - p))
+    key1, key2, threshold, scale, _ = cache
+    dy = np.ascontiguousarray(dy)
+    dx = np.empty_like(dy)
+    _fused.dropout_apply(dy.reshape(-1), key1, key2, threshold, dy.dtype.type(scale),
+                         dx.reshape(-1))
     return dx
+
+
+def dropout_mask(cache):
+    """The boolean keep-mask (shape of the forward's input) a dropout cache stands for."""
+    key1, key2, threshold, _, shape = cache
+    bits = np.empty(int(np.prod(shape)), dtype=np.uint16)
+    _fused.dropout_bits(bits.size, key1, key2, bits)
+    return (bits >= threshold).reshape(shape)

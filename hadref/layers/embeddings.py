@@ -36,7 +36,8 @@ def embeddings_backward(dout, cache):
     dsummed, dgamma, dbeta = layernorm_backward(dnormed, ln_cache)
     nb, nt, h = dsummed.shape
     rows = np.ascontiguousarray(dsummed.reshape(nb * nt, h))
-    dword = np.zeros_like(params[WORD])
+    # np.zeros (calloc) rather than zeros_like (which writes every page of a 47 MB table)
+    dword = np.zeros(params[WORD].shape, params[WORD].dtype)
     _fused.scatter_add_rows(input_ids.reshape(-1), rows, dword)
     dposition = np.zeros_like(params[POSITION])
     dposition[:nt] = dsummed.sum(axis=0)
