@@ -92,7 +92,7 @@ def finetune(model, train_data, dev_data, task, settings: FinetuneSettings, *,
     if resume:
         loop.restore()
     if progress is not None:
-        progress.total, progress.start_step = total, loop.step
+        progress.start(total, loop.step)
 
     def step_fn(step, batch):
         with dropout_scope(model, settings.dropout):

@@ -6,13 +6,13 @@ import numpy as np
 
 from hadref import metrics
 from hadref.data.batching import eval_batches
+from hadref.errors import HadrefError
 
 
 def predict(model, data, batch_size: int = 64) -> np.ndarray:
     """(n, C) logits of ``model`` on every example of ``data`` (an Encoded set), in file
     order, float32. Runs through whatever attention core the model holds."""
     if model.num_labels is None:
-        from hadref.errors import HadrefError
         raise HadrefError("the model has no classifier head: fine-tune it first (hadref finetune)")
     logits = np.zeros((len(data), model.num_labels), dtype=np.float32)
     for batch in eval_batches(data, batch_size):

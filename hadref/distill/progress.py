@@ -34,6 +34,11 @@ class Progress:
         self.t0 = time.monotonic()
         self._last = -1e9
 
+    def start(self, total: int, done: int = 0) -> None:
+        """(Re)start the clock for ``total`` steps of which ``done`` are made (resume)."""
+        self.total, self.start_step = total, done
+        self.t0 = time.monotonic()
+
     def line(self, step: int, fields: dict) -> str:
         """The status text after ``step`` steps (1-based count of steps made)."""
         elapsed = time.monotonic() - self.t0

@@ -167,7 +167,7 @@ def distill(teacher, train_data, dev_data, task, settings: DistillSettings, *,
     core = _had_core(sigma_q, sigma_k, settings)
     student.attention_core = core
     if progress is not None:
-        progress.total, progress.start_step = schedule.total_steps, loop.step
+        progress.start(schedule.total_steps, loop.step)
     regression = task.is_regression
 
     def step_fn(step, batch):
