@@ -303,16 +303,20 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
     teacher = _load_model(teacher_path, "teacher")
     if teacher.had is not None:
         raise HadrefError(f"{teacher_path} is already a HAD student; distill from a float teacher")
+    headless = teacher.num_labels is None
+    auto_teacher = out.with_name(out.stem + "-teacher.h5")   # where a head-less encoder's teacher goes
+    ft_log, ft_ckpt = _side_paths(auto_teacher, None, None)
+    if resume and not (ckpt_path.is_file() or (headless and (ft_ckpt.is_file() or auto_teacher.is_file()))):
+        raise HadrefError(f"no checkpoint to resume from at {ckpt_path} (--resume)")
     train, dev = _load_task_data(t, teacher, data_dir, settings.max_len, skip_bad_rows,
                                  train_limit, dev_limit)
     t0 = time.monotonic()
     teacher_file = Path(teacher_path)
-    if teacher.num_labels is None:
+    if headless:
         if no_finetune:
             raise HadrefError(f"{teacher_path} has no classifier head for {t.name} (a pre-trained "
                               "encoder): fine-tune it first (hadref finetune) or drop --no-finetune")
-        teacher_file = out.with_name(out.stem + "-teacher.h5")
-        ft_log, ft_ckpt = _side_paths(teacher_file, None, None)
+        teacher_file = auto_teacher
         if resume and teacher_file.is_file() and not ft_ckpt.is_file():
             click.echo(f"{teacher_path} has no head for {t.name}: using the teacher already "
                        f"fine-tuned at {teacher_file}", err=True)
@@ -336,8 +340,8 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
                   resume=resume, teacher=str(teacher_file), teacher_metrics=teacher_metrics)
         student, stage_metrics = _distill(
             teacher, train, dev[0], t, settings, checkpoint_path=ckpt_path,
-            checkpoint_every=checkpoint_every, resume=resume, log=log, progress=progress,
-            teacher_sha256=_sha256(teacher_file))
+            checkpoint_every=checkpoint_every, resume=resume and ckpt_path.is_file(), log=log,
+            progress=progress, teacher_sha256=_sha256(teacher_file))
     except KeyboardInterrupt:
         raise HadrefError(f"interrupted; the checkpoint {ckpt_path} holds the last finished "
                           "step: run the same command with --resume to continue") from None

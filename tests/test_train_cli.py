@@ -113,7 +113,16 @@ def test_distill_fine_tunes_a_headless_encoder_first(glue_slice, encoder_file, t
                  "--ft-steps", "3", "--ft-batch-size", "16", "--no-attn-loss", *_DISTILL_FAST))
     assert "fine-tuning a teacher first" in r.output
     assert (tmp_path / "s-teacher.h5").is_file() and student.is_file()
-    assert hadref.load(student).had["settings"]["attn_loss"] is False
+    first = hadref.load(student)
+    assert first.had["settings"]["attn_loss"] is False
+    # --resume after the fine-tune finished reuses that teacher; the same seed gives the
+    # same student, bit for bit
+    r = _ok(_run("distill", encoder_file, "--task", "sst2", "--data", glue_slice, "-o", student,
+                 "--ft-steps", "3", "--ft-batch-size", "16", "--no-attn-loss", *_DISTILL_FAST,
+                 "--resume"))
+    assert "using the teacher already fine-tuned" in r.output
+    second = hadref.load(student)
+    assert all(np.array_equal(first.params[n], second.params[n]) for n in first.params)
 
 
 def test_bad_data_and_bad_settings(glue_slice, encoder_file, tmp_path, monkeypatch):

@@ -147,7 +147,8 @@ def distill(teacher, train_data, dev_data, task, settings: DistillSettings, *,
     rng = np.random.default_rng([settings.seed, 0xD1])
     loop = TrainLoop(kind="distill", model=student, optimizer=optimizer, stream=stream, rng=rng,
                      total_steps=schedule.total_steps,
-                     settings={"task": task.name, **settings.to_dict()},
+                     settings={"task": task.name, "teacher_sha256": teacher_sha256,
+                               **settings.to_dict()},
                      checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
                      log=log, progress=progress)
     stage_metrics = loop.notes.setdefault("dev_metrics", {})  # {stage: metrics}, checkpointed
