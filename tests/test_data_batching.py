@@ -92,3 +92,20 @@ def test_eval_batches_cover_every_example_once():
     data = encode_split(_split(37), _WordTokenizer())
     idx = np.concatenate([b.index for b in eval_batches(data, 8)])
     assert sorted(idx.tolist()) == list(range(37))
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=25)
+@given(st.integers(1, 90), st.integers(1, 20), st.integers(1, 6), st.integers(0, 3))
+def test_epoch_is_a_partition_into_full_batches(n, batch_size, bucket, seed):
+    data = encode_split(_split(n, seed=seed), _WordTokenizer())
+    order = BatchStream(data, batch_size, seed=seed, bucket_batches=bucket).epoch_order(0)
+    seen = np.concatenate(order)
+    assert len(np.unique(seen)) == len(seen)            # no example twice
+    if n >= batch_size:
+        assert all(len(b) == batch_size for b in order)  # only full batches
+        assert len(seen) > n - batch_size  # only the last window's short tail is left out
+    else:
+        assert len(seen) == n

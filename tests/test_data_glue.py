@@ -106,3 +106,24 @@ def test_limit_keeps_first_rows(glue_dir):
     assert len(dev) == 10 and dev.lines.tolist() == list(range(2, 12))
     sub = dev.subset([3, 1])
     assert sub.texts_a == [dev.texts_a[3], dev.texts_a[1]]
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_text = st.text(st.characters(blacklist_characters="\t\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029",
+                              blacklist_categories=("Cs",)), min_size=1, max_size=30)
+
+
+@settings(max_examples=30)
+@given(st.lists(st.tuples(_text, _text, st.sampled_from(["entailment", "not_entailment"])),
+                min_size=1, max_size=12))
+def test_rte_rows_read_back_exactly(tmp_path_factory, rows):
+    """Any text without tabs or line breaks, quotes included, is read back unchanged."""
+    root = tmp_path_factory.mktemp("rte")
+    lines = ["index\tsentence1\tsentence2\tlabel"] + [
+        f"{i}\t{a}\t{b}\t{y}" for i, (a, b, y) in enumerate(rows)]
+    (root / "RTE").mkdir()
+    (root / "RTE" / "dev.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (split,) = load_split("rte", "dev", root)
+    assert split.texts_a == [a for a, _, _ in rows] and split.texts_b == [b for _, b, _ in rows]
+    assert split.labels.tolist() == [0 if y == "entailment" else 1 for _, _, y in rows]
