@@ -23,20 +23,20 @@ class TrainLoop:
     """Runs ``step_fn(step, batch) -> dict of logged numbers`` for steps [start, total).
 
     kind: 'finetune' or 'distill' (a checkpoint of one cannot resume the other);
-    settings: JSON-able dict that must match on resume; extra_arrays: {name: array} saved
-    beside the parameters (e.g. sigma); ``stage_end(step) -> bool`` marks the steps after
+    settings: JSON-able dict that must match on resume; ``extra`` ({name: array}, e.g.
+    sigma) and ``notes`` (JSON-able) are saved and restored with the state; ``stage_end(step) -> bool`` marks the steps after
     which ``on_stage_end(step)`` runs (evaluation) and a checkpoint is written.
     """
 
     def __init__(self, *, kind, model, optimizer, stream, rng, total_steps, settings,
                  checkpoint_path=None, checkpoint_every: float = 300.0, log=None,
-                 progress=None, extra_arrays=None):
+                 progress=None):
         self.kind, self.model, self.optimizer = kind, model, optimizer
         self.stream, self.rng, self.total = stream, rng, int(total_steps)
         self.settings = settings
         self.path, self.every = checkpoint_path, float(checkpoint_every)
         self.log, self.progress = log, progress
-        self.extra = dict(extra_arrays or {})
+        self.extra: dict = {}
         self.step = 0
         self.notes: dict = {}   # JSON-able run facts saved with the checkpoint (dev metrics)
 
