@@ -21,13 +21,14 @@ from hadref.errors import HadrefError
 
 # --- shared pieces ------------------------------------------------------------------------
 
-def _data_options(f):
+def _data_options(f, train=True):
     f = click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
                      help="GLUE folder (DIR/SST-2/train.tsv, ...); default $HADREF_DATA.")(f)
     f = click.option("--skip-bad-rows", is_flag=True,
                      help="Leave out malformed rows (counted and reported) instead of stopping.")(f)
-    f = click.option("--train-limit", type=click.IntRange(min=1), default=None,
-                     help="Use only the first N training rows (demos, tests).")(f)
+    if train:
+        f = click.option("--train-limit", type=click.IntRange(min=1), default=None,
+                         help="Use only the first N training rows (demos, tests).")(f)
     f = click.option("--dev-limit", type=click.IntRange(min=1), default=None,
                      help="Use only the first N dev rows (demos, tests).")(f)
     return f
@@ -371,14 +372,15 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
 @click.option("--max-len", type=click.IntRange(min=8), default=None,
               help="Tokens per example (default: a student's training length, else 128 or the "
                    "model's position table if shorter).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Examples per forward pass.")
 @click.option("--check", is_flag=True,
               help="HAD student: also run the training path and require the same prediction "
                    "for every example as the packed kernels.")
 @click.option("--json", "as_json", is_flag=True, help="Print {task, metrics, ...} as JSON.")
-@_data_options
+@(lambda f: _data_options(f, train=False))
 def evaluate(model_path, task, max_len, batch_size, check, as_json, data_dir, skip_bad_rows,
-             train_limit, dev_limit):
+             dev_limit):
     """The GLUE metric of MODEL.h5 on the task's dev set (MNLI: matched and mismatched).
 
     A HAD student runs through the packed Numba kernels (XNOR-popcount, counting top-N).
