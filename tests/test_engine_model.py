@@ -31,7 +31,7 @@ def random_model(cfg, seed):
     return model
 
 
-@settings(max_examples=12)
+@settings(max_examples=25)
 @given(st.integers(1, 2), st.sampled_from([(1, 3), (2, 2), (3, 1)]), st.integers(1, 3),
        st.integers(1, 6), st.sampled_from([None, 1, 3]), st.booleans(), st.booleans(),
        st.integers(0, 10_000))

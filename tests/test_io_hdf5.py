@@ -223,3 +223,15 @@ def test_cli_info_shows_had_metadata(tmp_path, model):
 
 def test_public_names():
     assert hadref.load is load and hadref.save is save
+
+
+def test_had_file_loads_with_the_real_had_core(tmp_path, model):
+    had_core = pytest.importorskip("hadref.had_core", reason="hadref.had_core not built yet")
+    save(model, tmp_path / "had.h5", had=HAD)
+    back = load(tmp_path / "had.h5")
+    assert isinstance(back.attention_core, had_core.HADAttentionCore)
+    out = back.forward(np.array([[1, 2, 3, 4, 0]]), np.array([[1, 1, 1, 1, 0]]),
+                       output_attentions=True)
+    probs = out.attentions[0]
+    assert np.isfinite(out.last_hidden_state).all()
+    assert ((probs > 0).sum(-1) <= HAD["top_n"]).all()  # top-N attention is in use
