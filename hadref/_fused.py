@@ -320,6 +320,81 @@ def dropout_bits(n, key1, key2, bits):
         bits[i] = _hash16(i, key1, key2)
 
 
+
+@njit(cache=True, error_model="numpy", fastmath=True)
+def _softmax_dropout_f32(scores, key_mask, key1, key2, threshold, scale, probs, used):
+    # _masked_softmax_f32 with the dropout of dropout_apply(probs.ravel(), key1, key2, ...)
+    # (same flat element index) applied while each row is still in cache.
+    nb, nh, nt, ns = scores.shape
+    keep_f = np.empty(ns, dtype=np.float32)
+    zero = _F32(0.0)
+    for b in range(nb):
+        keep = key_mask[b]
+        n_valid = 0
+        for j in range(ns):
+            keep_f[j] = _F32(1.0) if keep[j] else _F32(0.0)
+            n_valid += 1 if keep[j] else 0
+        for hh in range(nh):
+            for i in range(nt):
+                row = scores[b, hh, i]
+                dst = probs[b, hh, i]
+                u = used[b, hh, i]
+                if n_valid == 0:
+                    dst[:] = 0.0
+                    u[:] = 0.0
+                    continue
+                row_max = _LOWEST_F32
+                for j in range(ns):
+                    row_max = max(row_max, row[j] if keep[j] else _LOWEST_F32)
+                total = _F32(0.0)
+                for j in range(ns):
+                    e = _exp_nonpos_f32(min(row[j] - row_max, _F32(0.0))) * keep_f[j]
+                    dst[j] = e
+                    total += e
+                inv = _F32(1.0) / total
+                base = ((b * nh + hh) * nt + i) * ns
+                for j in range(ns):
+                    pj = dst[j] * inv
+                    dst[j] = pj
+                    u[j] = pj * scale if _hash16(base + j, key1, key2) >= threshold else zero
+
+
+@njit(cache=True, error_model="numpy", fastmath=_SUMS)
+def _dropout_softmax_backward_any(probs, dused, key1, key2, threshold, scale, dscores):
+    nb, nh, nt, ns = probs.shape
+    zero = dused.dtype.type(0.0)
+    for b in range(nb):
+        for hh in range(nh):
+            for i in range(nt):
+                base = ((b * nh + hh) * nt + i) * ns
+                p = probs[b, hh, i]
+                du = dused[b, hh, i]
+                ds = dscores[b, hh, i]
+                dot = 0.0
+                for j in range(ns):
+                    g = du[j] * scale if _hash16(base + j, key1, key2) >= threshold else zero
+                    ds[j] = g
+                    dot += p[j] * g
+                for j in range(ns):
+                    ds[j] = p[j] * (ds[j] - dot)
+
+
+def masked_softmax_dropout(scores, key_mask, key1, key2, threshold, scale, probs, used):
+    """probs = masked_softmax(scores); used = probs * keep * scale with the mask of
+    ``dropout_apply(probs.ravel(), key1, key2, threshold, scale, ...)`` (4-D arrays; scale
+    in the arrays' dtype). One pass for float32."""
+    if scores.dtype == np.float32:
+        _softmax_dropout_f32(scores, key_mask, key1, key2, threshold, scale, probs, used)
+    else:
+        _masked_softmax_exact(scores, key_mask, probs)
+        dropout_apply(probs.reshape(-1), key1, key2, threshold, scale, used.reshape(-1))
+
+
+def dropout_softmax_backward(probs, dused, key1, key2, threshold, scale, dscores):
+    """dscores = softmax_backward(probs, dropout_backward(dused)) in one pass (4-D arrays);
+    dscores may be dused itself."""
+    _dropout_softmax_backward_any(probs, dused, key1, key2, threshold, scale, dscores)
+
 # --- embeddings ---------------------------------------------------------------------------
 
 @njit(cache=True, error_model="numpy")

@@ -147,3 +147,27 @@ def test_sum_of_squares_accumulates_in_float64():
     x = np.full(10_000_001, 0.1, np.float32)
     assert _fused.sum_of_squares(x) == pytest.approx(10_000_001 * float(np.float32(0.1)) ** 2,
                                                      rel=1e-9)  # float32 sums: ~1e-3 off
+
+
+@given(attention_scores(), st.sampled_from([np.float32, np.float64]), st.integers(1, 65535))
+def test_fused_softmax_dropout_equals_the_two_kernels(case, dtype, threshold):
+    scores, mask = case
+    scores = scores.astype(dtype)
+    scale = dtype(65536 / (65536 - threshold))
+    probs, used = np.empty_like(scores), np.empty_like(scores)
+    _fused.masked_softmax_dropout(scores, mask, 7, 11, threshold, scale, probs, used)
+    ref = np.empty_like(scores)
+    _fused.masked_softmax(scores, mask, ref)
+    np.testing.assert_array_equal(probs, ref)
+    ref_used = np.empty_like(ref)
+    _fused.dropout_apply(ref.reshape(-1), 7, 11, threshold, scale, ref_used.reshape(-1))
+    np.testing.assert_array_equal(used == 0, ref_used == 0)  # the same mask
+    np.testing.assert_allclose(used, ref_used, rtol=2e-7)  # fastmath: 1 ulp
+    dused = np.random.default_rng(threshold).standard_normal(scores.shape).astype(dtype)
+    ds = dused.copy()
+    _fused.dropout_softmax_backward(probs, ds, 7, 11, threshold, scale, ds)  # in place
+    dprobs = np.empty_like(dused)
+    _fused.dropout_apply(dused.reshape(-1), 7, 11, threshold, scale, dprobs.reshape(-1))
+    _fused.softmax_backward(probs, dprobs, dprobs)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(ds, dprobs, rtol=tol, atol=tol)

@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from hadref import _fused
-from hadref.layers.dropout import dropout_backward, dropout_forward
+from hadref.layers.dropout import draw_mask
 from hadref.layers.linear import linear_backward, linear_forward
 
 
@@ -38,27 +38,35 @@ class FloatAttentionCore:
 
     def forward(self, q, k, v, key_mask, layer, need_scores, dropout=None):
         scale = 1.0 / math.sqrt(q.shape[-1])
-        scores = np.matmul(q, k.swapaxes(-1, -2))
-        scores *= q.dtype.type(scale)
+        # (q / sqrt(d)) k^T: the scale touches (B, h, T, d), not the (B, h, T, T) scores
+        scores = np.matmul(q * q.dtype.type(scale), k.swapaxes(-1, -2))
         probs = np.empty_like(scores)
-        _fused.masked_softmax(scores, key_mask, probs)
-        if dropout is not None:
-            used, drop_cache = dropout_forward(probs, dropout[0], dropout[1], True)
+        mask = draw_mask(dropout[0], dropout[1], probs.size) if dropout is not None else None
+        if mask is None:
+            _fused.masked_softmax(scores, key_mask, probs)
+            used = probs
         else:
-            used, drop_cache = probs, None
+            used = np.empty_like(probs)
+            key1, key2, threshold, drop_scale = mask
+            _fused.masked_softmax_dropout(scores, key_mask, key1, key2, threshold,
+                                          probs.dtype.type(drop_scale), probs, used)
         ctx = np.matmul(used, v)
         aux = {"probs": probs}
         if need_scores:
             aux["scores"] = scores
-        return ctx, (q, k, v, probs, used, drop_cache, scale), aux
+        return ctx, (q, k, v, probs, used, mask, scale), aux
 
     def backward(self, cache, dctx, dscores=None):
         """dctx (B, h, T, d), dscores (B, h, T, T) or None -> (dq, dk, dv) (B, h, T, d)."""
-        q, k, v, probs, used, drop_cache, scale = cache
-        dused = np.matmul(dctx, v.swapaxes(-1, -2))
+        q, k, v, probs, used, mask, scale = cache
+        dprobs = np.matmul(dctx, v.swapaxes(-1, -2))  # gradient w.r.t. the used probs
         dv = np.matmul(used.swapaxes(-1, -2), dctx)
-        dprobs = np.ascontiguousarray(dropout_backward(dused, drop_cache))
-        _fused.softmax_backward(probs, dprobs, dprobs)  # in place: dprobs becomes dscores
+        if mask is None:
+            _fused.softmax_backward(probs, dprobs, dprobs)  # in place: -> d(scaled scores)
+        else:
+            key1, key2, threshold, drop_scale = mask
+            _fused.dropout_softmax_backward(probs, dprobs, key1, key2, threshold,
+                                            probs.dtype.type(drop_scale), dprobs)
         if dscores is not None:
             dprobs += dscores
         dq = np.matmul(dprobs, k)

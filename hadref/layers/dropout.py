@@ -19,18 +19,27 @@ from hadref import _fused
 _LEVELS = 65536
 
 
+def draw_mask(p, rng, size):
+    """(key1, key2, threshold, scale) of one dropout mask over `size` elements, or None
+    when p rounds to 0 (the keys come from rng; the mask is _fused._hash16 of them)."""
+    threshold = int(round(p * _LEVELS))
+    if threshold == 0:
+        return None
+    if size >= 2**32:
+        raise ValueError("dropout: arrays of 2**32 or more elements are not supported")
+    key1, key2 = (int(k) for k in rng.integers(0, 2**32, size=2, dtype=np.uint64))
+    return key1, key2, threshold, _LEVELS / (_LEVELS - threshold)
+
+
 def dropout_forward(x, p, rng, train):
     """x (...) float, p in [0, 1), rng np.random.Generator -> (y (...), cache or None).
 
     cache = (key1, key2, threshold, scale, shape)."""
-    threshold = int(round(p * _LEVELS))
-    if not train or threshold == 0:
+    mask = draw_mask(p, rng, x.size) if train else None
+    if mask is None:
         return x, None
-    if x.size >= 2**32:
-        raise ValueError("dropout: arrays of 2**32 or more elements are not supported")
+    key1, key2, threshold, scale = mask
     x = np.ascontiguousarray(x)
-    key1, key2 = (int(k) for k in rng.integers(0, 2**32, size=2, dtype=np.uint64))
-    scale = _LEVELS / (_LEVELS - threshold)
     out = np.empty_like(x)
     _fused.dropout_apply(x.reshape(-1), key1, key2, threshold, x.dtype.type(scale),
                          out.reshape(-1))
