@@ -296,9 +296,8 @@ def bench(seq_text, heads, dim, top_n, batch, repeat, threads, recall_rows, seed
         numba.set_num_threads(threads)
     used_threads = numba.get_num_threads()
 
-    def progress(message):
-        if not as_json:
-            click.echo(f"  ... {message}", err=True)
+    def progress(message):  # stderr, so that --json output stays clean
+        click.echo(f"  ... {message}", err=True)
 
     results = []
     for seq in seqs:

@@ -167,7 +167,8 @@ class HADAttentionCore:
         if self.stage in ("ste", "hard"):
             # the exact integer dot product of the signs, one rounding when scaled: equal
             # popcounts give equal scores, as in the packed path
-            dots = sign_pm1(q).astype(np.float64) @ np.swapaxes(sign_pm1(k), -1, -2).astype(np.float64)
+            signs_q = sign_pm1(q).astype(np.float64)
+            dots = signs_q @ np.swapaxes(sign_pm1(k), -1, -2).astype(np.float64)
             scores = (dots * (sq * sk / math.sqrt(d))).astype(dtype)
         else:
             scores = (qt @ np.swapaxes(kt, -1, -2)) * inv_sqrt_d

@@ -55,8 +55,12 @@ def _all_finite(x: np.ndarray) -> bool:
     return bool(np.isfinite(total)) or bool(np.isfinite(x).all())
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def _check_top_n(top_n) -> int:
-    if isinstance(top_n, (bool, np.bool_)) or not isinstance(top_n, (int, np.integer)) or top_n < 1:
+    if not _is_int(top_n) or top_n < 1:
         raise HadrefError(f"top_n: expected an integer >= 1, got {top_n!r}")
     return int(top_n)
 
@@ -150,7 +154,7 @@ def _as_bits(bits, name: str, d: int) -> np.ndarray:
 
 
 def _check_d(d) -> int:
-    if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)) or not 1 <= d <= _MAX_D:
+    if not _is_int(d) or not 1 <= d <= _MAX_D:
         raise HadrefError(f"d: expected an integer in 1..{_MAX_D}, got {d!r}")
     return int(d)
 
@@ -163,9 +167,9 @@ def _topn_groups(q_bits, k_bits, valid, n, d, top_n, causal):
     count = np.empty((groups, m), dtype=np.int32)
     chunks = _chunks(groups * m)
     sel = min(top_n, n)
-    _fused.topn_packed(q_bits, k_bits, valid, _valid_before(valid, n), n, d, top_n, bool(causal), idx, lev, count,
-                       np.empty((chunks, n), np.int16), _marks(chunks, n),
-                       np.empty((chunks, sel), np.int32),
+    _fused.topn_packed(q_bits, k_bits, valid, _valid_before(valid, n), n, d, top_n,
+                       bool(causal), idx, lev, count, np.empty((chunks, n), np.int16),
+                       _marks(chunks, n), np.empty((chunks, sel), np.int32),
                        np.empty((chunks, sel), np.int16), np.empty((chunks, d + 2), np.int32))
     return idx, lev, count
 
@@ -214,17 +218,27 @@ def _check_qkv(q, k, v):
     return q, k, v
 
 
+_TILE_ROWS = 32  # query rows that share one pass over V in blocks
+_BLOCK_BYTES = 128 * 1024  # a block of V that stays in a core's L2 cache
+
+
 def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal):
     """Packed (G, m, W), (G, >= n, W), v (G, >= n, dv) -> (G, m, dv), the fused kernel."""
     groups, m, _ = q_bits.shape
     dv = v.shape[2]
     top_n = min(top_n, n)
     out = np.empty((groups, m, dv), dtype=v.dtype)
-    c = _chunks(groups * m)
-    _fused.attend_packed(q_bits, k_bits, v, valid, _valid_before(valid, n), n, d, top_n, two_scale, bool(causal), out,
-                         np.empty((c, n), np.int16), _marks(c, n), np.empty((c, top_n), np.int32),
-                         np.empty((c, top_n), np.int16), np.empty((c, d + 2), v.dtype),
-                         np.empty((c, dv), v.dtype))
+    tile = min(_TILE_ROWS, m)
+    c = max(1, min(groups * ((m + tile - 1) // tile), 4 * numba.get_num_threads()))
+    block = max(8, _BLOCK_BYTES // (dv * v.itemsize))
+    _fused.attend_packed(q_bits, k_bits, v, valid, _valid_before(valid, n), n, d, top_n,
+                         two_scale, bool(causal), out, block,
+                         np.empty((c, n), np.int16), _marks(c, n),
+                         np.empty((c, tile, top_n), np.int32),
+                         np.empty((c, tile, top_n), np.int16),
+                         np.empty((c, tile), np.int64), np.empty((c, tile, d + 2), v.dtype),
+                         np.empty((c, tile), np.float64), np.empty((c, tile, dv), v.dtype),
+                         np.empty((c, tile), np.int64))
     return out
 
 
@@ -273,8 +287,9 @@ def float_attention(q, k, v, key_mask=None, causal=False):
     allowed = None
     if causal:
         allowed = np.arange(n)[None, :] <= (np.arange(m)[:, None] + (n - m))
+    s = np.empty((m, n), dtype=dtype)  # one score matrix, reused for every (batch, head)
     for g in range(qf.shape[0]):
-        s = qf[g] @ kf[g].T
+        np.matmul(qf[g], kf[g].T, out=s)
         s *= inv_sqrt_d
         keep = valid[g][None, :] if allowed is None else (allowed & valid[g][None, :])
         if not (allowed is None and valid[g].all()):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from hadref.errors import HadrefError
+from hadref.hamming import _check_top_n
 from hadref.kernels.select import float_topn_mask
 
 
@@ -27,8 +28,7 @@ def topn_mask(scores, key_valid, top_n: int) -> np.ndarray:
     scores = np.ascontiguousarray(scores)
     if not np.isfinite(scores).all():
         raise HadrefError("scores: expected finite attention logits, found NaN or inf")
-    if isinstance(top_n, (bool, np.bool_)) or not isinstance(top_n, (int, np.integer)) or top_n < 1:
-        raise HadrefError(f"top_n: expected an integer >= 1, got {top_n!r}")
+    top_n = _check_top_n(top_n)
     n = scores.shape[-1]
     flat = scores.reshape(-1, n)
     valid = np.ascontiguousarray(np.broadcast_to(key_valid, scores.shape)).reshape(-1, n)

@@ -198,3 +198,25 @@ def test_bad_input_raises_hadref_error():
         hadref.had_attention(x, x, x, 2, key_mask=np.full((2, 4), 0.5))
     with pytest.raises(HadrefError, match="non-empty"):
         hadref.float_attention(x[:, :0], x, x)
+
+
+@pytest.mark.parametrize("tile_rows", [1, 3, 32])
+def test_value_blocks_and_row_tiles_do_not_change_the_result(monkeypatch, tile_rows):
+    # tiny V blocks (8 keys) and tiles of a few rows: every block/tile boundary case
+    import hadref.hamming as hamming
+
+    monkeypatch.setattr(hamming, "_BLOCK_BYTES", 1)
+    monkeypatch.setattr(hamming, "_TILE_ROWS", tile_rows)
+    rng = np.random.default_rng(tile_rows)
+    for trial in range(12):
+        g, m, n, d = 2, int(rng.integers(1, 20)), int(rng.integers(1, 60)), int(rng.choice([7, 64, 90]))
+        q = rng.standard_normal((g, m, d)).astype(np.float32)
+        k = rng.standard_normal((g, n, d)).astype(np.float32)
+        if trial % 3 == 0:
+            k = k[:, rng.integers(0, max(1, n // 4), size=n)]  # ties
+        v = rng.standard_normal((g, n, 5)).astype(np.float32)
+        valid = rng.random((g, n)) < 0.8
+        top_n, causal = int(rng.integers(1, 25)), bool(trial % 2)
+        out = hadref.had_attention(q, k, v, top_n, 0.9, 1.1, key_mask=valid, causal=causal)
+        ref = _reference_had(q, k, v, top_n, 0.9, 1.1, valid, causal)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)

@@ -3,17 +3,17 @@
 Arrays are flattened to G = prod(leading dims) groups:
 ``q_bits (G, m, W)``, ``k_bits (G, >= n, W)`` uint64, ``v (G, >= n, dv)`` float,
 ``valid (G, >= n)`` bool with ``valid_before (G, >= n + 1)`` int32 its prefix counts
-(``valid_before[g, j]`` = valid keys among the first j), of which only the first ``n`` keys (an argument) are used, so a
-growing key cache can pass its whole buffer without a copy. Query row ``i`` with
+(``valid_before[g, j]`` = valid keys among the first j). Only the first ``n`` keys (an
+argument) are used, so a growing key cache passes its whole buffer without a copy. Query row ``i`` with
 ``causal`` sees keys ``j <= i + n - m`` (queries aligned to the end of the keys, as in
 decoding; ``m == n`` is ordinary causal attention).
 
-Rows are dealt to C worker chunks round-robin (which balances the causal triangle); each
-chunk owns one row of every workspace, all passed in by the caller so that they are
-NumPy allocations a memory probe sees: levels (n int16), the survivors (N int32 + N
-int16), a few (d+2)-sized tables, one (dv,) accumulator. ``attend_packed`` materializes
-nothing of size n*N: per query row it streams the key block once, selects, and
-accumulates. ``fastmath`` is limited to contraction and reassociation of the value sum
+Rows (tiles of rows in ``attend_packed``) are dealt to C worker chunks round-robin
+(which balances the causal triangle); each chunk owns one slice of every workspace, all
+passed in by the caller so that they are NumPy allocations a memory probe sees: levels
+(n int16), bit marks (n/4 bytes), the survivors of one tile (R x N int32 + int16), a few
+(d+2)-sized tables, accumulators. ``attend_packed`` holds nothing of size n*N for all
+rows: per tile it streams the keys once per row to select, then V once in blocks. ``fastmath`` is limited to contraction and reassociation of the value sum
 (the selection is integer and exact; exp is untouched).
 """
 
@@ -22,7 +22,7 @@ from numba import njit, prange
 
 from hadref.kernels.popcount import row_levels
 from hadref.kernels.select import counting_topn, order_by_level
-from hadref.kernels.softmax_av import softmax_av_row
+from hadref.kernels.softmax_av import accumulate, finish, level_weights, softmax_av_row
 
 _VALUE_SUM_MATH = {"contract", "reassoc"}
 
@@ -36,41 +36,73 @@ def _limit(i, m, n, causal):
 
 @njit(cache=True, fastmath=_VALUE_SUM_MATH)
 def _attend_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale,
-                  causal, out, levels, marks, sel_idx, sel_lev, weight, acc):
-    """Rows c, c + chunks, ... of the flattened (G * m) query rows (one worker's share).
+                  causal, out, block, levels, marks, sel_idx, sel_lev, sel_count, weight,
+                  total, acc, cursor):
+    """Tiles c, c + chunks, ... of query rows (one worker's share).
 
+    A tile is ``sel_idx.shape[0]`` consecutive query rows of one (batch, head). Each row
+    is selected (its survivors in key order); then the values are streamed in blocks of
+    ``block`` keys and every row of the tile takes its survivors in the block, so one
+    block of V stays in cache for the whole tile instead of each row gathering from all
+    of V (which leaves the cache beyond a few thousand keys).
     A plain (not parallel) function called from the ``prange`` loop: inside a parfor body
     the row loops lose their vectorization (measured 1.6x slower on one thread).
     """
     groups, m, _ = q_bits.shape
+    tile = sel_idx.shape[0]
+    tiles = (m + tile - 1) // tile
+    dv = acc.shape[1]
     guess = d // 2  # rows of one head have similar thresholds: the last one is a good start
-    for r in range(c, groups * m, chunks):
-        g = r // m
-        i = r - g * m
-        limit = _limit(i, m, n, causal)
-        row_levels(q_bits[g, i], k_bits[g], valid[g], limit, d + 1, levels)
-        n_eff, top, thr = counting_topn(levels, limit, valid_before[g, limit], d, top_n,
-                                        guess, marks, sel_idx, sel_lev)
-        guess = thr
-        softmax_av_row(sel_idx, sel_lev, n_eff, top, thr, v[g], two_scale, weight, acc,
-                       out[g, i])
+    for t in range(c, groups * tiles, chunks):
+        g = t // tiles
+        i0 = (t - g * tiles) * tile
+        rows = min(tile, m - i0)
+        end = 0
+        for r in range(rows):
+            i = i0 + r
+            limit = _limit(i, m, n, causal)
+            row_levels(q_bits[g, i], k_bits[g], valid[g], limit, d + 1, levels)
+            n_eff, top, thr = counting_topn(levels, limit, valid_before[g, limit], d, top_n,
+                                            guess, marks, sel_idx[r], sel_lev[r])
+            sel_count[r] = n_eff
+            total[r] = level_weights(sel_lev[r], n_eff, top, thr, two_scale, weight[r])
+            for col in range(dv):
+                acc[r, col] = 0.0
+            cursor[r] = 0
+            if n_eff > 0:
+                guess = thr
+                end = max(end, sel_idx[r, n_eff - 1] + 1)
+        for b0 in range(0, end, block):
+            b1 = b0 + block
+            for r in range(rows):
+                start = cursor[r]
+                stop = start
+                while stop < sel_count[r] and sel_idx[r, stop] < b1:
+                    stop += 1
+                accumulate(sel_idx[r], sel_lev[r], start, stop, v[g], weight[r], acc[r])
+                cursor[r] = stop
+        for r in range(rows):
+            finish(acc[r], total[r], sel_count[r], out[g, i0 + r])
 
 
 @njit(cache=True, parallel=True)
 def attend_packed(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale, causal, out,
-                  levels_ws, marks_ws, idx_ws, lev_ws, weight_ws, acc_ws):
+                  block, levels_ws, marks_ws, idx_ws, lev_ws, count_ws, weight_ws, total_ws,
+                  acc_ws, cursor_ws):
     """HAD attention, fused: XOR-popcount, counting top-N, sparse softmax, value sum.
 
-    out: (G, m, dv) written. Workspaces (C chunks, C >= 1): levels_ws (C, n) int16;
-    marks_ws (C, 10, ceil(n/64)) uint64;
-    idx_ws (C, N') int32 and lev_ws (C, N') int16 with N' = min(top_n, n);
-    weight_ws (C, d+2) and acc_ws (C, dv) of v's dtype.
+    out: (G, m, dv) written; block: keys per streamed block of V. Workspaces (C chunks,
+    tiles of R rows): levels_ws (C, n) int16; marks_ws (C, 10, ceil(n/64)) uint64;
+    idx_ws (C, R, N') int32 and lev_ws (C, R, N') int16 with N' = min(top_n, n);
+    count_ws, cursor_ws (C, R) int64; weight_ws (C, R, d+2) and acc_ws (C, R, dv) of v's
+    dtype; total_ws (C, R) float64.
     """
     chunks = levels_ws.shape[0]
     for c in prange(chunks):
         _attend_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n,
-                      two_scale, causal, out, levels_ws[c], marks_ws[c], idx_ws[c], lev_ws[c],
-                      weight_ws[c], acc_ws[c])
+                      two_scale, causal, out, block, levels_ws[c], marks_ws[c], idx_ws[c],
+                      lev_ws[c], count_ws[c], weight_ws[c], total_ws[c], acc_ws[c],
+                      cursor_ws[c])
 
 
 @njit(cache=True)

@@ -119,7 +119,8 @@ def _mark(levels, limit, thr, marks):
             x = flags8[8 * w + u]
             shift = np.uint64(8 * u)
             below_bits |= (((x & _BYTE_LSBS) * _GATHER_BITS) >> np.uint64(56)) << shift
-            at_bits |= ((((x >> np.uint64(1)) & _BYTE_LSBS) * _GATHER_BITS) >> np.uint64(56)) << shift
+            x_at = (x >> np.uint64(1)) & _BYTE_LSBS
+            at_bits |= ((x_at * _GATHER_BITS) >> np.uint64(56)) << shift
         marks[0, w] = below_bits
         marks[1, w] = at_bits
 

@@ -1,57 +1,85 @@
-"""Sparse softmax over the N survivors of a row and the value accumulation."""
+"""Sparse softmax over the N survivors of a row and the value accumulation.
+
+Scores take only d+1 values, so a row needs at most d+1 exponentials (one per level
+between its best and its threshold level), not N. The value sum is split so that the
+fused driver can stream the values in key blocks: ``level_weights`` (once per row),
+``accumulate`` (a range of survivors, any number of times), ``finish`` (normalize).
+"""
 
 import numpy as np
 from numba import njit
 
 
 @njit(cache=True, inline="always")
-def softmax_av_row(sel_idx, sel_lev, n_eff, top, last, v, two_scale, weight_of_level, acc,
-                   out_row):
-    """``out_row = sum_t p_t v[sel_idx[t]]`` with ``p = softmax(scale * (d - 2 level))``.
+def level_weights(sel_lev, n_eff, top, last, two_scale, weight_of_level):
+    """Fill ``weight_of_level[top..last]`` with ``exp(-two_scale * (level - top))`` and
+    return the softmax denominator (float64 sum over the survivors).
 
-    sel_idx, sel_lev: (>= n_eff,) the survivors and their levels, in any order.
-    top, last: the smallest and largest level among them (``top`` is the row's maximum
-            score, which makes the softmax stable without a max pass).
-    v:      (n, dv) float32/float64, the values of this (batch, head).
-    two_scale: 2 * sigma_q * sigma_k / sqrt(d): one level step in logit units.
-    weight_of_level: (d + 2,) scratch of v's dtype: scores take only d+1 values, so a row
-            needs at most d+1 exponentials (computed in float64), not N.
-    acc:    (dv,) scratch of v's dtype. Accumulating in v's dtype keeps the inner loop
-            one vector FMA; for float32 the N weights lie in [0, 1] and the error stays
-            of order N * 6e-8 relative, well inside the 1e-5 the tests demand.
-    out_row: (dv,) written; zeros when n_eff == 0.
+    sel_lev: (>= n_eff,) the survivors' levels; top, last: their smallest and largest
+    level (``top`` is the row's maximum score, which makes the softmax stable without a
+    max pass); two_scale: 2 * sigma_q * sigma_k / sqrt(d), one level step in logit units;
+    weight_of_level: (d + 2,) of v's dtype (exponentials computed in float64).
     """
-    dv = out_row.shape[0]
     if n_eff == 0:
-        for c in range(dv):
-            out_row[c] = 0.0
-        return
+        return 1.0
     weight_of_level[top] = 1.0  # exp(0); also keeps an infinite scale from giving 0 * inf
     for lev in range(top + 1, last + 1):
         weight_of_level[lev] = np.exp(-two_scale * (lev - top))
-    for c in range(dv):
-        acc[c] = 0.0
     total = 0.0
-    # four value rows per sweep over acc: a quarter of the accumulator loads and stores
-    body = n_eff - n_eff % 4
-    for t in range(0, body, 4):
+    for t in range(n_eff):
+        total += np.float64(weight_of_level[sel_lev[t]])
+    return total
+
+
+@njit(cache=True, inline="always")
+def accumulate(sel_idx, sel_lev, start, stop, v, weight_of_level, acc):
+    """``acc += sum_{t in [start, stop)} w(sel_lev[t]) * v[sel_idx[t]]``.
+
+    v: (n, dv) float32/float64; acc: (dv,) of v's dtype. Accumulating in v's dtype keeps
+    the inner loop one vector FMA; for float32 the weights lie in [0, 1] and the error
+    stays of order N * 6e-8 relative, well inside the 1e-5 the tests demand. Four value
+    rows per sweep over acc: a quarter of the accumulator loads and stores.
+    """
+    dv = acc.shape[0]
+    body = stop - (stop - start) % 4
+    for t in range(start, body, 4):
         w0 = weight_of_level[sel_lev[t]]
         w1 = weight_of_level[sel_lev[t + 1]]
         w2 = weight_of_level[sel_lev[t + 2]]
         w3 = weight_of_level[sel_lev[t + 3]]
-        total += np.float64(w0) + np.float64(w1) + np.float64(w2) + np.float64(w3)
         r0 = v[sel_idx[t]]
         r1 = v[sel_idx[t + 1]]
         r2 = v[sel_idx[t + 2]]
         r3 = v[sel_idx[t + 3]]
         for c in range(dv):
             acc[c] += w0 * r0[c] + w1 * r1[c] + w2 * r2[c] + w3 * r3[c]
-    for t in range(body, n_eff):
+    for t in range(body, stop):
         w = weight_of_level[sel_lev[t]]
-        total += np.float64(w)
         row = v[sel_idx[t]]
         for c in range(dv):
             acc[c] += w * row[c]
+
+
+@njit(cache=True, inline="always")
+def finish(acc, total, n_eff, out_row):
+    """out_row = acc / total; zeros when the row had no survivor."""
+    dv = out_row.shape[0]
+    if n_eff == 0:
+        for c in range(dv):
+            out_row[c] = 0.0
+        return
     inv = 1.0 / total
     for c in range(dv):
         out_row[c] = acc[c] * inv
+
+
+@njit(cache=True, inline="always")
+def softmax_av_row(sel_idx, sel_lev, n_eff, top, last, v, two_scale, weight_of_level, acc,
+                   out_row):
+    """``out_row = sum_t p_t v[sel_idx[t]]`` with ``p = softmax(scale * (d - 2 level))``,
+    one row at a time (see ``level_weights``, ``accumulate``, ``finish``)."""
+    total = level_weights(sel_lev, n_eff, top, last, two_scale, weight_of_level)
+    for c in range(acc.shape[0]):
+        acc[c] = 0.0
+    accumulate(sel_idx, sel_lev, 0, n_eff, v, weight_of_level, acc)
+    finish(acc, total, n_eff, out_row)
