@@ -154,7 +154,7 @@ def _run_finetune(model, task, train, dev, settings, out, log_path, ckpt_path,
     from hadref.io import save
 
     added = ensure_head(model, task, seed=settings.seed)
-    log = JsonLog(log_path)
+    log = JsonLog(log_path, append=resume)
     progress = _progress(quiet, "finetune ")
     try:
         log.write(event="start", job="finetune", task=task.name, settings=settings.to_dict(),
@@ -334,14 +334,15 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
             click.echo(f"teacher {teacher_file}: dev {_fmt(ft_metrics)}", err=True)
         teacher = _load_model(teacher_file, "teacher")  # exactly what the file holds
     teacher_metrics, _ = evaluate(teacher, dev[0], t)
-    log = JsonLog(log_path)
+    resume_distill = resume and ckpt_path.is_file()
+    log = JsonLog(log_path, append=resume_distill)
     progress = _progress(quiet, "distill ")
     try:
         log.write(event="start", job="distill", task=t.name, settings=settings.to_dict(),
                   resume=resume, teacher=str(teacher_file), teacher_metrics=teacher_metrics)
         student, stage_metrics = _distill(
             teacher, train, dev[0], t, settings, checkpoint_path=ckpt_path,
-            checkpoint_every=checkpoint_every, resume=resume and ckpt_path.is_file(), log=log,
+            checkpoint_every=checkpoint_every, resume=resume_distill, log=log,
             progress=progress, teacher_sha256=_sha256(teacher_file))
     except KeyboardInterrupt:
         raise HadrefError(f"interrupted; the checkpoint {ckpt_path} holds the last finished "

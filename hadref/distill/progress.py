@@ -78,10 +78,10 @@ class Progress:
 
 
 class JsonLog:
-    """Append-only JSON-lines log (None path: no log)."""
+    """JSON-lines log (None path: no log): a new file, or appended to on a resume."""
 
-    def __init__(self, path=None):
-        self.handle = open(path, "a", encoding="utf-8") if path else None
+    def __init__(self, path=None, append: bool = True):
+        self.handle = open(path, "a" if append else "w", encoding="utf-8") if path else None
 
     def write(self, **record) -> None:
         if self.handle is not None:
