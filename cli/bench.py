@@ -214,6 +214,8 @@ def format_table(results: list[dict], threads: int) -> str:
             f"  {'  stage: pack q, k':34}{r['pack_ms']:11.2f}",
             f"  {'  stage: popcount + top-N':34}{r['popcount_topn_ms']:11.2f}",
             f"  {'  stage: softmax + AV':34}{r['softmax_av_ms']:11.2f}",
+            "  (stages run apart, through the top-N indices of one head at a time; the fused "
+            "kernel does all three per tile of rows, V streamed in blocks)",
             f"  key cache per token: {r['key_bytes_per_token_packed']} B packed vs "
             f"{r['key_bytes_per_token_float32']} B float32 "
             f"({r['key_bytes_per_token_float32'] / r['key_bytes_per_token_packed']:.0f}x smaller)",
