@@ -148,3 +148,35 @@ def test_bad_data_and_bad_settings(glue_slice, encoder_file, tmp_path, monkeypat
     _error(_run(*distill, "--top-n-ratio", "3"), "--top-n-ratio must lie in (0, 1]")
     _error(_run(*distill, "--c-end", "2"), "c_start > c_mid > c_end")
     _error(_run(*distill, "--resume", "-o", tmp_path / "x.h5"), "no checkpoint to resume from")
+
+
+def test_pair_task_mnli_generated(encoder_file, tmp_path):
+    """A sentence-pair, 3-class task: finetune, then evaluate on matched and mismatched dev."""
+    rng = np.random.default_rng(0)
+    words = "it 's a good bad movie film the and of".split()
+    labels = ["contradiction", "entailment", "neutral"]
+    head = ["index", "promptID", "pairID", "genre", "s1b", "s2b", "s1p", "s2p", "sentence1", "sentence2"]
+
+    def rows(n, dev):
+        out = []
+        for i in range(n):
+            a, b = (" ".join(rng.choice(words, rng.integers(2, 9))) for _ in range(2))
+            gold = labels[i % 3]
+            extra = [gold] * 5 if dev else [gold]
+            out.append("\t".join([str(i), "0", "0", "g", "", "", "", "", a, b, *extra, gold]))
+        return out
+
+    (tmp_path / "MNLI").mkdir()
+    (tmp_path / "MNLI" / "train.tsv").write_text(
+        "\n".join(["\t".join(head + ["label1", "gold_label"])] + rows(48, False)) + "\n")
+    dev_head = "\t".join(head + [f"label{i}" for i in range(1, 6)] + ["gold_label"])
+    for name, n in (("dev_matched.tsv", 9), ("dev_mismatched.tsv", 6)):
+        (tmp_path / "MNLI" / name).write_text("\n".join([dev_head] + rows(n, True)) + "\n")
+    teacher = tmp_path / "mnli.h5"
+    _ok(_run("finetune", encoder_file, "--task", "mnli", "--data", tmp_path, "-o", teacher,
+             "--steps", "2", "--batch-size", "8", "--max-len", "32", "--quiet"))
+    assert hadref.load(teacher).num_labels == 3
+    r = _ok(_run("evaluate", teacher, "--task", "mnli", "--data", tmp_path, "--json"))
+    ev = json.loads(r.output)
+    assert set(ev["metrics"]) == {"accuracy", "accuracy_mismatched"}
+    assert ev["examples"] == {"matched": 9, "mismatched": 6}
