@@ -5,7 +5,9 @@ Both sides run in one process with interleaved repeats and report medians:
 
 - ``hadref``: the engine as shipped (Numba-fused elementwise kernels);
 - ``numpy``: the same engine with every fused kernel swapped for its plain-NumPy formula
-  (same BLAS calls), the baseline the fusion is measured against.
+  (same BLAS calls), the baseline the fusion is measured against;
+- ``gemm``: only the step's matrix products (same shapes, same BLAS), the floor that any
+  implementation on this BLAS pays; hadref/gemm is the engine's overhead.
 
 The PyTorch 2.13 CPU figures (2 threads, same weights, Adam included; issue 2) are printed
 beside them. Run:
@@ -153,13 +155,49 @@ def make_step(model, train, batch, seq, seed=0):
     return step
 
 
+def make_gemm_floor(model, train, batch, seq, seed=0):
+    """The matrix products of one step (forward; + backward when train), nothing else."""
+    cfg = model.config
+    rng = np.random.default_rng(seed)
+    n, h, inner = batch * seq, cfg.hidden_size, cfg.intermediate_size
+    heads = cfg.num_attention_heads
+    d = h // heads
+
+    def r(*shape):
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    x, w_qkv, w_o, w_i, w_2 = r(n, h), r(3 * h, h), r(h, h), r(inner, h), r(h, inner)
+    y_qkv, y_h, y_i = r(n, 3 * h), r(n, h), r(n, inner)
+    q, k, v, probs = r(batch, heads, seq, d), r(batch, heads, seq, d), r(batch, heads, seq, d), \
+        r(batch, heads, seq, seq)
+    linears = [(x, w_qkv, y_qkv), (x, w_o, y_h), (x, w_i, y_i), (y_i, w_2, y_h)]
+
+    def step():
+        for _ in range(cfg.num_hidden_layers):
+            for inp, w, _ in linears:
+                np.matmul(inp, w.T)
+            np.matmul(q, k.swapaxes(-1, -2))
+            np.matmul(probs, v)
+            if train:
+                for inp, w, dy in linears:
+                    np.matmul(dy, w)
+                    np.matmul(dy.T, inp)
+                np.matmul(q, v.swapaxes(-1, -2))   # dprobs = dctx v^T
+                np.matmul(probs.swapaxes(-1, -2), q)  # dv = probs^T dctx
+                np.matmul(probs, k)                # dq
+                np.matmul(probs.swapaxes(-1, -2), q)  # dk
+
+    return step
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="a hadref model file (default: convert minilm in memory)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per side (median)")
     parser.add_argument("--shapes", default="all",
                         help="comma list out of: train64, train256, forward128 (default all)")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the plain-NumPy side")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the plain-NumPy and GEMM-floor sides")
     parser.add_argument("--json", help="write the results here as JSON")
     args = parser.parse_args(argv)
     keys = {"train64": SHAPES[0], "train256": SHAPES[1], "forward128": SHAPES[2]}
@@ -171,14 +209,16 @@ def main(argv=None):
           f"load average {load1:.2f}; numpy {np.__version__}; medians of {args.repeats}",
           flush=True)
     print(f"{'shape':18} {'hadref ms':>10} {'numpy ms':>10} {'numpy/hadref':>12} "
-          f"{'PyTorch ms':>10} {'hadref/PyTorch':>14}", flush=True)
+          f"{'gemm ms':>8} {'hadref/gemm':>11} {'PyTorch ms':>10} {'hadref/PyTorch':>14}",
+          flush=True)
     results = []
-    sides = ["hadref"] + ([] if args.no_baseline else ["numpy"])
+    sides = ["hadref"] + ([] if args.no_baseline else ["numpy", "gemm"])
     for name, train, batch, seq in shapes:
         times = {side: [] for side in sides}
         steps = {}
         for side in sides:  # separate models: each side's Adam state is its own
-            steps[side] = make_step(model.copy(), train, batch, seq)
+            steps[side] = (make_gemm_floor(model, train, batch, seq) if side == "gemm"
+                           else make_step(model.copy(), train, batch, seq))
         for side in sides:  # warm-up (Numba compilation or cache load, page faults)
             with plain_numpy() if side == "numpy" else _null():
                 steps[side]()
@@ -189,10 +229,11 @@ def main(argv=None):
                     steps[side]()
                     times[side].append(1e3 * (time.perf_counter() - t0))
         med = {side: statistics.median(v) for side, v in times.items()}
-        ratio = med["numpy"] / med["hadref"] if "numpy" in med else float("nan")
-        print(f"{name:18} {med['hadref']:10.0f} {med.get('numpy', float('nan')):10.0f} "
-              f"{ratio:12.2f} {PYTORCH_MS[name]:10.0f} {med['hadref'] / PYTORCH_MS[name]:14.2f}",
-              flush=True)
+        nan = float("nan")
+        print(f"{name:18} {med['hadref']:10.0f} {med.get('numpy', nan):10.0f} "
+              f"{med.get('numpy', nan) / med['hadref']:12.2f} {med.get('gemm', nan):8.0f} "
+              f"{med['hadref'] / med.get('gemm', nan):11.2f} {PYTORCH_MS[name]:10.0f} "
+              f"{med['hadref'] / PYTORCH_MS[name]:14.2f}", flush=True)
         results.append({"shape": name, "train": train, "batch": batch, "seq": seq,
                         "ms": {k: v for k, v in times.items()}, "median_ms": med,
                         "pytorch_ms": PYTORCH_MS[name]})
