@@ -253,8 +253,10 @@ def had_attention(q, k, v, top_n, sigma_q=1.0, sigma_k=1.0, key_mask=None, causa
     ``j <= i + n - m``.
 
     Returns (..., m, dv): ``softmax(topN(S) / sqrt(d)) V`` with
-    ``S = (sigma_q sign(q)) (sigma_k sign(k))^T``, computed on packed bits in one pass per
-    query row (no (m, n) matrix, extra memory O(threads * n)).
+    ``S = (sigma_q sign(q)) (sigma_k sign(k))^T``, computed on packed bits by the fused
+    kernel: per tile of 32 query rows, one pass over the packed keys per row selects, then
+    V is streamed once in L2-sized blocks. No (m, n) matrix: extra memory
+    O(threads * (n + 32 N)).
     """
     top_n = _check_top_n(top_n)
     sigma_q = _check_sigma(sigma_q, "sigma_q")
