@@ -12,11 +12,25 @@ quickselect under the order (score descending, index ascending)), not a full sor
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from hadref.errors import HadrefError
 from hadref.hamming import _check_top_n
-from hadref.kernels.select import float_topn_mask
+from hadref.kernels.select import float_topn_mask, float_topn_softmax
+
+
+def _rows(scores, key_valid, top_n):
+    """Validated (R, n) views of the scores and the broadcast key mask, and a workspace."""
+    scores = np.ascontiguousarray(scores)
+    if not np.isfinite(scores).all():
+        raise HadrefError("scores: expected finite attention logits, found NaN or inf")
+    top_n = _check_top_n(top_n)
+    n = scores.shape[-1]
+    flat = scores.reshape(-1, n)
+    valid = np.ascontiguousarray(np.broadcast_to(key_valid, scores.shape)).reshape(-1, n)
+    chunks = max(1, min(flat.shape[0], 4 * numba.get_num_threads()))
+    return scores, flat, valid, top_n, np.empty((chunks, n), np.int64)
 
 
 def topn_mask(scores, key_valid, top_n: int) -> np.ndarray:
@@ -25,15 +39,9 @@ def topn_mask(scores, key_valid, top_n: int) -> np.ndarray:
     scores: (..., m, n) float32/float64, finite; key_valid: bool broadcastable to
     (..., m, n) (e.g. (B, 1, 1, n)), True = selectable; top_n >= 1.
     """
-    scores = np.ascontiguousarray(scores)
-    if not np.isfinite(scores).all():
-        raise HadrefError("scores: expected finite attention logits, found NaN or inf")
-    top_n = _check_top_n(top_n)
-    n = scores.shape[-1]
-    flat = scores.reshape(-1, n)
-    valid = np.ascontiguousarray(np.broadcast_to(key_valid, scores.shape)).reshape(-1, n)
+    scores, flat, valid, top_n, idx_ws = _rows(scores, key_valid, top_n)
     keep = np.empty(flat.shape, dtype=np.bool_)
-    float_topn_mask(flat, valid, int(top_n), keep)
+    float_topn_mask(flat, valid, top_n, keep, idx_ws)
     return keep.reshape(scores.shape)
 
 
@@ -43,17 +51,12 @@ def topn_attention_forward(scores, v, key_valid, top_n: int):
     scores: (..., m, n) scaled logits; v: (..., n, dv); key_valid: bool broadcastable to
     (..., m, n); top_n >= 1.
     Returns ``(ctx (..., m, dv), probs (..., m, n), cache)``; probs are exactly zero off
-    the selected set.
+    the selected set. Selection and softmax are one Numba pass per row.
     """
-    keep = topn_mask(scores, key_valid, top_n)
-    z = np.where(keep, scores, -np.inf)
-    zmax = z.max(axis=-1, keepdims=True)
-    empty = ~keep.any(axis=-1, keepdims=True)
-    zmax[empty] = 0.0
-    e = np.exp(z - zmax)  # exp(-inf) = 0 off the selection
-    total = e.sum(axis=-1, keepdims=True)
-    total[empty] = 1.0
-    probs = e / total
+    scores, flat, valid, top_n, idx_ws = _rows(scores, key_valid, top_n)
+    probs = np.empty(flat.shape, dtype=scores.dtype)
+    float_topn_softmax(flat, valid, top_n, probs, idx_ws)
+    probs = probs.reshape(scores.shape)
     ctx = probs @ v
     return ctx, probs, (probs, v)
 

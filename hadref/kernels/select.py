@@ -230,8 +230,33 @@ def _quickselect(scores, idx, count, kth):
             return
 
 
+@njit(cache=True)
+def _select_row(scores_row, valid_row, top_n, idx):
+    """The valid keys of one row into ``idx``, its best min(top_n, count) first.
+    Returns that number (the row's N_eff)."""
+    count = 0
+    for j in range(scores_row.shape[0]):
+        if valid_row[j]:
+            idx[count] = j
+            count += 1
+    if count <= top_n:
+        return count
+    _quickselect(scores_row, idx, count, top_n)
+    return top_n
+
+
+@njit(cache=True)
+def _mask_chunk(c, chunks, scores, valid, top_n, keep, idx):
+    for r in range(c, scores.shape[0], chunks):
+        kept = _select_row(scores[r], valid[r], top_n, idx)
+        for j in range(scores.shape[1]):
+            keep[r, j] = False
+        for t in range(kept):
+            keep[r, idx[t]] = True
+
+
 @njit(cache=True, parallel=True)
-def float_topn_mask(scores, valid, top_n, keep):
+def float_topn_mask(scores, valid, top_n, keep, idx_ws):
     """Top-N mask of each row of continuous scores.
 
     scores: (R, n) float32/float64 (finite).
@@ -239,20 +264,42 @@ def float_topn_mask(scores, valid, top_n, keep):
     top_n:  N >= 1.
     keep:   (R, n) bool, written: True at the N_eff = min(N, valid keys) best valid keys
             (score descending, lower index on ties).
+    idx_ws: (C, n) int64 scratch, one row per worker chunk.
     """
-    rows, n = scores.shape
-    for r in prange(rows):
-        idx = np.empty(n, np.int64)
-        count = 0
+    chunks = idx_ws.shape[0]
+    for c in prange(chunks):
+        _mask_chunk(c, chunks, scores, valid, top_n, keep, idx_ws[c])
+
+
+@njit(cache=True)
+def _softmax_chunk(c, chunks, scores, valid, top_n, probs, idx):
+    n = scores.shape[1]
+    for r in range(c, scores.shape[0], chunks):
+        kept = _select_row(scores[r], valid[r], top_n, idx)
         for j in range(n):
-            keep[r, j] = False
-            if valid[r, j]:
-                idx[count] = j
-                count += 1
-        if count <= top_n:
-            for t in range(count):
-                keep[r, idx[t]] = True
+            probs[r, j] = 0.0
+        if kept == 0:
             continue
-        _quickselect(scores[r], idx, count, top_n)
-        for t in range(top_n):
-            keep[r, idx[t]] = True
+        top = scores[r, idx[0]]
+        for t in range(1, kept):
+            top = max(top, scores[r, idx[t]])
+        total = 0.0
+        for t in range(kept):
+            e = np.exp(np.float64(scores[r, idx[t]]) - np.float64(top))
+            probs[r, idx[t]] = e
+            total += e
+        inv = 1.0 / total
+        for t in range(kept):
+            probs[r, idx[t]] *= inv
+
+
+@njit(cache=True, parallel=True)
+def float_topn_softmax(scores, valid, top_n, probs, idx_ws):
+    """Softmax of each row over its top-N valid scores, zeros elsewhere.
+
+    scores, valid, top_n, idx_ws as ``float_topn_mask``; probs: (R, n) of scores' dtype,
+    written (exponentials and sums in float64; a row without a valid key is all zeros).
+    """
+    chunks = idx_ws.shape[0]
+    for c in prange(chunks):
+        _softmax_chunk(c, chunks, scores, valid, top_n, probs, idx_ws[c])
