@@ -179,19 +179,18 @@ def order_by_level(sel_idx, sel_lev, n_eff, top, thr, count, out_idx, out_lev):
 
 
 @njit(cache=True, inline="always")
-def _better(scores, a, b):
-    """True when key a ranks before key b: larger score, or equal score and lower index."""
-    sa = scores[a]
-    sb = scores[b]
+def _before(sa, a, sb, b):
+    """True when key a (score sa) ranks before key b (score sb): larger score, or equal
+    score and lower index. Scalars only: no array reference counting per comparison."""
     return sa > sb or (sa == sb and a < b)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _quickselect(scores, idx, count, kth):
     """Reorder ``idx[:count]`` so that its first ``kth`` entries are the ``kth`` best keys.
 
     Hoare-style partition around a median-of-three pivot under the total order of
-    ``_better`` (no two keys compare equal, so ties in score cannot stall it).
+    ``_before`` (no two keys compare equal, so ties in score cannot stall it).
     """
     lo = 0
     hi = count - 1
@@ -201,19 +200,20 @@ def _quickselect(scores, idx, count, kth):
         a = idx[lo]
         b = idx[mid]
         c = idx[hi]
-        if _better(scores, b, a):
+        if _before(scores[b], b, scores[a], a):
             a, b = b, a
-        if _better(scores, c, b):
+        if _before(scores[c], c, scores[b], b):
             b, c = c, b
-            if _better(scores, b, a):
+            if _before(scores[b], b, scores[a], a):
                 a, b = b, a
         pivot = b
+        pivot_score = scores[pivot]
         i = lo
         j = hi
         while i <= j:
-            while _better(scores, idx[i], pivot):
+            while _before(scores[idx[i]], idx[i], pivot_score, pivot):
                 i += 1
-            while _better(scores, pivot, idx[j]):
+            while _before(pivot_score, pivot, scores[idx[j]], idx[j]):
                 j -= 1
             if i <= j:
                 tmp = idx[i]
@@ -230,7 +230,7 @@ def _quickselect(scores, idx, count, kth):
             return
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _select_row(scores_row, valid_row, top_n, idx):
     """The valid keys of one row into ``idx``, its best min(top_n, count) first.
     Returns that number (the row's N_eff)."""
