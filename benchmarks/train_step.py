@@ -14,6 +14,7 @@ beside them. Run:
 
     python benchmarks/train_step.py                 # all three shapes, 5 repeats
     python benchmarks/train_step.py --repeats 9 --json runs/train_step.json
+    OPENBLAS_NUM_THREADS=1 python benchmarks/train_step.py --clock cpu   # shared machine
 """
 
 from __future__ import annotations
@@ -198,6 +199,10 @@ def main(argv=None):
                         help="comma list out of: train64, train256, forward128 (default all)")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the plain-NumPy and GEMM-floor sides")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall time (default) or this process's CPU time: with "
+                             "OPENBLAS_NUM_THREADS=1 the CPU time hardly depends on what "
+                             "else runs on the machine")
     parser.add_argument("--json", help="write the results here as JSON")
     args = parser.parse_args(argv)
     keys = {"train64": SHAPES[0], "train256": SHAPES[1], "forward128": SHAPES[2]}
@@ -205,9 +210,11 @@ def main(argv=None):
 
     model = make_model(args.model)
     load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"load average {load1:.2f}; numpy {np.__version__}; medians of {args.repeats}",
-          flush=True)
+          f"load average {load1:.2f}; numpy {np.__version__}; {args.clock} clock; "
+          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}; "
+          f"medians of {args.repeats}", flush=True)
     print(f"{'shape':18} {'hadref ms':>10} {'numpy ms':>10} {'numpy/hadref':>12} "
           f"{'gemm ms':>8} {'hadref/gemm':>11} {'PyTorch ms':>10} {'hadref/PyTorch':>14}",
           flush=True)
@@ -225,9 +232,9 @@ def main(argv=None):
         for _ in range(args.repeats):
             for side in sides:
                 with plain_numpy() if side == "numpy" else _null():
-                    t0 = time.perf_counter()
+                    t0 = clock()
                     steps[side]()
-                    times[side].append(1e3 * (time.perf_counter() - t0))
+                    times[side].append(1e3 * (clock() - t0))
         med = {side: statistics.median(v) for side, v in times.items()}
         nan = float("nan")
         print(f"{name:18} {med['hadref']:10.0f} {med.get('numpy', nan):10.0f} "
@@ -239,8 +246,8 @@ def main(argv=None):
                         "pytorch_ms": PYTORCH_MS[name]})
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"load_average": load1, "results": results},
-                                              indent=2))
+        Path(args.json).write_text(json.dumps({"load_average": load1, "clock": args.clock,
+                                               "results": results}, indent=2))
     return 0
 
 
