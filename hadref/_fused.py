@@ -213,6 +213,23 @@ def _masked_softmax_exact(scores, key_mask, out):
                     out[b, hh, i, j] *= inv
 
 
+@njit(inline="always", error_model="numpy", fastmath=True)
+def _masked_exp_row_f32(row, keep, keep_f, dst):
+    """dst[j] = exp(row[j] - max over valid j) on valid keys, 0 elsewhere; returns the sum.
+
+    The unnormalized half of a masked softmax row, shared by the plain and the dropout
+    kernels (inlined into both, so each still vectorizes as one loop nest)."""
+    row_max = _LOWEST_F32
+    for j in range(row.size):
+        row_max = max(row_max, row[j] if keep[j] else _LOWEST_F32)
+    total = _F32(0.0)
+    for j in range(row.size):
+        e = _exp_nonpos_f32(min(row[j] - row_max, _F32(0.0))) * keep_f[j]
+        dst[j] = e
+        total += e
+    return total
+
+
 @njit(cache=True, error_model="numpy", fastmath=True)
 def _masked_softmax_f32(scores, key_mask, out):
     # Full fastmath is safe here: for finite scores no inf or NaN is ever formed (masked
@@ -233,15 +250,7 @@ def _masked_softmax_f32(scores, key_mask, out):
                 if n_valid == 0:
                     dst[:] = 0.0
                     continue
-                row_max = _LOWEST_F32
-                for j in range(ns):
-                    row_max = max(row_max, row[j] if keep[j] else _LOWEST_F32)
-                total = _F32(0.0)
-                for j in range(ns):
-                    e = _exp_nonpos_f32(min(row[j] - row_max, _F32(0.0))) * keep_f[j]
-                    dst[j] = e
-                    total += e
-                inv = _F32(1.0) / total
+                inv = _F32(1.0) / _masked_exp_row_f32(row, keep, keep_f, dst)
                 for j in range(ns):
                     dst[j] *= inv
 
@@ -343,15 +352,7 @@ def _softmax_dropout_f32(scores, key_mask, key1, key2, threshold, scale, probs, 
                     dst[:] = 0.0
                     u[:] = 0.0
                     continue
-                row_max = _LOWEST_F32
-                for j in range(ns):
-                    row_max = max(row_max, row[j] if keep[j] else _LOWEST_F32)
-                total = _F32(0.0)
-                for j in range(ns):
-                    e = _exp_nonpos_f32(min(row[j] - row_max, _F32(0.0))) * keep_f[j]
-                    dst[j] = e
-                    total += e
-                inv = _F32(1.0) / total
+                inv = _F32(1.0) / _masked_exp_row_f32(row, keep, keep_f, dst)
                 base = ((b * nh + hh) * nt + i) * ns
                 for j in range(ns):
                     pj = dst[j] * inv
