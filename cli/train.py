@@ -148,7 +148,7 @@ def _teacher_finetune_options(f):
 
 
 def _run_finetune(model, task, train, dev, settings, out, log_path, ckpt_path,
-                  checkpoint_every, resume, quiet):
+                  checkpoint_every, resume, quiet, eval_every=0):
     from hadref.distill.progress import JsonLog
     from hadref.finetune import ensure_head, finetune as _finetune
     from hadref.io import save
@@ -161,7 +161,7 @@ def _run_finetune(model, task, train, dev, settings, out, log_path, ckpt_path,
                   resume=resume, head_added=added)
         dev_metrics = _finetune(model, train, dev[0], task, settings, checkpoint_path=ckpt_path,
                                 checkpoint_every=checkpoint_every, resume=resume, log=log,
-                                progress=progress)
+                                progress=progress, eval_every=eval_every)
     except KeyboardInterrupt:
         raise HadrefError(f"interrupted; the checkpoint {ckpt_path} holds the last finished "
                           "step: run the same command with --resume to continue") from None
@@ -182,11 +182,15 @@ def _run_finetune(model, task, train, dev, settings, out, log_path, ckpt_path,
 @_finetune_options
 @click.option("--no-dropout", is_flag=True, help="Train without dropout.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Data order, head init, dropout.")
+@click.option("--eval-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also log dev metrics every this many steps (0: at the end only); the "
+                   "last step's model is always the one saved.")
 @_data_options
 @_run_options
 def finetune(model_path, task, out, max_len, epochs, steps, lr, batch_size, weight_decay,
-             warmup_ratio, clip, no_dropout, seed, data_dir, skip_bad_rows, train_limit,
-             dev_limit, log_path, ckpt_path, checkpoint_every, resume, quiet, as_json):
+             warmup_ratio, clip, no_dropout, seed, eval_every, data_dir, skip_bad_rows,
+             train_limit, dev_limit, log_path, ckpt_path, checkpoint_every, resume, quiet,
+             as_json):
     """Fine-tune MODEL.h5 on a GLUE task into a teacher (classifier head + encoder).
 
     A pre-trained encoder (such as `hadref convert minilm`) gets a fresh head; the whole
@@ -213,7 +217,7 @@ def finetune(model_path, task, out, max_len, epochs, steps, lr, batch_size, weig
     train, dev = _load_task_data(t, model, data_dir, max_len, skip_bad_rows, train_limit, dev_limit)
     t0 = time.monotonic()
     dev_metrics = _run_finetune(model, t, train, dev, settings, out, log_path, ckpt_path,
-                                checkpoint_every, resume, quiet)
+                                checkpoint_every, resume, quiet, eval_every)
     wall = time.monotonic() - t0
     if as_json:
         click.echo(json.dumps({"task": t.name, "metrics": dev_metrics, "out": str(out),

@@ -75,10 +75,13 @@ def ensure_head(model, task, seed: int = 0) -> bool:
 
 def finetune(model, train_data, dev_data, task, settings: FinetuneSettings, *,
              checkpoint_path=None, checkpoint_every: float = 300.0, resume: bool = False,
-             log=None, progress=None, on_step=None, eval_batch_size: int = 64) -> dict:
+             log=None, progress=None, on_step=None, eval_batch_size: int = 64,
+             eval_every: int = 0) -> dict:
     """Fine-tune ``model`` in place on ``train_data`` (Encoded); return the dev metrics.
 
-    The model must already have its head (see :func:`ensure_head`).
+    The model must already have its head (see :func:`ensure_head`). ``eval_every`` > 0 also
+    evaluates dev every that many steps (logged and shown, never used to pick weights:
+    the result is always the last step's model).
     """
     settings.check()
     stream = BatchStream(train_data, settings.batch_size, settings.seed)
@@ -108,7 +111,18 @@ def finetune(model, train_data, dev_data, task, settings: FinetuneSettings, *,
         optimizer.step(grads)
         return {"loss": loss, "grad_norm": norm, "lr": optimizer.lr}
 
-    loop.run(step_fn, on_step=on_step)
+    def after_step(step):
+        if eval_every and dev_data is not None and step % eval_every == 0 and step < total:
+            metrics_, _ = evaluate(model, dev_data, task, eval_batch_size)
+            if log is not None:
+                log.write(event="eval", split="dev", step=step, **metrics_)
+            if progress is not None:
+                progress.message(f"step {step}: dev " + ", ".join(
+                    f"{k} {v:.4f}" for k, v in metrics_.items()))
+        if on_step is not None:
+            on_step(step)
+
+    loop.run(step_fn, on_step=after_step)
     dev_metrics, _ = evaluate(model, dev_data, task, eval_batch_size)
     if log is not None:
         log.write(event="eval", split="dev", step=total, **dev_metrics)

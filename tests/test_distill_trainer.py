@@ -86,6 +86,14 @@ def test_stages_run_and_change_what_they_should(sst2_setup):
     assert sorted(stage_metrics) == ["0", "1", "2", "3", "4"]
     evals = [r for r in log.records if r.get("event") == "eval"]
     assert [r["stage"] for r in evals] == [0, 1, 2, 3, 4]
+    # each stage evaluation sees the live student: the last one equals a fresh evaluation of
+    # the returned student, and changed_predictions counts the flips between stages
+    from hadref.distill.evaluation import evaluate
+    _, final_preds = evaluate(student, dev, task)
+    import hashlib
+    assert evals[-1]["predictions_sha256"] == hashlib.sha256(final_preds.tobytes()).hexdigest()[:16]
+    assert evals[0]["changed_predictions"] is None
+    assert all(0 <= r["changed_predictions"] <= len(dev.labels) for r in evals[1:])
     assert student.had["stage"] == "4" and student.had["top_n"] == 6
     assert student.attention_core.stage == "hard" and student.attention_core.use_kernels
     np.testing.assert_array_equal(student.had["sigma_q"], student.attention_core.sigma_q.astype(np.float32))
@@ -149,6 +157,16 @@ def test_crash_and_ctrl_c_resume_equal_straight_run(sst2_setup, tmp_path):
     with pytest.raises(HadrefError, match="checkpoint made with top_n = 6, this run has 5"):
         distill(teacher, train, dev, task, DistillSettings(**{**_FAST, "top_n": 5}),
                 checkpoint_path=ckpt, resume=True)
+
+
+def test_finetune_eval_every_logs_dev_without_changing_training(sst2_setup):
+    task, teacher, train, dev = sst2_setup
+    settings = FinetuneSettings(steps=5, batch_size=8, lr=1e-3)
+    a, b, log = teacher.copy(), teacher.copy(), _ListLog()
+    finetune(a, train, dev, task, settings)
+    finetune(b, train, dev, task, settings, eval_every=2, log=log)
+    assert [r["step"] for r in log.records if r.get("event") == "eval"] == [2, 4, 5]
+    assert _params_equal(a, b)   # evaluation draws nothing from the training generator
 
 
 def test_finetune_resume_equals_straight_run(sst2_setup, tmp_path):

@@ -19,6 +19,7 @@ inference path), logged, and checkpointed.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -152,6 +153,7 @@ def distill(teacher, train_data, dev_data, task, settings: DistillSettings, *,
                      checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
                      log=log, progress=progress)
     stage_metrics = loop.notes.setdefault("dev_metrics", {})  # {stage: metrics}, checkpointed
+    last_preds: dict = {}   # "preds": the last stage evaluation's predictions (not checkpointed)
     if resume:
         extra = loop.restore()
         stage_metrics = loop.notes.setdefault("dev_metrics", {})
@@ -164,7 +166,7 @@ def distill(teacher, train_data, dev_data, task, settings: DistillSettings, *,
             log.write(event="sigma", sigma_q=sigma_q.tolist(), sigma_k=sigma_k.tolist())
         if dev_data is not None:  # the teacher binarized without distillation ("stage 0")
             stage_metrics["0"] = _stage_eval(teacher, sigma_q, sigma_k, settings, dev_data, task,
-                                           0, 0, log, progress, eval_batch_size)
+                                           0, 0, log, progress, eval_batch_size, last_preds)
     core = _had_core(sigma_q, sigma_k, settings)
     student.attention_core = core
     if progress is not None:
@@ -201,7 +203,7 @@ def distill(teacher, train_data, dev_data, task, settings: DistillSettings, *,
         if dev_data is not None:
             stage_metrics[str(stage.number)] = _stage_eval(student, sigma_q, sigma_k, settings, dev_data,
                                                       task, stage.number, step + 1, log, progress,
-                                                      eval_batch_size)
+                                                      eval_batch_size, last_preds)
 
     loop.run(step_fn, stage_end=schedule.stage_end, on_stage_end=on_stage_end, on_step=on_step)
     last = max((s.number for s in schedule.stages if s.steps > 0), default=0)
@@ -211,16 +213,24 @@ def distill(teacher, train_data, dev_data, task, settings: DistillSettings, *,
 
 
 def _stage_eval(model, sigma_q, sigma_k, settings, dev_data, task, number, step, log, progress,
-                batch_size):
+                batch_size, last_preds):
     # the model as inference sees it: hard binarization + top-N (the packed kernels)
     training_core = model.attention_core
     model.attention_core = _inference_core(sigma_q, sigma_k, settings)
     try:
-        metrics_, _ = evaluate(model, dev_data, task, batch_size)
+        metrics_, preds = evaluate(model, dev_data, task, batch_size)
     finally:
         model.attention_core = training_core
+    # which predictions a stage changed: equal accuracies of two stages then say whether
+    # the model stood still or changed as many right answers to wrong as wrong to right
+    previous = last_preds.get("preds")
+    last_preds["preds"] = preds
+    changed = None if previous is None else int(np.count_nonzero(previous != preds))
     if log is not None:
-        log.write(event="eval", split="dev", stage=number, step=step, binarized=True, **metrics_)
+        log.write(event="eval", split="dev", stage=number, step=step, binarized=True,
+                  changed_predictions=changed,
+                  predictions_sha256=hashlib.sha256(np.ascontiguousarray(preds).tobytes()).hexdigest()[:16],
+                  **metrics_)
     if progress is not None:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics_.items())
         what = (f"after stage {number}" if number else
