@@ -22,7 +22,8 @@ from numba import njit, prange
 
 from hadref.kernels.popcount import row_levels
 from hadref.kernels.select import counting_topn, order_by_level
-from hadref.kernels.softmax_av import accumulate, finish, level_weights, softmax_av_row
+from hadref.kernels.softmax_av import (accumulate, finish, level_decay, level_weights,
+                                       softmax_av_row)
 
 _VALUE_SUM_MATH = {"contract", "reassoc"}
 
@@ -35,7 +36,7 @@ def _limit(i, m, n, causal):
 
 
 @njit(cache=True, fastmath=_VALUE_SUM_MATH)
-def _attend_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale,
+def _attend_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, decay,
                   causal, out, block, levels, marks, sel_idx, sel_lev, sel_count, weight,
                   total, acc, cursor):
     """Tiles c, c + chunks, ... of query rows (one worker's share).
@@ -65,7 +66,7 @@ def _attend_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n
             n_eff, top, thr = counting_topn(levels, limit, valid_before[g, limit], d, top_n,
                                             guess, marks, sel_idx[r], sel_lev[r])
             sel_count[r] = n_eff
-            total[r] = level_weights(sel_lev[r], n_eff, top, thr, two_scale, weight[r])
+            total[r] = level_weights(sel_lev[r], n_eff, top, thr, decay, weight[r])
             for col in range(dv):
                 acc[r, col] = 0.0
             cursor[r] = 0
@@ -98,9 +99,10 @@ def attend_packed(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale
     dtype; total_ws (C, R) float64.
     """
     chunks = levels_ws.shape[0]
+    decay = level_decay(two_scale, d)
     for c in prange(chunks):
         _attend_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n,
-                      two_scale, causal, out, block, levels_ws[c], marks_ws[c], idx_ws[c],
+                      decay, causal, out, block, levels_ws[c], marks_ws[c], idx_ws[c],
                       lev_ws[c], count_ws[c], weight_ws[c], total_ws[c], acc_ws[c],
                       cursor_ws[c])
 
@@ -142,7 +144,7 @@ def topn_packed(q_bits, k_bits, valid, valid_before, n, d, top_n, causal, out_id
 
 
 @njit(cache=True, fastmath=_VALUE_SUM_MATH)
-def _av_chunk(c, chunks, sel_idx, sel_lev, sel_count, v, two_scale, out, weight, acc):
+def _av_chunk(c, chunks, sel_idx, sel_lev, sel_count, v, decay, out, weight, acc):
     groups, m, _ = sel_idx.shape
     for r in range(c, groups * m, chunks):
         g = r // m
@@ -150,7 +152,7 @@ def _av_chunk(c, chunks, sel_idx, sel_lev, sel_count, v, two_scale, out, weight,
         n_eff = sel_count[g, i]
         top = sel_lev[g, i, 0] if n_eff > 0 else 0
         last = sel_lev[g, i, n_eff - 1] if n_eff > 0 else 0
-        softmax_av_row(sel_idx[g, i], sel_lev[g, i], n_eff, top, last, v[g], two_scale,
+        softmax_av_row(sel_idx[g, i], sel_lev[g, i], n_eff, top, last, v[g], decay,
                        weight, acc, out[g, i])
 
 
@@ -161,6 +163,7 @@ def attend_from_topn(sel_idx, sel_lev, sel_count, v, two_scale, out, weight_ws, 
     Workspaces: weight_ws (C, d+2) and acc_ws (C, dv) of v's dtype.
     """
     chunks = weight_ws.shape[0]
+    decay = level_decay(two_scale, weight_ws.shape[1] - 2)  # weight_ws is (C, d + 2)
     for c in prange(chunks):
-        _av_chunk(c, chunks, sel_idx, sel_lev, sel_count, v, two_scale, out, weight_ws[c],
+        _av_chunk(c, chunks, sel_idx, sel_lev, sel_count, v, decay, out, weight_ws[c],
                   acc_ws[c])

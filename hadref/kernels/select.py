@@ -12,14 +12,28 @@ order (score descending, index ascending) finds the same set in expected O(n).
 import numpy as np
 from numba import njit, prange
 
-from hadref.kernels.popcount import cttz64
+from hadref.kernels.popcount import ctpop64, cttz64
+
+
+_COUNT_BLOCK = 16384  # keys per int16 partial count (< 32768: no overflow)
 
 
 @njit(cache=True, inline="always")
 def _count_at_most(levels, limit, t):
+    """Number of keys among ``0 .. limit-1`` with ``levels[j] <= t``.
+
+    The partial count is an int16 re-cast every step: Numba widens small-integer sums to
+    int64, which gives 4 keys per AVX2 instruction instead of 16 (measured 6.7x slower
+    per counting pass). Blocks of ``_COUNT_BLOCK`` keys keep the int16 from overflowing.
+    """
+    tt = np.int16(t)
     count = 0
-    for j in range(limit):
-        count += np.int32(levels[j] <= t)
+    for b0 in range(0, limit, _COUNT_BLOCK):
+        b1 = min(limit, b0 + _COUNT_BLOCK)
+        part = np.int16(0)
+        for j in range(b0, b1):
+            part = np.int16(part + np.int16(levels[j] <= tt))
+        count += np.int64(part)
     return count
 
 
@@ -128,19 +142,26 @@ def _mark(levels, limit, thr, marks):
 @njit(cache=True, inline="always")
 def _gather(levels, limit, below_words, at_words, at_thr, n_eff, out_idx, out_lev):
     """Walk the marked keys in index order: all below the threshold, the first ``at_thr``
-    at it. The scalar work is per survivor (TZCNT over set bits), not per key.
-    Returns the smallest level gathered."""
+    at it. The scalar work is per survivor (TZCNT over set bits), not per key; a word
+    whose threshold keys all fit is taken whole (one POPCNT), only the word where the
+    threshold places run out is walked bit by bit. Returns the smallest level gathered."""
     one = np.uint64(1)
     placed = 0
     top = np.int64(1 << 30)
     for w in range((limit + 63) // 64):
         take = below_words[w]
         at_bits = at_words[w]
-        while at_bits != 0 and at_thr > 0:
-            lowest = at_bits & (~at_bits + one)
-            take |= lowest
-            at_bits ^= lowest
-            at_thr -= 1
+        if at_thr > 0 and at_bits != 0:
+            at_count = np.int64(ctpop64(at_bits))
+            if at_count <= at_thr:
+                take |= at_bits
+                at_thr -= at_count
+            else:
+                while at_thr > 0:
+                    lowest = at_bits & (~at_bits + one)
+                    take |= lowest
+                    at_bits ^= lowest
+                    at_thr -= 1
         base = 64 * w
         while take != 0:
             j = base + np.int64(cttz64(take))

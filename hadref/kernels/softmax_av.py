@@ -1,7 +1,8 @@
 """Sparse softmax over the N survivors of a row and the value accumulation.
 
-Scores take only d+1 values, so a row needs at most d+1 exponentials (one per level
-between its best and its threshold level), not N. The value sum is split so that the
+Scores take only d+1 values and the softmax is shift-invariant, so a survivor's weight
+depends only on how many levels it lies below its row's best: one table of d+1
+exponentials per call (``level_decay``) serves every row. The value sum is split so that the
 fused driver can stream the values in key blocks: ``level_weights`` (once per row),
 ``accumulate`` (a range of survivors, any number of times), ``finish`` (normalize).
 """
@@ -10,21 +11,32 @@ import numpy as np
 from numba import njit
 
 
+@njit(cache=True)
+def level_decay(two_scale, d):
+    """(d + 1,) float64 table ``exp(-two_scale * k)``, k = 0..d: the softmax weight of a
+    survivor ``k`` levels below its row's best. Computed once per call, so a row costs no
+    exponential at all; entry 0 is exactly 1 (an infinite scale would give exp(nan))."""
+    decay = np.empty(d + 1, np.float64)
+    decay[0] = 1.0
+    for k in range(1, d + 1):
+        decay[k] = np.exp(-two_scale * k)
+    return decay
+
+
 @njit(cache=True, inline="always")
-def level_weights(sel_lev, n_eff, top, last, two_scale, weight_of_level):
-    """Fill ``weight_of_level[top..last]`` with ``exp(-two_scale * (level - top))`` and
-    return the softmax denominator (float64 sum over the survivors).
+def level_weights(sel_lev, n_eff, top, last, decay, weight_of_level):
+    """Fill ``weight_of_level[top..last]`` with ``decay[level - top]`` and return the
+    softmax denominator (float64 sum over the survivors).
 
     sel_lev: (>= n_eff,) the survivors' levels; top, last: their smallest and largest
     level (``top`` is the row's maximum score, which makes the softmax stable without a
-    max pass); two_scale: 2 * sigma_q * sigma_k / sqrt(d), one level step in logit units;
-    weight_of_level: (d + 2,) of v's dtype (exponentials computed in float64).
+    max pass); decay: ``level_decay(two_scale, d)``, two_scale = 2 * sigma_q * sigma_k /
+    sqrt(d) being one level step in logit units; weight_of_level: (d + 2,) of v's dtype.
     """
     if n_eff == 0:
         return 1.0
-    weight_of_level[top] = 1.0  # exp(0); also keeps an infinite scale from giving 0 * inf
-    for lev in range(top + 1, last + 1):
-        weight_of_level[lev] = np.exp(-two_scale * (lev - top))
+    for lev in range(top, last + 1):
+        weight_of_level[lev] = decay[lev - top]
     total = 0.0
     for t in range(n_eff):
         total += np.float64(weight_of_level[sel_lev[t]])
@@ -74,11 +86,11 @@ def finish(acc, total, n_eff, out_row):
 
 
 @njit(cache=True, inline="always")
-def softmax_av_row(sel_idx, sel_lev, n_eff, top, last, v, two_scale, weight_of_level, acc,
+def softmax_av_row(sel_idx, sel_lev, n_eff, top, last, v, decay, weight_of_level, acc,
                    out_row):
     """``out_row = sum_t p_t v[sel_idx[t]]`` with ``p = softmax(scale * (d - 2 level))``,
     one row at a time (see ``level_weights``, ``accumulate``, ``finish``)."""
-    total = level_weights(sel_lev, n_eff, top, last, two_scale, weight_of_level)
+    total = level_weights(sel_lev, n_eff, top, last, decay, weight_of_level)
     for c in range(acc.shape[0]):
         acc[c] = 0.0
     accumulate(sel_idx, sel_lev, 0, n_eff, v, weight_of_level, acc)
