@@ -20,7 +20,7 @@ rows: per tile it streams the keys once per row to select, then V once in blocks
 import numpy as np
 from numba import njit, prange
 
-from hadref.kernels.popcount import row_levels
+from hadref.kernels.popcount import row_levels, row_levels_unmasked
 from hadref.kernels.select import counting_topn, order_by_level
 from hadref.kernels.softmax_av import (accumulate, finish, level_decay, level_weights,
                                        softmax_av_row)
@@ -33,6 +33,16 @@ def _limit(i, m, n, causal):
     if not causal:
         return n
     return max(0, min(n, i + n - m + 1))
+
+
+@njit(cache=True, inline="always")
+def _levels(q_row, k_bits, valid, valid_before, limit, d, levels):
+    """Levels of one query row against keys ``0 .. limit-1`` (``row_levels``), skipping
+    the padding mask when none of those keys is padding."""
+    if valid_before[limit] == limit:
+        row_levels_unmasked(q_row, k_bits, limit, levels)
+    else:
+        row_levels(q_row, k_bits, valid, limit, d + 1, levels)
 
 
 @njit(cache=True, fastmath=_VALUE_SUM_MATH)
@@ -62,7 +72,7 @@ def _attend_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n
         for r in range(rows):
             i = i0 + r
             limit = _limit(i, m, n, causal)
-            row_levels(q_bits[g, i], k_bits[g], valid[g], limit, d + 1, levels)
+            _levels(q_bits[g, i], k_bits[g], valid[g], valid_before[g], limit, d, levels)
             n_eff, top, thr = counting_topn(levels, limit, valid_before[g, limit], d, top_n,
                                             guess, marks, sel_idx[r], sel_lev[r])
             sel_count[r] = n_eff
@@ -116,7 +126,7 @@ def _topn_chunk(c, chunks, q_bits, k_bits, valid, valid_before, n, d, top_n, cau
         g = r // m
         i = r - g * m
         limit = _limit(i, m, n, causal)
-        row_levels(q_bits[g, i], k_bits[g], valid[g], limit, d + 1, levels)
+        _levels(q_bits[g, i], k_bits[g], valid[g], valid_before[g], limit, d, levels)
         n_eff, top, thr = counting_topn(levels, limit, valid_before[g, limit], d, top_n,
                                         guess, marks, sel_idx, sel_lev)
         guess = thr

