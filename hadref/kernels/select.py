@@ -162,12 +162,13 @@ def _gather(levels, limit, below_words, at_words, at_thr, n_eff, out_idx, out_le
                     take |= lowest
                     at_bits ^= lowest
                     at_thr -= 1
-        base = 64 * w
+        base = np.uint64(64 * w)
         while take != 0:
-            j = base + np.int64(cttz64(take))
+            # unsigned indices: no negative-index wrap-around code in the per-survivor loop
+            j = base + cttz64(take)
             lev = levels[j]
-            out_idx[placed] = j
-            out_lev[placed] = lev
+            out_idx[np.uint64(placed)] = j
+            out_lev[np.uint64(placed)] = lev
             top = min(top, np.int64(lev))
             placed += 1
             take &= take - one
