@@ -76,7 +76,8 @@ def _attend_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n
             n_eff, top, thr = counting_topn(levels, limit, valid_before[g, limit], d, top_n,
                                             guess, marks, sel_idx[r], sel_lev[r])
             sel_count[r] = n_eff
-            total[r] = level_weights(sel_lev[r], n_eff, top, thr, decay, weight[r])
+            level_weights(n_eff, top, thr, decay, weight[r])
+            total[r] = 0.0
             for col in range(dv):
                 acc[r, col] = 0.0
             cursor[r] = 0
@@ -90,7 +91,8 @@ def _attend_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n
                 stop = start
                 while stop < sel_count[r] and sel_idx[r, stop] < b1:
                     stop += 1
-                accumulate(sel_idx[r], sel_lev[r], start, stop, v[g], weight[r], acc[r])
+                total[r] += accumulate(sel_idx[r], sel_lev[r], start, stop, v[g], weight[r],
+                                       acc[r])
                 cursor[r] = stop
         for r in range(rows):
             finish(acc[r], total[r], sel_count[r], out[g, i0 + r])
