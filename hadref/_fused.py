@@ -257,7 +257,10 @@ def _masked_softmax_f32(scores, key_mask, out):
 
 @njit(cache=True, error_model="numpy", fastmath=_SUMS)
 def _softmax_backward_any(probs, dprobs, dscores):
+    # The row of dprobs goes through a scratch row: in place (dscores is dprobs) a loop
+    # that reads dp[j] and writes ds[j] fails LLVM's runtime overlap check and runs scalar.
     nb, nh, nt, ns = probs.shape
+    g = np.empty(ns, dtype=dprobs.dtype)
     for b in range(nb):
         for hh in range(nh):
             for i in range(nt):
@@ -266,9 +269,10 @@ def _softmax_backward_any(probs, dprobs, dscores):
                 ds = dscores[b, hh, i]
                 dot = 0.0
                 for j in range(ns):
+                    g[j] = dp[j]
                     dot += p[j] * dp[j]
                 for j in range(ns):
-                    ds[j] = p[j] * (dp[j] - dot)
+                    ds[j] = p[j] * (g[j] - dot)
 
 
 def masked_softmax(scores, key_mask, out):
@@ -333,7 +337,8 @@ def dropout_bits(n, key1, key2, bits):
 @njit(cache=True, error_model="numpy", fastmath=True)
 def _softmax_dropout_f32(scores, key_mask, key1, key2, threshold, scale, probs, used):
     # _masked_softmax_f32 with the dropout of dropout_apply(probs.ravel(), key1, key2, ...)
-    # (same flat element index) applied while each row is still in cache.
+    # (same flat element index) applied while each row is still in cache. `used` may be
+    # `scores` itself: a row of scores is read in full before its row of used is written.
     nb, nh, nt, ns = scores.shape
     keep_f = np.empty(ns, dtype=np.float32)
     zero = _F32(0.0)
@@ -353,17 +358,23 @@ def _softmax_dropout_f32(scores, key_mask, key1, key2, threshold, scale, probs, 
                     u[:] = 0.0
                     continue
                 inv = _F32(1.0) / _masked_exp_row_f32(row, keep, keep_f, dst)
+                for j in range(ns):
+                    dst[j] *= inv
+                # a second loop over the stored probabilities: u is then exactly
+                # dropout_apply(probs) (fastmath may not fold inv * scale into one factor),
+                # which the attention backward recomputes instead of keeping u
                 base = ((b * nh + hh) * nt + i) * ns
                 for j in range(ns):
-                    pj = dst[j] * inv
-                    dst[j] = pj
-                    u[j] = pj * scale if _hash16(base + j, key1, key2) >= threshold else zero
+                    u[j] = dst[j] * scale if _hash16(base + j, key1, key2) >= threshold else zero
 
 
 @njit(cache=True, error_model="numpy", fastmath=_SUMS)
 def _dropout_softmax_backward_any(probs, dused, key1, key2, threshold, scale, dscores):
+    # dropped gradients go to a scratch row, not to ds: in place (dscores is dused) the
+    # first loop would read du[j] and write ds[j] and run scalar (see _softmax_backward_any)
     nb, nh, nt, ns = probs.shape
     zero = dused.dtype.type(0.0)
+    g = np.empty(ns, dtype=dused.dtype)
     for b in range(nb):
         for hh in range(nh):
             for i in range(nt):
@@ -373,17 +384,18 @@ def _dropout_softmax_backward_any(probs, dused, key1, key2, threshold, scale, ds
                 ds = dscores[b, hh, i]
                 dot = 0.0
                 for j in range(ns):
-                    g = du[j] * scale if _hash16(base + j, key1, key2) >= threshold else zero
-                    ds[j] = g
-                    dot += p[j] * g
+                    gj = du[j] * scale if _hash16(base + j, key1, key2) >= threshold else zero
+                    g[j] = gj
+                    dot += p[j] * gj
                 for j in range(ns):
-                    ds[j] = p[j] * (ds[j] - dot)
+                    ds[j] = p[j] * (g[j] - dot)
 
 
 def masked_softmax_dropout(scores, key_mask, key1, key2, threshold, scale, probs, used):
     """probs = masked_softmax(scores); used = probs * keep * scale with the mask of
     ``dropout_apply(probs.ravel(), key1, key2, threshold, scale, ...)`` (4-D arrays; scale
-    in the arrays' dtype). One pass for float32."""
+    in the arrays' dtype), bit for bit. One pass for float32. used may be scores itself
+    (the scores are then overwritten)."""
     if scores.dtype == np.float32:
         _softmax_dropout_f32(scores, key_mask, key1, key2, threshold, scale, probs, used)
     else:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from hadref import _fused
 from hadref.config import BertConfig
 from hadref.layers import (attention, classifier, dropout, embeddings, encoder_layer,
                            feedforward, gelu, layernorm, linear, losses, pooler)
@@ -208,6 +209,51 @@ def test_float_attention_core(bt, heads, d, seed, with_scores, with_dropout):
     dq, dk, dv = core.backward(cache, r_ctx, r_s if with_scores else None)
     for name, grad, arr in (("q", dq, q), ("k", dk, k), ("v", dv, v)):
         assert_grad(grad, loss, arr, name)
+
+
+@settings(max_examples=20)
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 9), st.integers(1, 5), seeds,
+       st.booleans(), st.sampled_from([np.float32, np.float64]))
+def test_float_attention_core_scratch_reuse(nb, heads, nt, d, seed, with_scores, dtype):
+    """The core's scratch buffer (scores, dropped probabilities, dprobs) never leaks into
+    what a call returns or keeps: an older cache still gives the same gradients after
+    other calls, returned arrays stay put, and the backward's recomputed dropped
+    probabilities are the forward's bit for bit (dv = used^T dctx exactly)."""
+    rng = np.random.default_rng(seed)
+
+    def inputs():
+        return tuple(rand(rng, nb, heads, nt, d).astype(dtype) for _ in range(3))
+
+    key_mask = _random_key_mask(rng, nb, nt, allow_empty=True)
+    dctx = rand(rng, nb, heads, nt, d).astype(dtype)
+    core = attention.FloatAttentionCore()
+    q, k, v = inputs()
+    ctx, cache, aux = core.forward(q, k, v, key_mask, 0, with_scores,
+                                   dropout=(0.3, np.random.default_rng(seed)))
+    kept = {name: a.copy() for name, a in aux.items()}
+    ref = attention.FloatAttentionCore()  # same call on a core of its own
+    ref_ctx, ref_cache, _ = ref.forward(q, k, v, key_mask, 0, with_scores,
+                                        dropout=(0.3, np.random.default_rng(seed)))
+    np.testing.assert_array_equal(ctx, ref_ctx)
+    # other calls in between: larger and smaller shapes, with and without dropout
+    for drop in (None, (0.5, np.random.default_rng(1))):
+        q2, k2, v2 = (np.concatenate([a, a], axis=2) for a in inputs())
+        mask2 = np.concatenate([key_mask, key_mask], axis=1)
+        _, cache2, _ = core.forward(q2, k2, v2, mask2, 1, not with_scores, dropout=drop)
+        core.backward(cache2, np.ones_like(q2))
+    for name, a in aux.items():
+        np.testing.assert_array_equal(a, kept[name], err_msg=name)
+    grads = core.backward(cache, dctx)
+    ref_grads = ref.backward(ref_cache, dctx)
+    for g, r in zip(grads, ref_grads):
+        np.testing.assert_array_equal(g, r)
+    probs, mask = aux["probs"], cache[4]
+    key1, key2, threshold, drop_scale = mask
+    used = np.empty_like(probs)
+    _fused.dropout_apply(probs.reshape(-1), key1, key2, threshold, dtype(drop_scale),
+                         used.reshape(-1))
+    np.testing.assert_array_equal(grads[2], np.matmul(used.swapaxes(-1, -2), dctx))
+    np.testing.assert_array_equal(ctx, np.matmul(used, v))
 
 
 def _layer_params(rng, h, inner, layer=0):

@@ -32,21 +32,47 @@ class FloatAttentionCore:
     ``dropout=(p, rng)`` drops attention probabilities in training (Hugging Face's
     attention_probs_dropout_prob); ``aux['probs']`` are the probabilities before dropout.
     Cores that support it say so with ``supports_dropout = True``.
+
+    Memory: of the (B, h, T, T) arrays only ``probs`` is new on every forward (it is
+    returned and kept for the backward). The scores (unless returned), the dropped
+    probabilities and the backward's probability gradient live in one scratch buffer that
+    the core keeps and reuses within each call (one core, one call at a time): at T = 256
+    a fresh 50 MB array costs as much in page faults as a pass of arithmetic over it. The
+    dropped probabilities are not kept: the backward recomputes them from ``probs`` and the
+    dropout keys, bit for bit.
     """
 
     supports_dropout = True
 
+    def _scratch(self, shape, dtype):
+        """A (shape, dtype) view of the core's scratch buffer (grown when too small)."""
+        size = math.prod(shape)
+        buf = self.__dict__.get("_scratch_buf")
+        if buf is None or buf.dtype != dtype or buf.size < size:
+            buf = self._scratch_buf = np.empty(size, dtype)
+        return buf[:size].reshape(shape)
+
+    def __getstate__(self):  # copies and pickles leave the scratch buffer behind
+        state = dict(self.__dict__)
+        state.pop("_scratch_buf", None)
+        return state
+
     def forward(self, q, k, v, key_mask, layer, need_scores, dropout=None):
         scale = 1.0 / math.sqrt(q.shape[-1])
+        shape = (*q.shape[:-1], k.shape[-2])
+        # returned scores are a new array; otherwise they are scratch, dead after the softmax
+        scores = np.empty(shape, q.dtype) if need_scores else self._scratch(shape, q.dtype)
         # (q / sqrt(d)) k^T: the scale touches (B, h, T, d), not the (B, h, T, T) scores
-        scores = np.matmul(q * q.dtype.type(scale), k.swapaxes(-1, -2))
+        np.matmul(q * q.dtype.type(scale), k.swapaxes(-1, -2), out=scores)
         probs = np.empty_like(scores)
         mask = draw_mask(dropout[0], dropout[1], probs.size) if dropout is not None else None
         if mask is None:
             _fused.masked_softmax(scores, key_mask, probs)
             used = probs
         else:
-            used = np.empty_like(probs)
+            # the dropped probabilities overwrite the scores row by row (or, when the
+            # scores are returned, go to the scratch buffer)
+            used = self._scratch(shape, q.dtype) if need_scores else scores
             key1, key2, threshold, drop_scale = mask
             _fused.masked_softmax_dropout(scores, key_mask, key1, key2, threshold,
                                           probs.dtype.type(drop_scale), probs, used)
@@ -54,17 +80,25 @@ class FloatAttentionCore:
         aux = {"probs": probs}
         if need_scores:
             aux["scores"] = scores
-        return ctx, (q, k, v, probs, used, mask, scale), aux
+        return ctx, (q, k, v, probs, mask, scale), aux
 
     def backward(self, cache, dctx, dscores=None):
         """dctx (B, h, T, d), dscores (B, h, T, T) or None -> (dq, dk, dv) (B, h, T, d)."""
-        q, k, v, probs, used, mask, scale = cache
-        dprobs = np.matmul(dctx, v.swapaxes(-1, -2))  # gradient w.r.t. the used probs
-        dv = np.matmul(used.swapaxes(-1, -2), dctx)
+        q, k, v, probs, mask, scale = cache
+        work = self._scratch(probs.shape, probs.dtype)
         if mask is None:
-            _fused.softmax_backward(probs, dprobs, dprobs)  # in place: -> d(scaled scores)
-        else:
+            used = probs
+        else:  # the forward's dropped probabilities, recomputed (same kernel arithmetic)
             key1, key2, threshold, drop_scale = mask
+            _fused.dropout_apply(probs.reshape(-1), key1, key2, threshold,
+                                 probs.dtype.type(drop_scale), work.reshape(-1))
+            used = work
+        dv = np.matmul(used.swapaxes(-1, -2), dctx)
+        # gradient w.r.t. the used probs, then in place -> d(scaled scores)
+        dprobs = np.matmul(dctx, v.swapaxes(-1, -2), out=work)
+        if mask is None:
+            _fused.softmax_backward(probs, dprobs, dprobs)
+        else:
             _fused.dropout_softmax_backward(probs, dprobs, key1, key2, threshold,
                                             probs.dtype.type(drop_scale), dprobs)
         if dscores is not None:
