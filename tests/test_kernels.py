@@ -9,6 +9,7 @@ from numba import njit
 import hadref
 from hadref.errors import HadrefError
 from hadref.kernels.popcount import ctpop64
+from hadref.kernels.select import _count_at_most
 
 
 def _signs(x):
@@ -157,3 +158,18 @@ def test_hamming_topn_bad_input():
         hadref.pack_signs(np.ones((2, 3), np.int32))
     with pytest.raises(HadrefError, match="finite"):
         hadref.pack_signs(np.array([1.0, np.inf]))
+
+
+@njit
+def _count_at_most_jit(levels, limit, t):
+    return _count_at_most(levels, limit, t)
+
+
+@pytest.mark.parametrize("limit", [0, 1, 16383, 16384, 16385, 40000, 70000])
+def test_counting_pass_is_exact_across_int16_blocks(limit):
+    """The counting pass sums in int16 blocks of 16384 keys: exact for rows longer than
+    an int16 can count, and when every key is counted (the worst case for overflow)."""
+    rng = np.random.default_rng(limit)
+    levels = rng.integers(0, 66, size=max(limit, 1)).astype(np.int16)
+    for t in (-1, 0, 31, 64, 65):
+        assert _count_at_most_jit(levels, limit, t) == int(np.count_nonzero(levels[:limit] <= t))
