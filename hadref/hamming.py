@@ -132,7 +132,11 @@ def pack_signs(x) -> np.ndarray:
     >>> hadref.pack_signs(np.array([0.5, -1.0, 0.0], np.float32))
     array([5], dtype=uint64)
     """
-    x = _as_float(x, "x", min_ndim=1)
+    return _pack(_as_float(x, "x", min_ndim=1))
+
+
+def _pack(x: np.ndarray) -> np.ndarray:
+    """``pack_signs`` of an already validated (finite, C-contiguous float) array."""
     d = x.shape[-1]
     rows = x.reshape(-1, d)
     out = np.empty((rows.shape[0], (d + 63) // 64), dtype=np.uint64)
@@ -265,8 +269,8 @@ def had_attention(q, k, v, top_n, sigma_q=1.0, sigma_k=1.0, key_mask=None, causa
     lead, (m, d), (n, dv) = q.shape[:-2], q.shape[-2:], v.shape[-2:]
     _check_d(d)
     valid = _key_valid(key_mask, lead, n)
-    q_bits = pack_signs(q).reshape(-1, m, (d + 63) // 64)
-    k_bits = pack_signs(k).reshape(-1, n, (d + 63) // 64)
+    q_bits = _pack(q).reshape(-1, m, (d + 63) // 64)   # q, k validated above
+    k_bits = _pack(k).reshape(-1, n, (d + 63) // 64)
     out = _attend(q_bits, k_bits, v.reshape(-1, n, dv), valid, n, d, top_n,
                   _two_scale(sigma_q, sigma_k, d), causal)
     return out.reshape(*lead, m, dv)
@@ -374,7 +378,7 @@ class PackedKeyCache:
         t = k.shape[-2]
         self._grow(self._n + t)
         sl = slice(self._n, self._n + t)
-        self._bits[:, sl] = pack_signs(k).reshape(self._groups, t, self._words)
+        self._bits[:, sl] = _pack(k).reshape(self._groups, t, self._words)
         self._v[:, sl] = v.reshape(self._groups, t, self.dv)
         self._valid[:, sl] = _key_valid(key_mask, self.lead, t)
         self._n += t
@@ -384,7 +388,7 @@ class PackedKeyCache:
         q = self._check_q(q)
         top_n = _check_top_n(top_n)
         m, n = q.shape[-2], self._n
-        idx, lev, _ = _topn_groups(pack_signs(q).reshape(self._groups, m, self._words),
+        idx, lev, _ = _topn_groups(_pack(q).reshape(self._groups, m, self._words),
                                    self._bits, self._valid, n, self.d, top_n, causal)
         scores = self.d - 2 * lev.astype(np.int32)
         scores[idx < 0] = -(self.d + 1)
@@ -400,7 +404,7 @@ class PackedKeyCache:
         top_n = _check_top_n(top_n)
         sigma_q = _check_sigma(sigma_q, "sigma_q")
         m, n = q.shape[-2], self._n
-        out = _attend(pack_signs(q).reshape(self._groups, m, self._words), self._bits,
+        out = _attend(_pack(q).reshape(self._groups, m, self._words), self._bits,
                       self._v, self._valid, n, self.d, top_n,
                       _two_scale(sigma_q, self.sigma_k, self.d), causal)
         return out.reshape(*self.lead, m, self.dv)

@@ -20,7 +20,6 @@ def pack_rows(x, out):
             base = 64 * w
             stop = min(64, d - base)
             word = np.uint64(0)
-            for b in range(stop):
-                if x[r, base + b] >= 0:
-                    word |= np.uint64(1) << np.uint64(b)
+            for b in range(stop):  # branch-free: signs of real data are unpredictable
+                word |= np.uint64(x[r, base + b] >= 0) << np.uint64(b)
             out[r, w] = word
