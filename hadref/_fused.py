@@ -368,8 +368,31 @@ def _softmax_dropout_f32(scores, key_mask, key1, key2, threshold, scale, probs, 
                     u[j] = dst[j] * scale if _hash16(base + j, key1, key2) >= threshold else zero
 
 
+@njit(cache=True, error_model="numpy")
+def _dropout_rows(x, key1, key2, threshold, scale, first_row, rows_total, out):
+    # dropout_apply over rows first_row.. of a (B, h, rows_total, S) array, given only those
+    # rows x (B, h, t, S): each element keeps the flat index it has in the whole array
+    nb, nh, nt, ns = x.shape
+    zero = x.dtype.type(0.0)
+    for b in range(nb):
+        for hh in range(nh):
+            for i in range(nt):
+                base = ((b * nh + hh) * rows_total + first_row + i) * ns
+                for j in range(ns):
+                    xj = x[b, hh, i, j]
+                    out[b, hh, i, j] = xj * scale if _hash16(base + j, key1, key2) >= threshold else zero
+
+
+def dropout_rows(x, key1, key2, threshold, scale, first_row, rows_total, out):
+    """out = x * keep * scale for x the rows first_row..first_row + t of a (B, h,
+    rows_total, S) array under the flat-index mask of ``dropout_apply(whole.ravel(), ...)``
+    (x, out (B, h, t, S))."""
+    _dropout_rows(x, key1, key2, threshold, scale, first_row, rows_total, out)
+
+
 @njit(cache=True, error_model="numpy", fastmath=_SUMS)
-def _dropout_softmax_backward_any(probs, dused, key1, key2, threshold, scale, dscores):
+def _dropout_softmax_backward_any(probs, dused, key1, key2, threshold, scale, first_row,
+                                  rows_total, dscores):
     # dropped gradients go to a scratch row, not to ds: in place (dscores is dused) the
     # first loop would read du[j] and write ds[j] and run scalar (see _softmax_backward_any)
     nb, nh, nt, ns = probs.shape
@@ -378,7 +401,7 @@ def _dropout_softmax_backward_any(probs, dused, key1, key2, threshold, scale, ds
     for b in range(nb):
         for hh in range(nh):
             for i in range(nt):
-                base = ((b * nh + hh) * nt + i) * ns
+                base = ((b * nh + hh) * rows_total + first_row + i) * ns
                 p = probs[b, hh, i]
                 du = dused[b, hh, i]
                 ds = dscores[b, hh, i]
@@ -403,10 +426,15 @@ def masked_softmax_dropout(scores, key_mask, key1, key2, threshold, scale, probs
         dropout_apply(probs.reshape(-1), key1, key2, threshold, scale, used.reshape(-1))
 
 
-def dropout_softmax_backward(probs, dused, key1, key2, threshold, scale, dscores):
+def dropout_softmax_backward(probs, dused, key1, key2, threshold, scale, dscores,
+                             first_row=0, rows_total=None):
     """dscores = softmax_backward(probs, dropout_backward(dused)) in one pass (4-D arrays);
-    dscores may be dused itself."""
-    _dropout_softmax_backward_any(probs, dused, key1, key2, threshold, scale, dscores)
+    dscores may be dused itself. With first_row / rows_total the arrays hold only the rows
+    first_row.. of (B, h, rows_total, S) ones, under that whole array's mask."""
+    if rows_total is None:
+        rows_total = probs.shape[2]
+    _dropout_softmax_backward_any(probs, dused, key1, key2, threshold, scale, first_row,
+                                  rows_total, dscores)
 
 # --- embeddings ---------------------------------------------------------------------------
 

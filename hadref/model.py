@@ -303,7 +303,10 @@ class BertModel:
                               f"(one per layer), got {len(dscores)}")
         for layer in reversed(range(len(layer_caches))):
             ds = None if dscores is None else dscores[layer]
-            dx, layer_grads = encoder_layer_backward(dx, layer_caches[layer], ds)
+            # without dhidden, the last layer's output gradient is the pooler's: [CLS] only
+            tokens = (slice(0, 1) if layer == len(layer_caches) - 1 and dhidden is None
+                      and ds is None else None)
+            dx, layer_grads = encoder_layer_backward(dx, layer_caches[layer], ds, tokens)
             grads.update(layer_grads)
         grads.update(embeddings_backward(dx, emb_cache))
         for name, value in self.params.items():

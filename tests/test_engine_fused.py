@@ -180,3 +180,27 @@ def test_fused_softmax_dropout_equals_the_two_kernels(case, dtype, threshold):
     _fused.softmax_backward(probs, dprobs, dprobs)
     tol = 1e-12 if dtype == np.float64 else 1e-5
     np.testing.assert_allclose(ds, dprobs, rtol=tol, atol=tol)
+
+
+@given(attention_scores(), st.sampled_from([np.float32, np.float64]), st.integers(1, 65535),
+       st.data())
+def test_dropout_kernels_on_a_band_of_rows_use_the_whole_arrays_mask(case, dtype, threshold,
+                                                                     data):
+    scores, mask = case
+    nt = scores.shape[2]
+    first = data.draw(st.integers(0, nt - 1))
+    stop = data.draw(st.integers(first + 1, nt))
+    probs = ref_softmax(scores, mask).astype(dtype)
+    scale = dtype(65536 / (65536 - threshold))
+    whole = np.empty_like(probs)
+    _fused.dropout_apply(probs.reshape(-1), 7, 11, threshold, scale, whole.reshape(-1))
+    band = np.ascontiguousarray(probs[:, :, first:stop])
+    out = np.empty_like(band)
+    _fused.dropout_rows(band, 7, 11, threshold, scale, first, nt, out)
+    np.testing.assert_array_equal(out, whole[:, :, first:stop])
+    dused = np.random.default_rng(threshold).standard_normal(probs.shape).astype(dtype)
+    ref = dused.copy()
+    _fused.dropout_softmax_backward(probs, ref, 7, 11, threshold, scale, ref)
+    ds = np.ascontiguousarray(dused[:, :, first:stop])
+    _fused.dropout_softmax_backward(band, ds, 7, 11, threshold, scale, ds, first, nt)
+    np.testing.assert_array_equal(ds, ref[:, :, first:stop])

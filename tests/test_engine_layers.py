@@ -256,6 +256,49 @@ def test_float_attention_core_scratch_reuse(nb, heads, nt, d, seed, with_scores,
     np.testing.assert_array_equal(ctx, np.matmul(used, v))
 
 
+class _PlainCore(attention.FloatAttentionCore):
+    """A core without the engine's `queries` shortcut (as any other core)."""
+
+    def backward(self, cache, dctx, dscores=None):
+        return super().backward(cache, dctx, dscores)
+
+
+@settings(max_examples=20)
+@given(shapes, st.sampled_from([(1, 2), (2, 2), (2, 3)]), seeds, st.booleans(), st.booleans(),
+       st.sampled_from([np.float32, np.float64]))
+def test_encoder_layer_backward_on_the_cls_row_equals_the_full_one(bt, heads_d, seed, drop,
+                                                                   plain_core, dtype):
+    """tokens=slice(0, 1) (dy zero but at token 0: the last layer under a pooled loss)
+    gives the gradients of the full backward."""
+    rng = np.random.default_rng(seed)
+    nb, nt = bt
+    heads, d = heads_d
+    h = heads * d
+    cfg = BertConfig(vocab_size=5, hidden_size=h, num_hidden_layers=1, num_attention_heads=heads,
+                     intermediate_size=3, max_position_embeddings=8,
+                     hidden_dropout_prob=0.3 if drop else 0.0,
+                     attention_probs_dropout_prob=0.2 if drop else 0.0)
+    params = {n: v.astype(dtype) for n, v in _layer_params(rng, h, 3).items()}
+    x = rand(rng, nb, nt, h).astype(dtype)
+    key_mask = _random_key_mask(rng, nb, nt, allow_empty=False)
+    dy = np.zeros((nb, nt, h), dtype)
+    dy[:, 0] = rand(rng, nb, h)
+    core = _PlainCore() if plain_core else attention.FloatAttentionCore()
+
+    def backward(tokens):
+        _, cache, _ = encoder_layer.encoder_layer_forward(
+            x, params, 0, cfg, key_mask, core, False, np.random.default_rng(seed), True)
+        return encoder_layer.encoder_layer_backward(dy.copy(), cache, None, tokens)
+
+    dx, grads = backward(None)
+    dx_cls, grads_cls = backward(slice(0, 1))
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(dx_cls, dx, rtol=tol, atol=tol)
+    assert grads_cls.keys() == grads.keys()
+    for name, grad in grads.items():
+        np.testing.assert_allclose(grads_cls[name], grad, rtol=tol, atol=tol, err_msg=name)
+
+
 def _layer_params(rng, h, inner, layer=0):
     model = BertModel.random(BertConfig(vocab_size=5, hidden_size=h, num_hidden_layers=layer + 1,
                                         num_attention_heads=1, intermediate_size=inner,

@@ -79,6 +79,59 @@ def test_model_gradients_match_finite_differences(layers, heads_d, nb, nt, label
             assert gflat[i] == pytest.approx((up - down) / (2 * EPS), rel=1e-5, abs=1e-7), name
 
 
+@settings(max_examples=15)
+@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 6), st.booleans(), st.booleans(),
+       st.integers(0, 10_000))
+def test_logits_only_backward_matches_the_full_one_and_finite_differences(
+        layers, nb, nt, dropout, with_scores, seed):
+    """Without dhidden the last layer's backward runs on the [CLS] row only (its output
+    gradient is the pooler's); the gradients are those of the full backward."""
+    cfg = small_config(layers, labels=3, dropout=0.25 if dropout else 0.0)
+    model = random_model(cfg, seed)
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, cfg.vocab_size, (nb, nt))
+    mask = (rng.random((nb, nt)) < 0.7).astype(np.int64)
+    mask[:, 0] = 1
+    r_logits = rng.standard_normal((nb, 3))
+    # scores gradients on all but the last layer keep the shortcut on
+    r_scores = [rng.standard_normal((nb, 2, nt, nt)) for _ in range(layers - 1)] + [None]
+
+    def run():
+        return model.forward(ids, mask, output_scores=with_scores, train=True,
+                             rng=np.random.default_rng(seed))
+
+    def backward(**extra):
+        run()
+        return model.backward(dlogits=r_logits, dscores=r_scores if with_scores else None,
+                              **extra)
+
+    grads = backward()
+    full = backward(dhidden=np.zeros((nb, nt, cfg.hidden_size)))  # no shortcut
+    for name, grad in grads.items():
+        np.testing.assert_allclose(grad, full[name], rtol=1e-12, atol=1e-14, err_msg=name)
+
+    def loss():
+        out = run()
+        value = (out.logits * r_logits).sum()
+        if with_scores:
+            value += sum((s * r).sum() for s, r in zip(out.scores, r_scores) if r is not None)
+        return float(value)
+
+    pick = np.random.default_rng(seed + 2)
+    for name in ("encoder.layer.%d.output.dense.weight" % (layers - 1),
+                 "encoder.layer.%d.attention.self.key.weight" % (layers - 1),
+                 "embeddings.word_embeddings.weight"):
+        flat, gflat = model.params[name].reshape(-1), grads[name].reshape(-1)
+        for i in pick.choice(flat.size, 3, replace=False):
+            old = flat[i]
+            flat[i] = old + EPS
+            up = loss()
+            flat[i] = old - EPS
+            down = loss()
+            flat[i] = old
+            assert gflat[i] == pytest.approx((up - down) / (2 * EPS), rel=1e-5, abs=1e-7), name
+
+
 def test_padding_does_not_change_valid_tokens():
     """Extra padding keys get probability 0, so valid positions are unchanged."""
     cfg = small_config(labels=2)

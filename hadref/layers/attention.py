@@ -82,9 +82,15 @@ class FloatAttentionCore:
             aux["scores"] = scores
         return ctx, (q, k, v, probs, mask, scale), aux
 
-    def backward(self, cache, dctx, dscores=None):
-        """dctx (B, h, T, d), dscores (B, h, T, T) or None -> (dq, dk, dv) (B, h, T, d)."""
+    def backward(self, cache, dctx, dscores=None, queries=None):
+        """dctx (B, h, T, d), dscores (B, h, T, T) or None -> (dq, dk, dv) (B, h, T, d).
+
+        ``queries``, a slice of query positions (engine use, with dscores None): dctx
+        holds only those rows, (B, h, t, d), the gradient being zero at every other query;
+        the work is then that of t rows (dq is still (B, h, T, d), zero elsewhere)."""
         q, k, v, probs, mask, scale = cache
+        if queries is not None:
+            return self._backward_rows(cache, dctx, queries)
         work = self._scratch(probs.shape, probs.dtype)
         if mask is None:
             used = probs
@@ -106,6 +112,32 @@ class FloatAttentionCore:
         dq = np.matmul(dprobs, k)
         dq *= q.dtype.type(scale)
         dk = np.matmul(dprobs.swapaxes(-1, -2), q)
+        dk *= q.dtype.type(scale)
+        return dq, dk, dv
+
+    def _backward_rows(self, cache, dctx, queries):
+        q, k, v, probs, mask, scale = cache
+        nt = probs.shape[2]
+        first = queries.indices(nt)[0]
+        probs = np.ascontiguousarray(probs[:, :, queries])
+        if mask is None:
+            used = probs
+        else:
+            key1, key2, threshold, drop_scale = mask
+            drop_scale = probs.dtype.type(drop_scale)
+            used = np.empty_like(probs)
+            _fused.dropout_rows(probs, key1, key2, threshold, drop_scale, first, nt, used)
+        dv = np.matmul(used.swapaxes(-1, -2), dctx)
+        dprobs = np.matmul(dctx, v.swapaxes(-1, -2))
+        if mask is None:
+            _fused.softmax_backward(probs, dprobs, dprobs)
+        else:
+            _fused.dropout_softmax_backward(probs, dprobs, key1, key2, threshold, drop_scale,
+                                            dprobs, first, nt)
+        dq = np.zeros_like(q)
+        dq[:, :, queries] = np.matmul(dprobs, k)
+        dq *= q.dtype.type(scale)
+        dk = np.matmul(dprobs.swapaxes(-1, -2), q[:, :, queries])
         dk *= q.dtype.type(scale)
         return dq, dk, dv
 
@@ -145,18 +177,37 @@ def self_attention_forward(x, params, layer, num_heads, key_mask, core, need_sco
     return out, (qkv_cache, core, core_cache, dense_cache, layer, num_heads), aux
 
 
-def self_attention_backward(dout, cache, dscores=None):
-    """dout (B, T, H), dscores (B, h, T, T) or None -> (dx (B, T, H), {name: gradient})."""
+def self_attention_backward(dout, cache, dscores=None, tokens=None):
+    """dout (B, T, H), dscores (B, h, T, T) or None -> (dx (B, T, H), {name: gradient}).
+
+    ``tokens``: a slice of token positions outside which dout is zero (dscores must then
+    be None); the output dense and, for a core that supports it, the attention core run
+    on those rows only. dx is in general nonzero at every token (through keys and values).
+    """
     qkv_cache, core, core_cache, dense_cache, layer, num_heads = cache
     query, key, value, dense = _names(layer)
     grads = {}
+    if tokens is not None:
+        merged, dense_weight = dense_cache
+        dense_cache = (merged[:, tokens], dense_weight)
+        dout = dout[:, tokens]
     dmerged, grads[dense + ".weight"], grads[dense + ".bias"] = linear_backward(dout, dense_cache)
     nb, nt, h = dmerged.shape
     d = h // num_heads
     dctx = np.ascontiguousarray(dmerged.reshape(nb, nt, num_heads, d).transpose(0, 2, 1, 3))
-    dq, dk, dv = core.backward(core_cache, dctx, dscores)
-    dqkv = np.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(nb, nt, 3 * h)
-    dx, dweight, dbias = linear_backward(dqkv, qkv_cache)
+    if tokens is None:
+        dq, dk, dv = core.backward(core_cache, dctx, dscores)
+    elif type(core).backward is FloatAttentionCore.backward:  # knows `queries`
+        dq, dk, dv = core.backward(core_cache, dctx, queries=tokens)
+    else:  # other cores see the whole (zero-padded) dctx
+        full = np.zeros((nb, num_heads, qkv_cache[0].shape[1], d), dctx.dtype)
+        full[:, :, tokens] = dctx
+        dq, dk, dv = core.backward(core_cache, full, dscores)
+    nb, nh, nt, d = dq.shape
+    dqkv = np.empty((nb, nt, 3, nh, d), dq.dtype)  # one copy into the (B, T, 3H) layout
+    for i, grad in enumerate((dq, dk, dv)):
+        dqkv[:, :, i] = grad.transpose(0, 2, 1, 3)
+    dx, dweight, dbias = linear_backward(dqkv.reshape(nb, nt, 3 * h), qkv_cache)
     for i, name in enumerate((query, key, value)):
         grads[name + ".weight"] = dweight[i * h:(i + 1) * h]
         grads[name + ".bias"] = dbias[i * h:(i + 1) * h]

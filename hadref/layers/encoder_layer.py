@@ -33,20 +33,32 @@ def encoder_layer_forward(x, params, layer, config, key_mask, core, need_scores,
     return y, (attn_cache, drop_attn, ln_attn_cache, ff_cache, drop_ff, ln_out_cache, layer), aux
 
 
-def encoder_layer_backward(dy, cache, dscores=None):
-    """dy (B, T, H), dscores (B, h, T, T) or None -> (dx (B, T, H), {name: gradient})."""
+def encoder_layer_backward(dy, cache, dscores=None, tokens=None):
+    """dy (B, T, H), dscores (B, h, T, T) or None -> (dx (B, T, H), {name: gradient}).
+
+    ``tokens``: a slice of token positions outside which dy is zero (the last layer under
+    a loss on the pooled [CLS] token: ``slice(0, 1)``), with dscores None. The
+    feed-forward block, the attention output dense and the attention core then run on
+    those rows only (LayerNorm and dropout rows of a zero gradient are exactly zero); the
+    gradients are the same."""
     attn_cache, drop_attn, ln_attn_cache, ff_cache, drop_ff, ln_out_cache, layer = cache
     ln_attn, ln_out = _ln_names(layer)
     grads = {}
     dsum_ff, grads[ln_out + ".weight"], grads[ln_out + ".bias"] = layernorm_backward(
         dy, ln_out_cache)
-    da, ff_grads = feedforward_backward(dropout_backward(dsum_ff, drop_ff), ff_cache)
-    da += dsum_ff
+    dff = dropout_backward(dsum_ff, drop_ff)
+    if tokens is None:
+        da, ff_grads = feedforward_backward(dff, ff_cache)
+        da += dsum_ff
+    else:
+        da_rows, ff_grads = feedforward_backward(dff[:, tokens], ff_cache, tokens)
+        da = dsum_ff  # zero outside the tokens
+        da[:, tokens] += da_rows
     grads.update(ff_grads)
     dsum_attn, grads[ln_attn + ".weight"], grads[ln_attn + ".bias"] = layernorm_backward(
         da, ln_attn_cache)
     dx, attn_grads = self_attention_backward(dropout_backward(dsum_attn, drop_attn),
-                                             attn_cache, dscores)
+                                             attn_cache, dscores, tokens)
     dx += dsum_attn
     grads.update(attn_grads)
     return dx, grads

@@ -5,6 +5,8 @@ and ``output.dense`` (weight (H, I), bias (H,)). The dropout, residual and Layer
 follow belong to the encoder layer.
 """
 
+import numpy as np
+
 from hadref.layers.gelu import gelu_backward, gelu_forward
 from hadref.layers.linear import linear_backward, linear_forward
 
@@ -22,9 +24,16 @@ def feedforward_forward(x, params, layer):
     return y, (inner_cache, gelu_cache, outer_cache, layer)
 
 
-def feedforward_backward(dy, cache):
-    """dy (B, T, H) -> (dx (B, T, H), {name: gradient})."""
+def feedforward_backward(dy, cache, tokens=None):
+    """dy (B, T, H) -> (dx (B, T, H), {name: gradient}).
+
+    ``tokens``: a slice of token positions outside which dy is zero; dy and dx then hold
+    only those positions, (B, t, H), and the work is that of t tokens."""
     inner_cache, gelu_cache, outer_cache, layer = cache
+    if tokens is not None:
+        (x, inner_weight), (act, outer_weight) = inner_cache, outer_cache
+        inner_cache, outer_cache = (x[:, tokens], inner_weight), (act[:, tokens], outer_weight)
+        gelu_cache = np.ascontiguousarray(gelu_cache[:, tokens])
     inner, outer = _names(layer)
     grads = {}
     dact, grads[outer + ".weight"], grads[outer + ".bias"] = linear_backward(dy, outer_cache)
