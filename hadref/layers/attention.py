@@ -76,21 +76,30 @@ class FloatAttentionCore:
             key1, key2, threshold, drop_scale = mask
             _fused.masked_softmax_dropout(scores, key_mask, key1, key2, threshold,
                                           probs.dtype.type(drop_scale), probs, used)
-        ctx = np.matmul(used, v)
+        # ctx in the (B, T, h, d) layout the output dense reads: a (B, h, T, d) view
+        nb, nh, nt, d = q.shape
+        ctx = np.matmul(used, v, out=np.empty((nb, nt, nh, v.shape[-1]), v.dtype)
+                        .transpose(0, 2, 1, 3))
         aux = {"probs": probs}
         if need_scores:
             aux["scores"] = scores
         return ctx, (q, k, v, probs, mask, scale), aux
 
-    def backward(self, cache, dctx, dscores=None, queries=None):
+    def backward(self, cache, dctx, dscores=None, queries=None, out=None):
         """dctx (B, h, T, d), dscores (B, h, T, T) or None -> (dq, dk, dv) (B, h, T, d).
 
-        ``queries``, a slice of query positions (engine use, with dscores None): dctx
+        Engine use: ``queries``, a slice of query positions (with dscores None): dctx
         holds only those rows, (B, h, t, d), the gradient being zero at every other query;
-        the work is then that of t rows (dq is still (B, h, T, d), zero elsewhere)."""
+        the work is then that of t rows (dq is still (B, h, T, d), zero elsewhere).
+        ``out``: a (B, T, 3, h, d) array the three gradients are written into (they are
+        returned as its (B, h, T, d) views). Inputs may be strided views."""
         q, k, v, probs, mask, scale = cache
+        if out is None:
+            nb, nh, nt, d = q.shape
+            out = np.empty((nb, nt, 3, nh, d), q.dtype)
+        dq, dk, dv = out.transpose(2, 0, 3, 1, 4)
         if queries is not None:
-            return self._backward_rows(cache, dctx, queries)
+            return self._backward_rows(cache, dctx, queries, dq, dk, dv)
         work = self._scratch(probs.shape, probs.dtype)
         if mask is None:
             used = probs
@@ -99,7 +108,7 @@ class FloatAttentionCore:
             _fused.dropout_apply(probs.reshape(-1), key1, key2, threshold,
                                  probs.dtype.type(drop_scale), work.reshape(-1))
             used = work
-        dv = np.matmul(used.swapaxes(-1, -2), dctx)
+        np.matmul(used.swapaxes(-1, -2), dctx, out=dv)
         # gradient w.r.t. the used probs, then in place -> d(scaled scores)
         dprobs = np.matmul(dctx, v.swapaxes(-1, -2), out=work)
         if mask is None:
@@ -109,13 +118,13 @@ class FloatAttentionCore:
                                             probs.dtype.type(drop_scale), dprobs)
         if dscores is not None:
             dprobs += dscores
-        dq = np.matmul(dprobs, k)
+        np.matmul(dprobs, k, out=dq)
         dq *= q.dtype.type(scale)
-        dk = np.matmul(dprobs.swapaxes(-1, -2), q)
+        np.matmul(dprobs.swapaxes(-1, -2), q, out=dk)
         dk *= q.dtype.type(scale)
         return dq, dk, dv
 
-    def _backward_rows(self, cache, dctx, queries):
+    def _backward_rows(self, cache, dctx, queries, dq, dk, dv):
         q, k, v, probs, mask, scale = cache
         nt = probs.shape[2]
         first = queries.indices(nt)[0]
@@ -127,19 +136,26 @@ class FloatAttentionCore:
             drop_scale = probs.dtype.type(drop_scale)
             used = np.empty_like(probs)
             _fused.dropout_rows(probs, key1, key2, threshold, drop_scale, first, nt, used)
-        dv = np.matmul(used.swapaxes(-1, -2), dctx)
+        np.matmul(used.swapaxes(-1, -2), dctx, out=dv)
         dprobs = np.matmul(dctx, v.swapaxes(-1, -2))
         if mask is None:
             _fused.softmax_backward(probs, dprobs, dprobs)
         else:
             _fused.dropout_softmax_backward(probs, dprobs, key1, key2, threshold, drop_scale,
                                             dprobs, first, nt)
-        dq = np.zeros_like(q)
-        dq[:, :, queries] = np.matmul(dprobs, k)
+        dq[...] = 0
+        np.matmul(dprobs, k, out=dq[:, :, queries])
         dq *= q.dtype.type(scale)
-        dk = np.matmul(dprobs.swapaxes(-1, -2), q[:, :, queries])
+        np.matmul(dprobs.swapaxes(-1, -2), q[:, :, queries], out=dk)
         dk *= q.dtype.type(scale)
         return dq, dk, dv
+
+
+def _is_float_core(core):
+    """True for FloatAttentionCore (and subclasses that keep its forward and backward):
+    it takes strided views and the engine-only backward arguments."""
+    cls = type(core)
+    return cls.forward is FloatAttentionCore.forward and cls.backward is FloatAttentionCore.backward
 
 
 def _names(layer):
@@ -151,8 +167,8 @@ def self_attention_forward(x, params, layer, num_heads, key_mask, core, need_sco
                            attn_dropout_p, rng, train):
     """x (B, T, H) -> (out (B, T, H) after the output dense, cache, aux from the core).
 
-    q, k, v come from one fused (3H, H) projection; the core sees C-contiguous
-    (B, h, T, d) arrays.
+    q, k, v come from one fused (3H, H) projection; a core sees C-contiguous (B, h, T, d)
+    arrays (FloatAttentionCore: strided views of the projection, which saves a copy).
     """
     nb, nt, h = x.shape
     d = h // num_heads
@@ -162,7 +178,9 @@ def self_attention_forward(x, params, layer, num_heads, key_mask, core, need_sco
     bias = np.concatenate([params[query + ".bias"], params[key + ".bias"],
                            params[value + ".bias"]])
     qkv, qkv_cache = linear_forward(x, weight, bias)
-    qkv = np.ascontiguousarray(qkv.reshape(nb, nt, 3, num_heads, d).transpose(2, 0, 3, 1, 4))
+    qkv = qkv.reshape(nb, nt, 3, num_heads, d).transpose(2, 0, 3, 1, 4)
+    if not _is_float_core(core):  # the hook's contract; the float core takes the views
+        qkv = np.ascontiguousarray(qkv)
     q, k, v = qkv[0], qkv[1], qkv[2]
     dropout = None
     if train and attn_dropout_p > 0 and getattr(core, "supports_dropout", False):
@@ -194,19 +212,20 @@ def self_attention_backward(dout, cache, dscores=None, tokens=None):
     dmerged, grads[dense + ".weight"], grads[dense + ".bias"] = linear_backward(dout, dense_cache)
     nb, nt, h = dmerged.shape
     d = h // num_heads
-    dctx = np.ascontiguousarray(dmerged.reshape(nb, nt, num_heads, d).transpose(0, 2, 1, 3))
-    if tokens is None:
-        dq, dk, dv = core.backward(core_cache, dctx, dscores)
-    elif type(core).backward is FloatAttentionCore.backward:  # knows `queries`
-        dq, dk, dv = core.backward(core_cache, dctx, queries=tokens)
-    else:  # other cores see the whole (zero-padded) dctx
-        full = np.zeros((nb, num_heads, qkv_cache[0].shape[1], d), dctx.dtype)
-        full[:, :, tokens] = dctx
-        dq, dk, dv = core.backward(core_cache, full, dscores)
-    nb, nh, nt, d = dq.shape
-    dqkv = np.empty((nb, nt, 3, nh, d), dq.dtype)  # one copy into the (B, T, 3H) layout
-    for i, grad in enumerate((dq, dk, dv)):
-        dqkv[:, :, i] = grad.transpose(0, 2, 1, 3)
+    dctx = dmerged.reshape(nb, nt, num_heads, d).transpose(0, 2, 1, 3)
+    nt = qkv_cache[0].shape[1]
+    dqkv = np.empty((nb, nt, 3, num_heads, d), dmerged.dtype)  # the (B, T, 3H) layout
+    if _is_float_core(core):  # strided dctx, gradients written straight into dqkv
+        core.backward(core_cache, dctx, dscores, queries=tokens, out=dqkv)
+    else:
+        if tokens is None:
+            dctx = np.ascontiguousarray(dctx)
+        else:  # the whole (zero-padded) dctx
+            full = np.zeros((nb, num_heads, nt, d), dctx.dtype)
+            full[:, :, tokens] = dctx
+            dctx = full
+        for i, grad in enumerate(core.backward(core_cache, dctx, dscores)):
+            dqkv[:, :, i] = grad.transpose(0, 2, 1, 3)
     dx, dweight, dbias = linear_backward(dqkv.reshape(nb, nt, 3 * h), qkv_cache)
     for i, name in enumerate((query, key, value)):
         grads[name + ".weight"] = dweight[i * h:(i + 1) * h]
