@@ -211,10 +211,11 @@ def main(argv=None):
     model = make_model(args.model)
     load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    malloc = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average {load1:.2f}; numpy {np.__version__}; {args.clock} clock; "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}; "
-          f"medians of {args.repeats}", flush=True)
+          f"{malloc or 'glibc malloc defaults'}; medians of {args.repeats}", flush=True)
     print(f"{'shape':18} {'hadref ms':>10} {'numpy ms':>10} {'numpy/hadref':>12} "
           f"{'gemm ms':>8} {'hadref/gemm':>11} {'PyTorch ms':>10} {'hadref/PyTorch':>14}",
           flush=True)
