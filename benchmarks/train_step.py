@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from hadref import _fused
+from hadref._memory import keep_freed_memory
 from hadref.layers.losses import softmax_cross_entropy
 from hadref.optim import Adam
 
@@ -203,6 +204,10 @@ def main(argv=None):
                         help="wall time (default) or this process's CPU time: with "
                              "OPENBLAS_NUM_THREADS=1 the CPU time hardly depends on what "
                              "else runs on the machine")
+    parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
+                        help="keep (default, as hadref finetune/distill do): glibc keeps freed "
+                             "arrays for reuse instead of unmapping them (hadref._memory); "
+                             "default: glibc's own thresholds, every large array page-faults")
     parser.add_argument("--json", help="write the results here as JSON")
     args = parser.parse_args(argv)
     keys = {"train64": SHAPES[0], "train256": SHAPES[1], "forward128": SHAPES[2]}
@@ -211,7 +216,9 @@ def main(argv=None):
     model = make_model(args.model)
     load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    kept = args.malloc == "keep" and keep_freed_memory()
     malloc = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
+    malloc = "malloc keeps freed memory" if kept else malloc
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average {load1:.2f}; numpy {np.__version__}; {args.clock} clock; "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}; "

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from hadref._memory import keep_freed_memory
 from hadref.errors import HadrefError
 
 
@@ -203,6 +204,7 @@ def finetune(model_path, task, out, max_len, epochs, steps, lr, batch_size, weig
     from hadref.data import get_task
     from hadref.finetune import FinetuneSettings
 
+    keep_freed_memory()   # a training process: reuse freed arrays (see hadref._memory)
     t = get_task(task)
     out = Path(out) if out else _default_out(model_path, t.name)
     log_path, ckpt_path = _side_paths(out, log_path, ckpt_path)
@@ -290,6 +292,7 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
     from hadref.finetune import FinetuneSettings
     from hadref.io import save
 
+    keep_freed_memory()   # a training process: reuse freed arrays (see hadref._memory)
     t = get_task(task)
     preset = {**SCHEDULES[schedule], "max_len": 128 if schedule == "paper" else 64}
     settings = DistillSettings(

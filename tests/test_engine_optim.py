@@ -1,6 +1,7 @@
 """Adam(W) and global-norm clipping against plain NumPy formulas."""
 
 import math
+import platform
 
 import numpy as np
 import pytest
@@ -93,3 +94,10 @@ def test_clip_grad_norm(sizes, max_norm, seed):
 def test_clip_rejects_non_finite():
     with pytest.raises(HadrefError, match="non-finite"):
         clip_grad_norm({"a": np.array([np.nan, 1.0])}, 1.0)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator setting is glibc's")
+def test_keep_freed_memory_takes_effect_on_glibc():
+    from hadref._memory import keep_freed_memory
+
+    assert keep_freed_memory() is True
