@@ -4,7 +4,9 @@ Generated inputs (no weights): q, k, v ~ N(0, 1) float32 of shape (batch, heads,
 N = round(0.117 * seq) (the paper's ratio: 30 at 256, 120 at 1024) unless ``--top-n``.
 Per sequence length it times, with one warm-up call each and then ``--repeat`` rounds in
 which every method runs once in turn (interleaved, so that a busy machine slows all of
-them alike), and reports medians:
+them alike; a pause of ``BLAS_SPIN_PAUSE_S`` after the dense run lets OpenBLAS's worker
+threads, which spin for about 0.1 s after a product, go to sleep before the Numba threads
+need the cores), and reports medians:
 
 * dense float attention: ``hadref.float_attention`` (NumPy/BLAS: S = QK^T, stable softmax
   in place, AV; one (seq, seq) matrix per head at a time);
@@ -139,6 +141,9 @@ def _recall(q, k, top_n, rows_per_head, rng):
     return hits / (qf.shape[0] * take * top_n)
 
 
+BLAS_SPIN_PAUSE_S = 0.25  # > OpenBLAS's default spin time (2**28 cycles)
+
+
 def run_bench(seq: int, heads: int = 12, dim: int = 64, top_n: int | None = None,
               batch: int = 1, repeat: int = 5, recall_rows: int = 256, seed: int = 0,
               progress=None) -> dict:
@@ -166,13 +171,17 @@ def run_bench(seq: int, heads: int = 12, dim: int = 64, top_n: int | None = None
         say(f"seq {seq}: repeat {r + 1}/{repeat}")
         t0 = time.perf_counter()
         hamming.float_attention(q, k, v)
+        t_dense = time.perf_counter() - t0
+        # OpenBLAS's worker threads spin for ~0.1 s after a product: they would take a core
+        # from the Numba threads (measured: HAD at 2 threads slower than at 1)
+        time.sleep(BLAS_SPIN_PAUSE_S)
         t1 = time.perf_counter()
         hamming.had_attention(q, k, v, n_sel)
         t2 = time.perf_counter()
         stages.pack()
         t3 = time.perf_counter()
         t_topn, t_av = stages.topn_and_av()
-        times["dense"].append(t1 - t0)
+        times["dense"].append(t_dense)
         times["had"].append(t2 - t1)
         times["pack"].append(t3 - t2)
         times["topn"].append(t_topn)
