@@ -2,11 +2,10 @@
 
 Generated inputs (no weights): q, k, v ~ N(0, 1) float32 of shape (batch, heads, seq, dim),
 N = round(0.117 * seq) (the paper's ratio: 30 at 256, 120 at 1024) unless ``--top-n``.
-Per sequence length it times, with one warm-up call each and then ``--repeat`` rounds in
-which every method runs once in turn (interleaved, so that a busy machine slows all of
-them alike; a pause of ``BLAS_SPIN_PAUSE_S`` after the dense run lets OpenBLAS's worker
-threads, which spin for about 0.1 s after a product, go to sleep before the Numba threads
-need the cores), and reports medians:
+Per sequence length it times, after one warm-up call each, ``--repeat`` runs of dense
+attention, then (after ``BLAS_SPIN_PAUSE_S`` of busy waiting, so that OpenBLAS's worker
+threads, which spin for about 0.1 s after a product, have gone to sleep before the Numba
+threads need the cores) ``--repeat`` rounds of HAD and its stages, and reports medians:
 
 * dense float attention: ``hadref.float_attention`` (NumPy/BLAS: S = QK^T, stable softmax
   in place, AV; one (seq, seq) matrix per head at a time);
@@ -144,6 +143,13 @@ def _recall(q, k, top_n, rows_per_head, rng):
 BLAS_SPIN_PAUSE_S = 0.25  # > OpenBLAS's default spin time (2**28 cycles)
 
 
+def _busy_wait(seconds: float) -> None:
+    """Keep this thread on its core for ``seconds`` (a sleep would let the cores clock down)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 def run_bench(seq: int, heads: int = 12, dim: int = 64, top_n: int | None = None,
               batch: int = 1, repeat: int = 5, recall_rows: int = 256, seed: int = 0,
               progress=None) -> dict:
@@ -167,21 +173,25 @@ def run_bench(seq: int, heads: int = 12, dim: int = 64, top_n: int | None = None
         raise RuntimeError("bench: the staged kernels disagree with had_attention")
 
     times = {"dense": [], "had": [], "pack": [], "topn": [], "av": []}
+    # Two phases, not interleaved: OpenBLAS's worker threads spin for ~0.1 s after every
+    # product and would take a core from the Numba threads (measured: HAD at 2 threads
+    # slower than at 1), and a sleep between the two lets the cores clock down (measured:
+    # everything after it ~20 % slower). So dense runs its repeats, the main thread stays
+    # busy while the BLAS workers time out, then HAD and its stages run theirs.
     for r in range(repeat):
-        say(f"seq {seq}: repeat {r + 1}/{repeat}")
+        say(f"seq {seq}: dense, repeat {r + 1}/{repeat}")
         t0 = time.perf_counter()
         hamming.float_attention(q, k, v)
-        t_dense = time.perf_counter() - t0
-        # OpenBLAS's worker threads spin for ~0.1 s after a product: they would take a core
-        # from the Numba threads (measured: HAD at 2 threads slower than at 1)
-        time.sleep(BLAS_SPIN_PAUSE_S)
+        times["dense"].append(time.perf_counter() - t0)
+    _busy_wait(BLAS_SPIN_PAUSE_S)
+    for r in range(repeat):
+        say(f"seq {seq}: HAD, repeat {r + 1}/{repeat}")
         t1 = time.perf_counter()
         hamming.had_attention(q, k, v, n_sel)
         t2 = time.perf_counter()
         stages.pack()
         t3 = time.perf_counter()
         t_topn, t_av = stages.topn_and_av()
-        times["dense"].append(t_dense)
         times["had"].append(t2 - t1)
         times["pack"].append(t3 - t2)
         times["topn"].append(t_topn)
@@ -220,7 +230,7 @@ def format_table(results: list[dict], threads: int) -> str:
     for r in results:
         lines += [
             f"seq {r['seq']}: batch {r['batch']} x {r['heads']} heads, d {r['dim']}, "
-            f"N {r['top_n']}; median of {r['repeat']} interleaved repeats, {threads} Numba "
+            f"N {r['top_n']}; median of {r['repeat']} repeats (dense, then HAD), {threads} Numba "
             f"thread(s)",
             f"  {'':34}{'median ms':>11}{'speed-up':>10}{'extra memory':>15}",
             f"  {'dense float (NumPy BLAS)':34}{r['dense_ms']:11.2f}{1.0:9.2f}x"
