@@ -31,6 +31,21 @@ def random_model(cfg, seed):
     return model
 
 
+def _check_entries(model, grads, loss, names, pick, per_param=3):
+    """Central differences of ``loss()`` at ``per_param`` random entries of each named
+    parameter against the analytic gradients (float64)."""
+    for name in names:
+        flat, gflat = model.params[name].reshape(-1), grads[name].reshape(-1)
+        for i in pick.choice(flat.size, min(per_param, flat.size), replace=False):
+            old = flat[i]
+            flat[i] = old + EPS
+            up = loss()
+            flat[i] = old - EPS
+            down = loss()
+            flat[i] = old
+            assert gflat[i] == pytest.approx((up - down) / (2 * EPS), rel=1e-5, abs=1e-7), name
+
+
 @settings(max_examples=25)
 @given(st.integers(1, 2), st.sampled_from([(1, 3), (2, 2), (3, 1)]), st.integers(1, 3),
        st.integers(1, 6), st.sampled_from([None, 1, 3]), st.booleans(), st.booleans(),
@@ -66,17 +81,7 @@ def test_model_gradients_match_finite_differences(layers, heads_d, nb, nt, label
     grads = model.backward(dlogits=r_logits, dhidden=r_hidden,
                            dscores=r_scores if with_scores else None)
     assert list(grads) == list(model.params)
-    pick = np.random.default_rng(seed + 2)
-    for name, param in model.params.items():
-        flat, gflat = param.reshape(-1), grads[name].reshape(-1)
-        for i in pick.choice(flat.size, min(3, flat.size), replace=False):
-            old = flat[i]
-            flat[i] = old + EPS
-            up = loss()
-            flat[i] = old - EPS
-            down = loss()
-            flat[i] = old
-            assert gflat[i] == pytest.approx((up - down) / (2 * EPS), rel=1e-5, abs=1e-7), name
+    _check_entries(model, grads, loss, model.params, np.random.default_rng(seed + 2))
 
 
 @settings(max_examples=15)
@@ -117,19 +122,10 @@ def test_logits_only_backward_matches_the_full_one_and_finite_differences(
             value += sum((s * r).sum() for s, r in zip(out.scores, r_scores) if r is not None)
         return float(value)
 
-    pick = np.random.default_rng(seed + 2)
-    for name in ("encoder.layer.%d.output.dense.weight" % (layers - 1),
-                 "encoder.layer.%d.attention.self.key.weight" % (layers - 1),
-                 "embeddings.word_embeddings.weight"):
-        flat, gflat = model.params[name].reshape(-1), grads[name].reshape(-1)
-        for i in pick.choice(flat.size, 3, replace=False):
-            old = flat[i]
-            flat[i] = old + EPS
-            up = loss()
-            flat[i] = old - EPS
-            down = loss()
-            flat[i] = old
-            assert gflat[i] == pytest.approx((up - down) / (2 * EPS), rel=1e-5, abs=1e-7), name
+    names = ("encoder.layer.%d.output.dense.weight" % (layers - 1),
+             "encoder.layer.%d.attention.self.key.weight" % (layers - 1),
+             "embeddings.word_embeddings.weight")
+    _check_entries(model, grads, loss, names, np.random.default_rng(seed + 2))
 
 
 def test_padding_does_not_change_valid_tokens():
