@@ -274,10 +274,7 @@ def test_encoder_layer_backward_on_the_cls_row_equals_the_full_one(bt, heads_d, 
     nb, nt = bt
     heads, d = heads_d
     h = heads * d
-    cfg = BertConfig(vocab_size=5, hidden_size=h, num_hidden_layers=1, num_attention_heads=heads,
-                     intermediate_size=3, max_position_embeddings=8,
-                     hidden_dropout_prob=0.3 if drop else 0.0,
-                     attention_probs_dropout_prob=0.2 if drop else 0.0)
+    cfg = _layer_config(h, heads, drop, layers=1)
     params = {n: v.astype(dtype) for n, v in _layer_params(rng, h, 3).items()}
     x = rand(rng, nb, nt, h).astype(dtype)
     key_mask = _random_key_mask(rng, nb, nt, allow_empty=False)
@@ -297,6 +294,14 @@ def test_encoder_layer_backward_on_the_cls_row_equals_the_full_one(bt, heads_d, 
     assert grads_cls.keys() == grads.keys()
     for name, grad in grads.items():
         np.testing.assert_allclose(grads_cls[name], grad, rtol=tol, atol=tol, err_msg=name)
+
+
+def _layer_config(h, heads, drop, layers):
+    """A tiny encoder-layer config (intermediate size 3), with dropout when ``drop``."""
+    return BertConfig(vocab_size=5, hidden_size=h, num_hidden_layers=layers,
+                      num_attention_heads=heads, intermediate_size=3,
+                      max_position_embeddings=8, hidden_dropout_prob=0.3 if drop else 0.0,
+                      attention_probs_dropout_prob=0.2 if drop else 0.0)
 
 
 def _layer_params(rng, h, inner, layer=0):
@@ -361,10 +366,7 @@ def test_encoder_layer(bt, heads_d, seed, with_scores, drop):
     nb, nt = bt
     heads, d = heads_d
     h = heads * d
-    cfg = BertConfig(vocab_size=5, hidden_size=h, num_hidden_layers=2, num_attention_heads=heads,
-                     intermediate_size=3, max_position_embeddings=8,
-                     hidden_dropout_prob=0.3 if drop else 0.0,
-                     attention_probs_dropout_prob=0.2 if drop else 0.0)
+    cfg = _layer_config(h, heads, drop, layers=2)
     params = _layer_params(rng, h, 3, layer=1)
     x = rand(rng, nb, nt, h)
     key_mask = _random_key_mask(rng, nb, nt, allow_empty=False)
