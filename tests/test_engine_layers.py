@@ -13,32 +13,13 @@ from hadref.layers import (attention, classifier, dropout, embeddings, encoder_l
                            feedforward, gelu, layernorm, linear, losses, pooler)
 from hadref.model import BertModel
 
-EPS = 1e-6
-
-
-def numeric_grad(loss, x, max_entries=20, rng=None):
-    """Central differences of loss() w.r.t. x (perturbed in place); up to max_entries
-    entries (random subset), returns (flat indices, gradient values)."""
-    flat = x.reshape(-1)
-    idx = np.arange(flat.size)
-    if flat.size > max_entries:
-        idx = (rng or np.random.default_rng(0)).choice(flat.size, max_entries, replace=False)
-    out = np.empty(len(idx))
-    for n, i in enumerate(idx):
-        old = flat[i]
-        flat[i] = old + EPS
-        up = loss()
-        flat[i] = old - EPS
-        down = loss()
-        flat[i] = old
-        out[n] = (up - down) / (2 * EPS)
-    return idx, out
+from gradcheck import assert_gradient, pick_entries
 
 
 def assert_grad(analytic, loss, x, name=""):
-    idx, num = numeric_grad(loss, x)
-    ana = np.asarray(analytic, dtype=np.float64).reshape(-1)[idx]
-    np.testing.assert_allclose(ana, num, rtol=1e-5, atol=1e-7, err_msg=name)
+    """analytic against central differences at up to 20 random entries of x (fixed draw)."""
+    entries = pick_entries(x.size, 20, np.random.default_rng(0))
+    assert_gradient(analytic, loss, x, entries, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 def rand(rng, *shape):

@@ -11,6 +11,8 @@ from hadref.errors import HadrefError
 from hadref.had_core import HADAttentionCore
 from hadref.topn import topn_mask
 
+from gradcheck import assert_gradient
+
 B, H, T, D = 2, 2, 6, 5
 
 
@@ -36,19 +38,9 @@ def test_tanh_stages_match_finite_differences(stage, c):
     w_ctx = rng.standard_normal(ctx.shape)
     w_scores = rng.standard_normal(aux["scores"].shape) * mask[:, None, None, :]
     dq, dk, dv = core.backward(cache, w_ctx, w_scores)
-    eps = 1e-6
-    for arr, grad in ((q, dq), (k, dk), (v, dv)):
-        num = np.zeros_like(arr)
-        flat, nflat = arr.reshape(-1), num.reshape(-1)
-        for i in range(flat.size):
-            old = flat[i]
-            flat[i] = old + eps
-            up = _loss(core, q, k, v, mask, w_ctx, w_scores)
-            flat[i] = old - eps
-            down = _loss(core, q, k, v, mask, w_ctx, w_scores)
-            flat[i] = old
-            nflat[i] = (up - down) / (2 * eps)
-        np.testing.assert_allclose(grad, num, rtol=2e-5, atol=1e-7)
+    for name, arr, grad in (("q", q, dq), ("k", k, dk), ("v", v, dv)):
+        assert_gradient(grad, lambda: _loss(core, q, k, v, mask, w_ctx, w_scores), arr,
+                        rtol=2e-5, atol=1e-7, err_msg=name)
 
 
 def test_scores_are_transformed_logits_before_the_mask_and_probs_use_topn():

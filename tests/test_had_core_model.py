@@ -8,6 +8,8 @@ from hadref.config import BertConfig
 from hadref.had_core import HADAttentionCore
 from hadref.model import BertModel
 
+from gradcheck import assert_gradient, pick_entries
+
 LAYERS, HEADS, HIDDEN, NB, NT = 2, 4, 32, 2, 7
 
 
@@ -54,21 +56,10 @@ def test_full_model_gradient_matches_finite_differences(stage, c):
     names = [n for n in model.params if "attention.self" in n and n.endswith("weight")]
     names += ["embeddings.word_embeddings.weight", "encoder.layer.0.intermediate.dense.weight",
               "encoder.layer.1.attention.output.dense.bias"]
-    eps = 1e-6
     for name in names:
-        value, grad = model.params[name], grads[name]
-        flat = value.reshape(-1)
-        picks = np.random.default_rng(len(name)).choice(flat.size, size=min(6, flat.size),
-                                                        replace=False)
-        for i in picks:
-            old = flat[i]
-            flat[i] = old + eps
-            up = loss()
-            flat[i] = old - eps
-            down = loss()
-            flat[i] = old
-            numeric = (up - down) / (2 * eps)
-            assert abs(numeric - grad.reshape(-1)[i]) <= 1e-6 + 1e-5 * abs(numeric), (name, i)
+        entries = pick_entries(model.params[name].size, 6, np.random.default_rng(len(name)))
+        assert_gradient(grads[name], loss, model.params[name], entries, rtol=1e-5, atol=1e-6,
+                        err_msg=name)
 
 
 class _Recording(HADAttentionCore):

@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 from hadref.errors import HadrefError
 from hadref.topn import topn_attention_backward, topn_attention_forward, topn_mask
 
+from gradcheck import assert_gradient
+
 
 def _reference_mask(scores, valid, top_n):
     """Stable sort: score descending, lower index first on ties, valid keys only."""
@@ -66,19 +68,9 @@ def test_forward_is_softmax_over_the_kept_set_and_backward_matches_fd():
     # backward against central differences (the kept set does not move at eps = 1e-6)
     w_ctx = rng.standard_normal(ctx.shape)
     dscores, dv_ = topn_attention_backward(w_ctx, cache)
-    eps = 1e-6
-    for arr, grad in ((scores, dscores), (v, dv_)):
-        num = np.zeros_like(arr)
-        flat, nflat = arr.reshape(-1), num.reshape(-1)
-        for i in range(flat.size):
-            old = flat[i]
-            flat[i] = old + eps
-            up = _loss(scores, v, valid, top_n, w_ctx)
-            flat[i] = old - eps
-            down = _loss(scores, v, valid, top_n, w_ctx)
-            flat[i] = old
-            nflat[i] = (up - down) / (2 * eps)
-        np.testing.assert_allclose(grad, num, rtol=1e-6, atol=1e-9)
+    for name, arr, grad in (("scores", scores, dscores), ("v", v, dv_)):
+        assert_gradient(grad, lambda: _loss(scores, v, valid, top_n, w_ctx), arr,
+                        rtol=1e-6, atol=1e-9, err_msg=name)
     # the index set is a constant: no gradient off it
     assert (dscores[~keep] == 0).all()
 
