@@ -230,6 +230,17 @@ def _masked_exp_row_f32(row, keep, keep_f, dst):
     return total
 
 
+@njit(inline="always", error_model="numpy")
+def _key_weights_f32(keep, keep_f):
+    """keep_f[j] = 1.0 where key j is valid, else 0.0 (a multiplier for the exp row);
+    returns the number of valid keys."""
+    n_valid = 0
+    for j in range(keep.shape[0]):
+        keep_f[j] = _F32(1.0) if keep[j] else _F32(0.0)
+        n_valid += 1 if keep[j] else 0
+    return n_valid
+
+
 @njit(cache=True, error_model="numpy", fastmath=True)
 def _masked_softmax_f32(scores, key_mask, out):
     # Full fastmath is safe here: for finite scores no inf or NaN is ever formed (masked
@@ -239,10 +250,7 @@ def _masked_softmax_f32(scores, key_mask, out):
     keep_f = np.empty(ns, dtype=np.float32)
     for b in range(nb):
         keep = key_mask[b]
-        n_valid = 0
-        for j in range(ns):
-            keep_f[j] = _F32(1.0) if keep[j] else _F32(0.0)
-            n_valid += 1 if keep[j] else 0
+        n_valid = _key_weights_f32(keep, keep_f)
         for hh in range(nh):
             for i in range(nt):
                 row = scores[b, hh, i]
@@ -344,10 +352,7 @@ def _softmax_dropout_f32(scores, key_mask, key1, key2, threshold, scale, probs, 
     zero = _F32(0.0)
     for b in range(nb):
         keep = key_mask[b]
-        n_valid = 0
-        for j in range(ns):
-            keep_f[j] = _F32(1.0) if keep[j] else _F32(0.0)
-            n_valid += 1 if keep[j] else 0
+        n_valid = _key_weights_f32(keep, keep_f)
         for hh in range(nh):
             for i in range(nt):
                 row = scores[b, hh, i]
