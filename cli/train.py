@@ -230,6 +230,15 @@ def finetune(model_path, task, out, max_len, epochs, steps, lr, batch_size, weig
 
 # --- distill ------------------------------------------------------------------------------
 
+def _stage_list(text: str, option: str) -> list[int]:
+    """'1,2' -> [1, 2] ('' -> []); which numbers are allowed is the schedule's check."""
+    try:
+        return sorted({int(part) for part in text.replace(" ", "").split(",") if part})
+    except ValueError:
+        raise HadrefError(f"{option}: expected comma-separated stage numbers such as 1,2,3, "
+                          f"got {text!r}") from None
+
+
 @click.command()
 @click.argument("teacher_path", metavar="TEACHER.h5", type=click.Path(dir_okay=False))
 @click.option("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli.")
@@ -256,6 +265,9 @@ def finetune(model_path, task, out, max_len, epochs, steps, lr, batch_size, weig
 @click.option("--top-n-ratio", type=float, default=None, help="Scale N with length: N = round(ratio * max-len) (paper: ~0.117).")
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="Output-distillation temperature.")
 @click.option("--no-attn-loss", is_flag=True, help="Ablation 'w/o AD': output loss only, same iterations.")
+@click.option("--attn-loss-stages", default="1,2,3", show_default=True,
+              help="Stages whose loss adds the attention KL (paper: 1,2,3; stage 4 never), "
+                   "comma-separated; '1,2' drops it in the STE stage 3.")
 @click.option("--no-tanh", is_flag=True, help="Ablation 'w/o Tanh': stages 1-2 replaced by as many STE steps.")
 @click.option("--sigma-batches", type=click.IntRange(min=1), default=100, show_default=True, help="Minibatches for sigma estimation.")
 @click.option("--sigma-batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Examples per sigma minibatch.")
@@ -268,7 +280,7 @@ def finetune(model_path, task, out, max_len, epochs, steps, lr, batch_size, weig
 @_run_options
 def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, stage3_steps,
             stage4_steps, batch_size, lr, lr_stage4, clip, ste_t, top_n, top_n_ratio,
-            temperature, no_attn_loss, no_tanh, sigma_batches, sigma_batch_size, max_len,
+            temperature, no_attn_loss, attn_loss_stages, no_tanh, sigma_batches, sigma_batch_size, max_len,
             no_dropout, seed, no_finetune, ft_epochs, ft_steps, ft_lr, ft_batch_size,
             ft_weight_decay, ft_warmup_ratio, ft_clip, data_dir, skip_bad_rows, train_limit,
             dev_limit, log_path, ckpt_path, checkpoint_every, resume, quiet, as_json):
@@ -302,6 +314,7 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
         stage4_steps=preset["stage4_steps"] if stage4_steps is None else stage4_steps,
         batch_size=batch_size, lr=lr, lr_stage4=lr_stage4, clip=clip, ste_t=ste_t, top_n=top_n,
         top_n_ratio=top_n_ratio, temperature=temperature, attn_loss=not no_attn_loss,
+        attn_loss_stages=_stage_list(attn_loss_stages, "--attn-loss-stages"),
         tanh=not no_tanh, sigma_batches=sigma_batches, sigma_batch_size=sigma_batch_size,
         max_len=preset["max_len"] if max_len is None else max_len, dropout=not no_dropout,
         seed=seed)

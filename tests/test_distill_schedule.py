@@ -41,6 +41,14 @@ def test_paper_schedule_and_ablations():
     assert no_tanh.total_steps == 3219 + 5990 + 20
     no_ad = Schedule(gamma=0.5, stage3_steps=1, stage4_steps=1, lr=1, lr_stage4=1, attn_loss=False)
     assert not any(st.attn_loss for st in no_ad.stages)
+    ad_12 = Schedule(gamma=0.5, stage3_steps=1, stage4_steps=1, lr=1, lr_stage4=1,
+                     attn_loss_stages=[1, 2])
+    assert [st.attn_loss for st in ad_12.stages] == [True, True, False, False]
+    both = Schedule(gamma=0.5, stage3_steps=1, stage4_steps=1, lr=1, lr_stage4=1, attn_loss=False,
+                    attn_loss_stages=[1, 2])   # w/o AD wins
+    assert not any(st.attn_loss for st in both.stages)
+    with pytest.raises(HadrefError, match="--attn-loss-stages"):
+        Schedule(gamma=0.5, stage3_steps=1, stage4_steps=1, lr=1, lr_stage4=1, attn_loss_stages=[4])
     assert steps_until(4.0, 1.0, 0.5) == 2  # c = 4, 2 are > 1; c = 1 is not
     with pytest.raises(HadrefError, match="--gamma"):
         Schedule(gamma=1.0, stage3_steps=1, stage4_steps=1, lr=1, lr_stage4=1)

@@ -9,7 +9,9 @@ form, ``c0 * gamma**j`` in float64, never by repeated multiplication, so a resum
 sees exactly the values of an uninterrupted one.
 
 ``tanh=False`` is the paper's "w/o Tanh" ablation: stages 1-2 are replaced by as many STE
-steps (with the attention loss), followed by stages 3 and 4 as usual.
+steps (with the attention loss), followed by stages 3 and 4 as usual. ``attn_loss=False`` is
+"w/o AD" (no attention loss anywhere); ``attn_loss_stages`` chooses the stages among 1-3
+that add it (the paper: all three; stage 4 never).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ class Schedule:
 
     def __init__(self, *, gamma: float, c_start: float = 5.0, c_mid: float = 1.0,
                  c_end: float = 0.05, stage3_steps: int, stage4_steps: int, lr: float,
-                 lr_stage4: float, attn_loss: bool = True, tanh: bool = True):
+                 lr_stage4: float, attn_loss: bool = True, tanh: bool = True,
+                 attn_loss_stages=(1, 2, 3)):
         if not c_start > c_mid > c_end > 0:
             raise HadrefError(f"the c schedule needs c_start > c_mid > c_end > 0, got "
                               f"{c_start}, {c_mid}, {c_end}")
@@ -56,15 +59,19 @@ class Schedule:
             raise HadrefError("--stage3-steps and --stage4-steps must be >= 0")
         if lr <= 0 or lr_stage4 <= 0:
             raise HadrefError(f"learning rates must be positive, got --lr {lr}, --lr-stage4 {lr_stage4}")
+        if not set(attn_loss_stages) <= {1, 2, 3}:
+            raise HadrefError(f"--attn-loss-stages: expected stage numbers among 1, 2, 3 (stage 4 "
+                              f"is output loss only), got {list(attn_loss_stages)}")
+        ad = {k: attn_loss and k in attn_loss_stages for k in (1, 2, 3)}
         self.gamma = float(gamma)
         n1 = steps_until(c_start, c_mid, gamma)
         n2 = steps_until(c_mid, c_end, gamma)
         if tanh:
-            stages = [Stage(1, "tanh1", n1, lr, attn_loss, c_start),
-                      Stage(2, "tanh2", n2, lr, attn_loss, c_mid)]
+            stages = [Stage(1, "tanh1", n1, lr, ad[1], c_start),
+                      Stage(2, "tanh2", n2, lr, ad[2], c_mid)]
         else:  # w/o Tanh: the same number of iterations, binarized with the STE
-            stages = [Stage(1, "ste", n1, lr, attn_loss), Stage(2, "ste", n2, lr, attn_loss)]
-        stages += [Stage(3, "ste", int(stage3_steps), lr, attn_loss),
+            stages = [Stage(1, "ste", n1, lr, ad[1]), Stage(2, "ste", n2, lr, ad[2])]
+        stages += [Stage(3, "ste", int(stage3_steps), lr, ad[3]),
                    Stage(4, "ste", int(stage4_steps), lr_stage4, False)]
         self.stages = stages
 

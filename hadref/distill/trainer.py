@@ -67,6 +67,9 @@ class DistillSettings:
     top_n_ratio: float | None = None   # N = round(ratio * max_len) when given
     temperature: float = 1.0
     attn_loss: bool = True      # False: the "w/o AD" ablation
+    # [choice] stages whose loss adds L_attn (paper: 1, 2, 3); a list so that it survives
+    # the JSON of checkpoints and student files unchanged
+    attn_loss_stages: list = dataclasses.field(default_factory=lambda: [1, 2, 3])
     tanh: bool = True           # False: the "w/o Tanh" ablation
     sigma_batches: int = 100
     sigma_batch_size: int = 16
@@ -88,7 +91,8 @@ class DistillSettings:
         return Schedule(gamma=self.gamma, c_start=self.c_start, c_mid=self.c_mid,
                         c_end=self.c_end, stage3_steps=self.stage3_steps,
                         stage4_steps=self.stage4_steps, lr=self.lr, lr_stage4=self.lr_stage4,
-                        attn_loss=self.attn_loss, tanh=self.tanh)
+                        attn_loss=self.attn_loss, tanh=self.tanh,
+                        attn_loss_stages=self.attn_loss_stages)
 
     def check(self) -> None:
         if self.schedule not in SCHEDULES:
