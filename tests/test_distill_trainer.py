@@ -13,6 +13,7 @@ import pytest
 from hadref.config import BertConfig
 from hadref.data import encode_split, get_task, load_split
 from hadref.data.glue import Split
+from hadref.distill.checkpoint import load_checkpoint, save_checkpoint
 from hadref.distill.trainer import DistillSettings, distill
 from hadref.errors import HadrefError
 from hadref.finetune import FinetuneSettings, ensure_head, finetune
@@ -156,6 +157,16 @@ def test_crash_and_ctrl_c_resume_equal_straight_run(sst2_setup, tmp_path):
 
     with pytest.raises(HadrefError, match="checkpoint made with top_n = 6, this run has 5"):
         distill(teacher, train, dev, task, DistillSettings(**{**_FAST, "top_n": 5}),
+                checkpoint_path=ckpt, resume=True)
+
+    # a checkpoint from before a setting existed resumes when the run keeps its default
+    arrays, meta = load_checkpoint(ckpt)
+    del meta["settings"]["attn_loss_stages"]
+    save_checkpoint(ckpt, arrays, meta)
+    resumed3, _ = distill(teacher, train, dev, task, settings, checkpoint_path=ckpt, resume=True)
+    assert _params_equal(straight, resumed3)
+    with pytest.raises(HadrefError, match=r"checkpoint made with attn_loss_stages = \[1, 2, 3\]"):
+        distill(teacher, train, dev, task, DistillSettings(**{**_FAST, "attn_loss_stages": [1]}),
                 checkpoint_path=ckpt, resume=True)
 
 

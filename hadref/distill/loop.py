@@ -23,17 +23,21 @@ class TrainLoop:
     """Runs ``step_fn(step, batch) -> dict of logged numbers`` for steps [start, total).
 
     kind: 'finetune' or 'distill' (a checkpoint of one cannot resume the other);
-    settings: JSON-able dict that must match on resume; ``extra`` ({name: array}, e.g.
-    sigma) and ``notes`` (JSON-able) are saved and restored with the state; ``stage_end(step) -> bool`` marks the steps after
-    which ``on_stage_end(step)`` runs (evaluation) and a checkpoint is written.
+    settings: JSON-able dict that must match on resume; a setting missing from the
+    checkpoint (added to hadref after it was written) matches when this run has its value
+    in ``setting_defaults``. ``extra`` ({name: array}, e.g. sigma) and ``notes``
+    (JSON-able) are saved and restored with the state; ``stage_end(step) -> bool`` marks
+    the steps after which ``on_stage_end(step)`` runs (evaluation) and a checkpoint is
+    written.
     """
 
     def __init__(self, *, kind, model, optimizer, stream, rng, total_steps, settings,
                  checkpoint_path=None, checkpoint_every: float = 300.0, log=None,
-                 progress=None):
+                 progress=None, setting_defaults=None):
         self.kind, self.model, self.optimizer = kind, model, optimizer
         self.stream, self.rng, self.total = stream, rng, int(total_steps)
         self.settings = settings
+        self.setting_defaults = setting_defaults or {}
         self.path, self.every = checkpoint_path, float(checkpoint_every)
         self.log, self.progress = log, progress
         self.extra: dict = {}
@@ -62,11 +66,13 @@ class TrainLoop:
         arrays, meta = load_checkpoint(self.path)
         if meta.get("kind") != self.kind:
             raise HadrefError(f"{self.path}: a {meta.get('kind')} checkpoint cannot resume {self.kind}")
-        changed = sorted(k for k in set(meta["settings"]) | set(self.settings)
-                         if meta["settings"].get(k) != self.settings.get(k))
+        saved = {**{k: v for k, v in self.setting_defaults.items() if k not in meta["settings"]},
+                 **meta["settings"]}
+        changed = sorted(k for k in set(saved) | set(self.settings)
+                         if saved.get(k) != self.settings.get(k))
         if changed:
             k = changed[0]
-            raise HadrefError(f"{self.path}: checkpoint made with {k} = {meta['settings'].get(k)!r}, "
+            raise HadrefError(f"{self.path}: checkpoint made with {k} = {saved.get(k)!r}, "
                               f"this run has {self.settings.get(k)!r}: resume with the same settings"
                               + (f" ({len(changed)} differ: {', '.join(changed)})" if len(changed) > 1 else ""))
         params = arrays["params"]

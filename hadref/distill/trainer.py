@@ -155,7 +155,7 @@ def distill(teacher, train_data, dev_data, task, settings: DistillSettings, *,
                      settings={"task": task.name, "teacher_sha256": teacher_sha256,
                                **settings.to_dict()},
                      checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
-                     log=log, progress=progress)
+                     log=log, progress=progress, setting_defaults=DistillSettings().to_dict())
     stage_metrics = loop.notes.setdefault("dev_metrics", {})  # {stage: metrics}, checkpointed
     last_preds: dict = {}   # "preds": the last stage evaluation's predictions (not checkpointed)
     if resume:
