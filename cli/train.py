@@ -257,7 +257,8 @@ def _stage_list(text: str, option: str) -> list[int]:
 @click.option("--stage3-steps", type=click.IntRange(min=0), default=None, help="Stage 3 (STE) steps (schedule's value).")
 @click.option("--stage4-steps", type=click.IntRange(min=0), default=None, help="Stage 4 (output loss only) steps (schedule's value).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Minibatch (paper: 16).")
-@click.option("--lr", type=float, default=2e-5, show_default=True, help="Adam learning rate, stages 1-3.")
+@click.option("--lr", type=float, default=2e-5, show_default=True, help="Adam learning rate, stages 1-3 (stage 3: --lr-stage3 when given).")
+@click.option("--lr-stage3", type=float, default=None, help="Adam learning rate, stage 3 alone (default: --lr, as the paper).")
 @click.option("--lr-stage4", type=float, default=5e-6, show_default=True, help="Adam learning rate, stage 4 (lower).")
 @click.option("--clip", type=float, default=0.5, show_default=True, help="Global gradient-norm clipping (paper: 0.5).")
 @click.option("--ste-t", type=float, default=1.0, show_default=True, help="STE window: gradient passes where |x/sigma| <= t.")
@@ -279,7 +280,7 @@ def _stage_list(text: str, option: str) -> list[int]:
 @_data_options
 @_run_options
 def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, stage3_steps,
-            stage4_steps, batch_size, lr, lr_stage4, clip, ste_t, top_n, top_n_ratio,
+            stage4_steps, batch_size, lr, lr_stage3, lr_stage4, clip, ste_t, top_n, top_n_ratio,
             temperature, no_attn_loss, attn_loss_stages, no_tanh, sigma_batches, sigma_batch_size, max_len,
             no_dropout, seed, no_finetune, ft_epochs, ft_steps, ft_lr, ft_batch_size,
             ft_weight_decay, ft_warmup_ratio, ft_clip, data_dir, skip_bad_rows, train_limit,
@@ -312,7 +313,7 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
         c_start=c_start, c_mid=c_mid, c_end=c_end,
         stage3_steps=preset["stage3_steps"] if stage3_steps is None else stage3_steps,
         stage4_steps=preset["stage4_steps"] if stage4_steps is None else stage4_steps,
-        batch_size=batch_size, lr=lr, lr_stage4=lr_stage4, clip=clip, ste_t=ste_t, top_n=top_n,
+        batch_size=batch_size, lr=lr, lr_stage3=lr_stage3, lr_stage4=lr_stage4, clip=clip, ste_t=ste_t, top_n=top_n,
         top_n_ratio=top_n_ratio, temperature=temperature, attn_loss=not no_attn_loss,
         attn_loss_stages=_stage_list(attn_loss_stages, "--attn-loss-stages"),
         tanh=not no_tanh, sigma_batches=sigma_batches, sigma_batch_size=sigma_batch_size,

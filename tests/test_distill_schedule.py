@@ -49,6 +49,11 @@ def test_paper_schedule_and_ablations():
     assert not any(st.attn_loss for st in both.stages)
     with pytest.raises(HadrefError, match="--attn-loss-stages"):
         Schedule(gamma=0.5, stage3_steps=1, stage4_steps=1, lr=1, lr_stage4=1, attn_loss_stages=[4])
+    lr3 = Schedule(gamma=0.5, stage3_steps=1, stage4_steps=1, lr=2.0, lr_stage4=0.5, lr_stage3=1.0)
+    assert [st.lr for st in lr3.stages] == [2.0, 2.0, 1.0, 0.5]   # stage 3 alone
+    assert [st.lr for st in ad_12.stages] == [1, 1, 1, 1]          # unset: --lr (the paper)
+    with pytest.raises(HadrefError, match="--lr-stage3 0.0"):
+        Schedule(gamma=0.5, stage3_steps=1, stage4_steps=1, lr=1, lr_stage4=1, lr_stage3=0.0)
     assert steps_until(4.0, 1.0, 0.5) == 2  # c = 4, 2 are > 1; c = 1 is not
     with pytest.raises(HadrefError, match="--gamma"):
         Schedule(gamma=1.0, stage3_steps=1, stage4_steps=1, lr=1, lr_stage4=1)

@@ -202,12 +202,15 @@ def test_ablations_no_attn_loss_and_no_tanh(sst2_setup):
     steps = [r for r in log.records if "l_out" in r]
     assert len(steps) == 12 and all(r["l_attn"] is None for r in steps)
 
-    log = _ListLog()   # attention loss in the tanh stages only: off from stage 3 on
-    distill(teacher, train, None, task, DistillSettings(**{**_FAST, "attn_loss_stages": [1, 2]}),
-            log=log)
+    log = _ListLog()   # attention loss in the tanh stages only: off from stage 3 on;
+    # stage 3 at its own learning rate
+    fast = {**_FAST, "attn_loss_stages": [1, 2], "lr_stage3": 1e-5}
+    distill(teacher, train, None, task, DistillSettings(**fast), log=log)
     steps = [r for r in log.records if "l_out" in r]
     assert [r["l_attn"] is not None for r in steps] == [r["stage"] < 3 for r in steps]
     assert any(r["stage"] < 3 for r in steps) and any(r["stage"] == 3 for r in steps)
+    lr_of = {1: fast["lr"], 2: fast["lr"], 3: 1e-5, 4: fast["lr_stage4"]}
+    assert all(r["lr"] == lr_of[r["stage"]] for r in steps)
 
     settings = DistillSettings(**{**_FAST, "tanh": False})
     assert [s.core_stage for s in settings.make_schedule().stages] == ["ste"] * 4

@@ -51,14 +51,16 @@ class Schedule:
     def __init__(self, *, gamma: float, c_start: float = 5.0, c_mid: float = 1.0,
                  c_end: float = 0.05, stage3_steps: int, stage4_steps: int, lr: float,
                  lr_stage4: float, attn_loss: bool = True, tanh: bool = True,
-                 attn_loss_stages=(1, 2, 3)):
+                 attn_loss_stages=(1, 2, 3), lr_stage3: float | None = None):
         if not c_start > c_mid > c_end > 0:
             raise HadrefError(f"the c schedule needs c_start > c_mid > c_end > 0, got "
                               f"{c_start}, {c_mid}, {c_end}")
         if stage3_steps < 0 or stage4_steps < 0:
             raise HadrefError("--stage3-steps and --stage4-steps must be >= 0")
-        if lr <= 0 or lr_stage4 <= 0:
-            raise HadrefError(f"learning rates must be positive, got --lr {lr}, --lr-stage4 {lr_stage4}")
+        lr_stage3 = lr if lr_stage3 is None else lr_stage3   # the paper: one rate for stages 1-3
+        if lr <= 0 or lr_stage3 <= 0 or lr_stage4 <= 0:
+            raise HadrefError(f"learning rates must be positive, got --lr {lr}, --lr-stage3 "
+                              f"{lr_stage3}, --lr-stage4 {lr_stage4}")
         if not set(attn_loss_stages) <= {1, 2, 3}:
             raise HadrefError(f"--attn-loss-stages: expected stage numbers among 1, 2, 3 (stage 4 "
                               f"is output loss only), got {list(attn_loss_stages)}")
@@ -71,7 +73,7 @@ class Schedule:
                       Stage(2, "tanh2", n2, lr, ad[2], c_mid)]
         else:  # w/o Tanh: the same number of iterations, binarized with the STE
             stages = [Stage(1, "ste", n1, lr, ad[1]), Stage(2, "ste", n2, lr, ad[2])]
-        stages += [Stage(3, "ste", int(stage3_steps), lr, ad[3]),
+        stages += [Stage(3, "ste", int(stage3_steps), lr_stage3, ad[3]),
                    Stage(4, "ste", int(stage4_steps), lr_stage4, False)]
         self.stages = stages
 

@@ -60,6 +60,7 @@ class DistillSettings:
     stage4_steps: int = 10_000
     batch_size: int = 16
     lr: float = 2e-5            # [choice] stages 1-3 (paper: not recoverable)
+    lr_stage3: float | None = None   # [choice] stage 3 alone; None: --lr (the paper)
     lr_stage4: float = 5e-6     # [choice] lower stage-4 rate
     clip: float = 0.5           # global-norm clipping [choice: global norm]
     ste_t: float = 1.0          # [choice] STE pass-through window |x| <= t
@@ -92,7 +93,7 @@ class DistillSettings:
                         c_end=self.c_end, stage3_steps=self.stage3_steps,
                         stage4_steps=self.stage4_steps, lr=self.lr, lr_stage4=self.lr_stage4,
                         attn_loss=self.attn_loss, tanh=self.tanh,
-                        attn_loss_stages=self.attn_loss_stages)
+                        attn_loss_stages=self.attn_loss_stages, lr_stage3=self.lr_stage3)
 
     def check(self) -> None:
         if self.schedule not in SCHEDULES:
