@@ -25,6 +25,7 @@ import numpy as np
 
 from hadref.errors import HadrefError
 from hadref.kernels import fused as _fused
+from hadref.kernels import tile as _tile
 from hadref.kernels.pack import pack_rows as _pack_rows
 
 __all__ = ["pack_signs", "hamming_topn", "had_attention", "float_attention", "PackedKeyCache"]
@@ -222,27 +223,43 @@ def _check_qkv(q, k, v):
     return q, k, v
 
 
-_TILE_ROWS = 32  # query rows that share one pass over V in blocks
-_BLOCK_BYTES = 128 * 1024  # a block of V that stays in a core's L2 cache
+_TILE_ROWS = 32  # query rows that share one pass over V in blocks (row kernel)
+_BLOCK_BYTES = 128 * 1024  # a block of V that stays in a core's L2 cache (row kernel)
+# From this many query rows on, the tile kernel: a tile of 32 lanes costs about as much
+# for 1 row as for 32 (measured break-even near 12 rows of 1024 keys), so decoding a few
+# tokens keeps the row kernel.
+_TILE_MIN_ROWS = 16
 
 
 def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal):
-    """Packed (G, m, W), (G, >= n, W), v (G, >= n, dv) -> (G, m, dv), the fused kernel."""
-    groups, m, _ = q_bits.shape
+    """Packed (G, m, W), (G, >= n, W), v (G, >= n, dv) -> (G, m, dv), a fused kernel."""
+    groups, m, words = q_bits.shape
     dv = v.shape[2]
     top_n = min(top_n, n)
     out = np.empty((groups, m, dv), dtype=v.dtype)
+    valid_before = _valid_before(valid, n)
+    if m >= _TILE_MIN_ROWS:
+        lanes = _tile.LANES
+        c = max(1, min(groups * ((m + lanes - 1) // lanes), 4 * numba.get_num_threads()))
+        _fused.attend_tiles(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale,
+                            bool(causal), out, np.empty((c, n + _tile.BLOCK, lanes), np.uint16),
+                            np.empty((c, words, lanes), np.uint64),
+                            np.empty((c, lanes), np.int32), np.empty((c, 8, lanes), np.int64),
+                            np.empty((c, 4, lanes), np.uint16), np.empty((c, lanes), np.uint64),
+                            np.empty((c, lanes, d + 2), v.dtype),
+                            np.empty((c, lanes), np.float64), np.empty((c, lanes, dv), v.dtype))
+        return out
     tile = min(_TILE_ROWS, m)
     c = max(1, min(groups * ((m + tile - 1) // tile), 4 * numba.get_num_threads()))
     block = max(8, _BLOCK_BYTES // (dv * v.itemsize))
-    _fused.attend_packed(q_bits, k_bits, v, valid, _valid_before(valid, n), n, d, top_n,
-                         two_scale, bool(causal), out, block,
-                         np.empty((c, n), np.int16), _marks(c, n),
-                         np.empty((c, tile, top_n), np.int32),
-                         np.empty((c, tile, top_n), np.int16),
-                         np.empty((c, tile), np.int64), np.empty((c, tile, d + 2), v.dtype),
-                         np.empty((c, tile), np.float64), np.empty((c, tile, dv), v.dtype),
-                         np.empty((c, tile), np.int64))
+    _fused.attend_rows(q_bits, k_bits, v, valid, valid_before, n, d, top_n,
+                       two_scale, bool(causal), out, block,
+                       np.empty((c, n), np.int16), _marks(c, n),
+                       np.empty((c, tile, top_n), np.int32),
+                       np.empty((c, tile, top_n), np.int16),
+                       np.empty((c, tile), np.int64), np.empty((c, tile, d + 2), v.dtype),
+                       np.empty((c, tile), np.float64), np.empty((c, tile, dv), v.dtype),
+                       np.empty((c, tile), np.int64))
     return out
 
 
@@ -257,10 +274,10 @@ def had_attention(q, k, v, top_n, sigma_q=1.0, sigma_k=1.0, key_mask=None, causa
     ``j <= i + n - m``.
 
     Returns (..., m, dv): ``softmax(topN(S) / sqrt(d)) V`` with
-    ``S = (sigma_q sign(q)) (sigma_k sign(k))^T``, computed on packed bits by the fused
-    kernel: per tile of 32 query rows, one pass over the packed keys per row selects, then
-    V is streamed once in L2-sized blocks. No (m, n) matrix: extra memory
-    O(threads * (n + 32 N)).
+    ``S = (sigma_q sign(q)) (sigma_k sign(k))^T``, computed on packed bits by a fused
+    kernel: from 16 query rows on, tiles of 32 rows share every pass over the packed keys
+    and over V (in 64-key blocks that stay in L1); fewer rows go one at a time. No (m, n)
+    matrix: extra memory about 4 * threads * 64 n bytes (the 16-bit levels of a tile).
     """
     top_n = _check_top_n(top_n)
     sigma_q = _check_sigma(sigma_q, "sigma_q")

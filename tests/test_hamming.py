@@ -1,5 +1,6 @@
 """had_attention / float_attention / PackedKeyCache against float attention on sign vectors."""
 
+import contextlib
 import math
 
 import numpy as np
@@ -53,13 +54,28 @@ def _dense_reference(q, k, v, valid, causal=False):
     return (p / tot) @ v.astype(np.float64)
 
 
-@settings(max_examples=40)
-@given(data=st.data(), g=st.integers(1, 3), m=st.integers(1, 9), n=st.integers(1, 30),
-       d=st.sampled_from([1, 5, 16, 64, 65, 100]), dv=st.integers(1, 9),
-       top_n=st.integers(1, 35), causal=st.booleans(),
-       sigma=st.sampled_from([(1.0, 1.0), (0.3, 2.0), (4.0, 5.0), (1e3, 1e3)]))
+@contextlib.contextmanager
+def _kernel(name):
+    """Force one of the two fused kernels: "tiles" (32 rows at a time) or "rows"."""
+    import hadref.hamming as hamming
+
+    saved = hamming._TILE_MIN_ROWS
+    hamming._TILE_MIN_ROWS = 1 if name == "tiles" else 10**9
+    try:
+        yield
+    finally:
+        hamming._TILE_MIN_ROWS = saved
+
+
+@settings(max_examples=60)
+@given(data=st.data(), g=st.integers(1, 3), m=st.integers(1, 40), n=st.integers(1, 140),
+       d=st.sampled_from([1, 5, 16, 64, 65, 100]), dv=st.sampled_from([1, 3, 8, 9, 33, 64, 70]),
+       top_n=st.integers(1, 150), causal=st.booleans(),
+       sigma=st.sampled_from([(1.0, 1.0), (0.3, 2.0), (4.0, 5.0), (1e3, 1e3)]),
+       kernel=st.sampled_from(["tiles", "rows"]))
 def test_had_attention_equals_float_attention_on_signs_with_topn(data, g, m, n, d, dv, top_n,
-                                                                 causal, sigma):
+                                                                 causal, sigma, kernel):
+    # m > 32 and n > 64 cross the tile kernel's tile (32 rows) and block (64 keys) edges
     rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
     q = rng.standard_normal((g, m, d)).astype(np.float32)
     k = rng.standard_normal((g, n, d)).astype(np.float32)
@@ -67,7 +83,8 @@ def test_had_attention_equals_float_attention_on_signs_with_topn(data, g, m, n, 
         k = k[:, rng.integers(0, max(1, n // 2), size=n)]
     v = rng.standard_normal((g, n, dv)).astype(np.float32)
     valid = rng.random((g, n)) < data.draw(st.sampled_from([0.0, 0.6, 1.0]))
-    out = hadref.had_attention(q, k, v, top_n, *sigma, key_mask=valid, causal=causal)
+    with _kernel(kernel):
+        out = hadref.had_attention(q, k, v, top_n, *sigma, key_mask=valid, causal=causal)
     assert out.dtype == np.float32 and out.shape == (g, m, dv)
     ref = _reference_had(q, k, v, top_n, *sigma, valid, causal)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
@@ -201,12 +218,13 @@ def test_bad_input_raises_hadref_error():
 
 
 @pytest.mark.parametrize("tile_rows", [1, 3, 32])
-def test_value_blocks_and_row_tiles_do_not_change_the_result(monkeypatch, tile_rows):
-    # tiny V blocks (8 keys) and tiles of a few rows: every block/tile boundary case
+def test_row_kernel_value_blocks_and_row_tiles_do_not_change_the_result(monkeypatch, tile_rows):
+    # row kernel: tiny V blocks (8 keys) and tiles of a few rows, every boundary case
     import hadref.hamming as hamming
 
     monkeypatch.setattr(hamming, "_BLOCK_BYTES", 1)
     monkeypatch.setattr(hamming, "_TILE_ROWS", tile_rows)
+    monkeypatch.setattr(hamming, "_TILE_MIN_ROWS", 10**9)
     rng = np.random.default_rng(tile_rows)
     for trial in range(12):
         g, m, n, d = 2, int(rng.integers(1, 20)), int(rng.integers(1, 60)), int(rng.choice([7, 64, 90]))
@@ -220,3 +238,39 @@ def test_value_blocks_and_row_tiles_do_not_change_the_result(monkeypatch, tile_r
         out = hadref.had_attention(q, k, v, top_n, 0.9, 1.1, key_mask=valid, causal=causal)
         ref = _reference_had(q, k, v, top_n, 0.9, 1.1, valid, causal)
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tile_and_row_kernels_agree_on_longer_rows(dtype):
+    """Sizes the reference is too slow for: several tiles (m > 32), blocks (n > 64, not a
+    multiple of 64), head sizes of several words, values wider than a register chunk."""
+    rng = np.random.default_rng(7)
+    for g, m, n, d, dv, top_n, causal in [(2, 100, 1000, 64, 64, 117, False),
+                                          (1, 70, 333, 130, 70, 40, True),
+                                          (3, 33, 129, 64, 33, 64, True),
+                                          (1, 64, 513, 100, 130, 600, False)]:
+        q = rng.standard_normal((g, m, d)).astype(dtype)
+        k = rng.standard_normal((g, n, d)).astype(dtype)
+        k[:, ::7] = k[:, :1]  # many exact ties
+        v = rng.standard_normal((g, n, dv)).astype(dtype)
+        valid = rng.random((g, n)) < 0.9
+        with _kernel("tiles"):
+            tiles = hadref.had_attention(q, k, v, top_n, key_mask=valid, causal=causal)
+        with _kernel("rows"):
+            rows = hadref.had_attention(q, k, v, top_n, key_mask=valid, causal=causal)
+        assert tiles.dtype == dtype
+        np.testing.assert_allclose(tiles, rows, rtol=1e-5, atol=1e-6)
+
+
+def test_tile_kernel_tie_places_beyond_16_bits():
+    """All keys tied and N > 32767: the tie places (16-bit lanes in the selection) are
+    handed out a block at a time; the first N keys must be taken, uniformly weighted."""
+    rng = np.random.default_rng(3)
+    n, top_n = 33_000, 32_800
+    q = np.ones((1, 16, 1), np.float32)
+    k = np.ones((1, n, 1), np.float32)
+    v = rng.standard_normal((1, n, 4)).astype(np.float32)
+    with _kernel("tiles"):
+        out = hadref.had_attention(q, k, v, top_n)
+    expected = v[0, :top_n].astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(out[0], np.broadcast_to(expected, (16, 4)), rtol=1e-4, atol=1e-6)

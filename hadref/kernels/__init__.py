@@ -10,9 +10,14 @@ their inputs (shapes, dtypes, contiguity are checked there).
 ``select``         counting top-N over the d+1 popcount levels; float partial select
                    (quickselect) for the training path
 ``softmax_av``     sparse softmax over the N survivors and the value accumulation
-``fused``          the drivers: ``topn_packed``, ``attend_from_topn`` (the two stages
-                   apart, for the benchmark and ``hamming_topn``) and ``attend_packed``
-                   (one pass per query row, nothing of size n*N materialized)
+``simd``           32-lane vector primitives in LLVM IR for the tile kernel: levels,
+                   counting, block selection, register-held weighted sums of value rows
+``tile``           the tile kernel: 32 query rows share every pass over the keys
+                   (key-major levels, lockstep threshold search, V in L1-sized blocks)
+``fused``          the drivers: ``attend_tiles`` and ``attend_rows`` (the fused kernels,
+                   nothing of size n*N materialized), ``topn_packed`` and
+                   ``attend_from_topn`` (the two stages apart, for the benchmark and
+                   ``hamming_topn``)
 =================  ===========================================================================
 
 Conventions (``../shared/HAD.md``): popcount *level* ``l = popcount(q XOR k)`` in 0..d, the

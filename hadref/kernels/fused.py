@@ -8,22 +8,23 @@ argument) are used, so a growing key cache passes its whole buffer without a cop
 ``causal`` sees keys ``j <= i + n - m`` (queries aligned to the end of the keys, as in
 decoding; ``m == n`` is ordinary causal attention).
 
-Rows (tiles of rows in ``attend_packed``) are dealt to C worker chunks round-robin
-(which balances the causal triangle); each chunk owns one slice of every workspace, all
-passed in by the caller so that they are NumPy allocations a memory probe sees: levels
-(n int16), bit marks (n/4 bytes), the survivors of one tile (R x N int32 + int16), a few
-(d+2)-sized tables, accumulators. ``attend_packed`` holds nothing of size n*N for all
-rows: per tile it streams the keys once per row to select, then V once in blocks. ``fastmath`` is limited to contraction and reassociation of the value sum
-(the selection is integer and exact; exp is untouched).
+Two fused kernels compute the same attention: ``attend_tiles`` (``tile.attend_tile``:
+32 query rows share every pass over the keys; the fast one from a few dozen rows on) and
+``attend_rows`` (one query row at a time: cheaper when there are only a few rows, as in
+decoding). Rows (tiles of rows) are dealt to C worker chunks round-robin (which balances
+the causal triangle); each chunk owns one slice of every workspace, all passed in by the
+caller so that they are NumPy allocations a memory probe sees. Neither holds anything of
+size n*N for all rows. ``fastmath`` is limited to contraction and reassociation of the
+value sum (the selection is integer and exact; exp is untouched).
 """
 
-import numpy as np
 from numba import njit, prange
 
 from hadref.kernels.popcount import row_levels, row_levels_unmasked
 from hadref.kernels.select import counting_topn, order_by_level
 from hadref.kernels.softmax_av import (accumulate, finish, level_decay, level_weights,
                                        softmax_av_row)
+from hadref.kernels.tile import LANES, attend_tile
 
 _VALUE_SUM_MATH = {"contract", "reassoc"}
 
@@ -45,8 +46,43 @@ def _levels(q_row, k_bits, valid, valid_before, limit, d, levels):
         row_levels(q_row, k_bits, valid, limit, d + 1, levels)
 
 
+@njit(cache=True)
+def _tiles_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, decay, causal,
+                 out, lev, q_lanes, limit, st, u16, picks, weight, total, acc):
+    """Tiles c, c + chunks, ... of 32 query rows (one worker's share). A plain function
+    called from the ``prange`` loop, as ``_rows_chunk``."""
+    groups, m, _ = q_bits.shape
+    tiles = (m + LANES - 1) // LANES
+    guess = d // 2  # rows of one head have similar thresholds: the last one is a good start
+    for t in range(c, groups * tiles, chunks):
+        g = t // tiles
+        i0 = (t - g * tiles) * LANES
+        rows = min(LANES, m - i0)
+        guess = attend_tile(q_bits[g], k_bits[g], v[g], valid[g], valid_before[g], i0, rows,
+                            m, n, d, top_n, decay, causal, guess, out[g, i0:i0 + rows], lev,
+                            q_lanes, limit, st, u16, picks, weight, total, acc)
+
+
+@njit(cache=True, parallel=True)
+def attend_tiles(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale, causal, out,
+                 lev_ws, q_ws, limit_ws, st_ws, u16_ws, picks_ws, weight_ws, total_ws, acc_ws):
+    """HAD attention, fused, by tiles of 32 query rows (``tile.attend_tile``).
+
+    Arrays as the module docstring; out: (G, m, dv) written. Workspaces (C chunks):
+    lev_ws (C, n + 64, 32) uint16; q_ws (C, W, 32) uint64; limit_ws (C, 32) int32;
+    st_ws (C, 8, 32) int64; u16_ws (C, 4, 32) uint16; picks_ws (C, 32) uint64;
+    weight_ws (C, 32, d + 2) and acc_ws (C, 32, dv) of v's dtype; total_ws (C, 32) float64.
+    """
+    chunks = lev_ws.shape[0]
+    decay = level_decay(two_scale, d)
+    for c in prange(chunks):
+        _tiles_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, decay,
+                     causal, out, lev_ws[c], q_ws[c], limit_ws[c], st_ws[c], u16_ws[c],
+                     picks_ws[c], weight_ws[c], total_ws[c], acc_ws[c])
+
+
 @njit(cache=True, fastmath=_VALUE_SUM_MATH)
-def _attend_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, decay,
+def _rows_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, decay,
                   causal, out, block, levels, marks, sel_idx, sel_lev, sel_count, weight,
                   total, acc, cursor):
     """Tiles c, c + chunks, ... of query rows (one worker's share).
@@ -99,10 +135,11 @@ def _attend_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n
 
 
 @njit(cache=True, parallel=True)
-def attend_packed(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale, causal, out,
+def attend_rows(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale, causal, out,
                   block, levels_ws, marks_ws, idx_ws, lev_ws, count_ws, weight_ws, total_ws,
                   acc_ws, cursor_ws):
-    """HAD attention, fused: XOR-popcount, counting top-N, sparse softmax, value sum.
+    """HAD attention, fused, one query row at a time: XOR-popcount, counting top-N,
+    sparse softmax, value sum (per tile of R rows, V is streamed in blocks).
 
     out: (G, m, dv) written; block: keys per streamed block of V. Workspaces (C chunks,
     tiles of R rows): levels_ws (C, n) int16; marks_ws (C, 10, ceil(n/64)) uint64;
@@ -113,7 +150,7 @@ def attend_packed(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale
     chunks = levels_ws.shape[0]
     decay = level_decay(two_scale, d)
     for c in prange(chunks):
-        _attend_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n,
+        _rows_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n,
                       decay, causal, out, block, levels_ws[c], marks_ws[c], idx_ws[c],
                       lev_ws[c], count_ws[c], weight_ws[c], total_ws[c], acc_ws[c],
                       cursor_ws[c])

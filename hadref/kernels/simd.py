@@ -1,0 +1,334 @@
+"""32-lane vector primitives of the tile kernel, written as LLVM IR (Numba intrinsics).
+
+The tile kernel (``tile``) holds the popcount levels of 32 query rows against every key
+*key-major*: ``lev[j, r]`` is row r's level of key j, so one key's 32 levels are one
+64-byte vector and every per-row quantity (threshold, tie budget, count) is a vector lane.
+Plain Numba loops over those 32 lanes do not vectorize (the small-integer arithmetic and
+the lane masks come out scalar, measured 8-10x slower), so these few loops are spelled out
+in IR, where a 32-lane vector stays in registers across a loop. Each primitive has a plain
+NumPy reference in ``tests/test_kernels.py``.
+
+Conventions: ``lev`` is (>= rows, 32) uint16, C-contiguous; levels are < 32768 and read as
+signed 16-bit lanes where that lets AVX2 compare directly. Lane masks are kept in 16
+lanes of 16 bits (two halves): 32 lanes of i1 are legalized through bytes on AVX2, which
+more than doubles the instruction count of the selection.
+"""
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+LANES = 32  # query rows per tile: one lane each
+BLOCK = 64  # keys per selection block: one uint64 of picks per row
+
+_I1, _I8, _I16, _I32, _I64 = (ir.IntType(b) for b in (1, 8, 16, 32, 64))
+_F64 = ir.DoubleType()
+
+
+def _vec(elem, count=LANES):
+    return ir.VectorType(elem, count)
+
+
+def _splat(builder, x, vt):
+    """x broadcast to every lane of vector type vt."""
+    undef = ir.Constant(vt, ir.Undefined)
+    one = builder.insert_element(undef, x, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, undef, ir.Constant(_vec(_I32, vt.count), [0] * vt.count))
+
+
+def _data(context, builder, ty, value, as_type=None):
+    """The data pointer of an array argument, optionally cast to ``as_type*``."""
+    ptr = context.make_array(ty)(context, builder, value).data
+    return builder.bitcast(ptr, as_type.as_pointer()) if as_type is not None else ptr
+
+
+def _counted_loop(builder, start, stop, carried, body, name):
+    """``for j in range(start, stop)`` with loop-carried SSA values (kept in registers).
+
+    carried: initial values; body(j, values) -> next values. Returns the final values.
+    """
+    entry = builder.block
+    loop = builder.append_basic_block(name + ".loop")
+    done = builder.append_basic_block(name + ".done")
+    builder.cbranch(builder.icmp_signed("<", start, stop), loop, done)
+    builder.position_at_end(loop)
+    j = builder.phi(_I64)
+    phis = [builder.phi(c.type) for c in carried]
+    j.add_incoming(start, entry)
+    for p, c in zip(phis, carried):
+        p.add_incoming(c, entry)
+    nxt = body(j, phis)
+    j_next = builder.add(j, ir.Constant(_I64, 1))
+    tail = builder.block
+    j.add_incoming(j_next, tail)
+    for p, x in zip(phis, nxt):
+        p.add_incoming(x, tail)
+    builder.cbranch(builder.icmp_signed("<", j_next, stop), loop, done)
+    builder.position_at_end(done)
+    finals = []
+    for c, x in zip(carried, nxt):
+        f = builder.phi(c.type)
+        f.add_incoming(c, entry)
+        f.add_incoming(x, tail)
+        finals.append(f)
+    return finals
+
+
+def _ctpop(builder, vt):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt]),
+                                          f"llvm.ctpop.v{vt.count}i64")
+
+
+def _umin(builder, a, b):
+    return builder.select(builder.icmp_unsigned("<", a, b), a, b)
+
+
+@intrinsic
+def tile_levels_dense(typingctx, q_lanes, k_bits, stop, lev, top):
+    """Levels of one-word rows when every key before ``stop`` is selectable by every row.
+
+    q_lanes: (1, 32) uint64, the packed query of each lane; k_bits: (>= stop, 1) uint64.
+    Writes ``lev[j, r] = popcount(q_lanes[0, r] ^ k_bits[j, 0])`` for j < stop and
+    ``top[r]`` = the smallest of them (0xFFFF when stop == 0). top: (32,) uint16.
+    """
+    sig = types.void(q_lanes, k_bits, stop, lev, top)
+
+    def codegen(context, builder, signature, args):
+        a_q, a_k, a_stop, a_lev, a_top = args
+        t_q, t_k, _, t_lev, t_top = signature.args
+        v64, v16 = _vec(_I64), _vec(_I16)
+        qv = builder.load(_data(context, builder, t_q, a_q, v64), align=8)
+        kp = _data(context, builder, t_k, a_k)
+        levp = _data(context, builder, t_lev, a_lev, v16)
+        ctpop = _ctpop(builder, v64)
+
+        def body(j, carried):
+            (low,) = carried
+            kj = _splat(builder, builder.load(builder.gep(kp, [j]), align=8), v64)
+            lv = builder.trunc(builder.call(ctpop, [builder.xor(qv, kj)]), v16)
+            builder.store(lv, builder.gep(levp, [j]), align=2)
+            return [_umin(builder, lv, low)]
+
+        (low,) = _counted_loop(builder, ir.Constant(_I64, 0), a_stop,
+                               [ir.Constant(v16, 0xFFFF)], body, "levels1")
+        builder.store(low, _data(context, builder, t_top, a_top, v16), align=2)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def tile_levels(typingctx, q_lanes, k_bits, valid, limit, stop, invalid, lev, top):
+    """Levels of W-word rows with a padding mask and per-lane key limits (causal).
+
+    q_lanes: (W, 32) uint64 (word w of lane r at [w, r]); k_bits: (>= stop, W) uint64;
+    valid: (>= stop,) bool; limit: (32,) int32, lane r sees keys j < limit[r].
+    Writes ``lev[j, r]`` = popcount over the W words of ``q ^ k``, or ``invalid`` where key
+    j is padding or at/after the lane's limit, for j < stop; ``top[r]`` = the smallest
+    (0xFFFF when stop == 0). invalid: uint16 scalar (d + 1).
+    """
+    sig = types.void(q_lanes, k_bits, valid, limit, stop, invalid, lev, top)
+
+    def codegen(context, builder, signature, args):
+        a_q, a_k, a_valid, a_lim, a_stop, a_bad, a_lev, a_top = args
+        t_q, t_k, t_valid, t_lim, _, _, t_lev, t_top = signature.args
+        v64, v32, v16 = _vec(_I64), _vec(_I32), _vec(_I16)
+        qarr = context.make_array(t_q)(context, builder, a_q)
+        words = builder.extract_value(qarr.shape, 0)
+        qp = builder.bitcast(qarr.data, v64.as_pointer())
+        kp = _data(context, builder, t_k, a_k)
+        vp = _data(context, builder, t_valid, a_valid)
+        limv = builder.load(_data(context, builder, t_lim, a_lim, v32), align=4)
+        levp = _data(context, builder, t_lev, a_lev, v16)
+        bad = _splat(builder, a_bad, v16)
+        ctpop = _ctpop(builder, v64)
+
+        def key(j, carried):
+            (low,) = carried
+            row = builder.mul(j, words)
+
+            def word(w, acc):
+                kw = builder.load(builder.gep(kp, [builder.add(row, w)]), align=8)
+                qv = builder.load(builder.gep(qp, [w]), align=8)
+                x = builder.xor(qv, _splat(builder, kw, v64))
+                return [builder.add(acc[0], builder.call(ctpop, [x]))]
+
+            (pc,) = _counted_loop(builder, ir.Constant(_I64, 0), words,
+                                  [ir.Constant(v64, None)], word, "levels.word")
+            ok = builder.icmp_unsigned("!=", builder.load(builder.gep(vp, [j])),
+                                       ir.Constant(_I8, 0))
+            seen = builder.icmp_signed("<", _splat(builder, builder.trunc(j, _I32), v32), limv)
+            keep = builder.and_(seen, _splat(builder, ok, _vec(_I1)))
+            lv = builder.select(keep, builder.trunc(pc, v16), bad)
+            builder.store(lv, builder.gep(levp, [j]), align=2)
+            return [_umin(builder, lv, low)]
+
+        (low,) = _counted_loop(builder, ir.Constant(_I64, 0), a_stop,
+                               [ir.Constant(v16, 0xFFFF)], key, "levels")
+        builder.store(low, _data(context, builder, t_top, a_top, v16), align=2)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def count_at_most(typingctx, lev, start, stop, probe, count):
+    """``count[r] += #{start <= j < stop : lev[j, r] <= probe[r]}``, all 32 lanes at once.
+
+    stop - start <= 65535 (the lane counts are 16-bit inside the loop). probe: (32,)
+    uint16; count: (32,) int64.
+    """
+    sig = types.void(lev, start, stop, probe, count)
+
+    def codegen(context, builder, signature, args):
+        a_lev, a_start, a_stop, a_probe, a_count = args
+        t_lev, _, _, t_probe, t_count = signature.args
+        v16, v64 = _vec(_I16), _vec(_I64)
+        levp = _data(context, builder, t_lev, a_lev, v16)
+        pv = builder.load(_data(context, builder, t_probe, a_probe, v16), align=2)
+        cp = _data(context, builder, t_count, a_count, v64)
+
+        def body(j, carried):
+            x = builder.load(builder.gep(levp, [j]), align=2)
+            return [builder.add(carried[0], builder.zext(builder.icmp_unsigned("<=", x, pv), v16))]
+
+        (part,) = _counted_loop(builder, a_start, a_stop, [ir.Constant(v16, None)], body, "count")
+        builder.store(builder.add(builder.load(cp, align=8), builder.zext(part, v64)), cp, align=8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def select_block(typingctx, lev, start, threshold, ties_left, picks):
+    """Which of keys ``start .. start+63`` each lane takes, as one uint64 per lane.
+
+    Lane r takes key j when ``lev[j, r] < threshold[r]``, or ``lev[j, r] == threshold[r]``
+    while ``ties_left[r] > 0`` (which then counts down): in key order, so the threshold's
+    places go to the lowest indices. Writes ``picks[r]`` (bit t = key start + t) and the
+    updated ``ties_left``. All 64 rows of lev are read: rows past the real keys must hold
+    a level above every threshold (the caller pads them). threshold, ties_left: (32,)
+    uint16 below 32768; picks: (32,) uint64.
+    """
+    sig = types.void(lev, start, threshold, ties_left, picks)
+
+    def codegen(context, builder, signature, args):
+        a_lev, a_start, a_thr, a_ties, a_picks = args
+        t_lev, _, t_thr, t_ties, t_picks = signature.args
+        half = _vec(_I16, 16)
+        levp = _data(context, builder, t_lev, a_lev, half)  # key j, half h at 2 j + h
+        thp = _data(context, builder, t_thr, a_thr, half)
+        tiesp = _data(context, builder, t_ties, a_ties, half)
+        zero = ir.Constant(half, None)
+        out = []
+        for h in range(2):
+            thr = builder.load(builder.gep(thp, [ir.Constant(_I64, h)]), align=2)
+            ties_ptr = builder.gep(tiesp, [ir.Constant(_I64, h)])
+            ties = builder.load(ties_ptr, align=2)
+            words = []  # 4 x 16 keys, key k of a word at bit k
+            for g in range(4):
+                word = zero
+                for k in range(16):
+                    j = builder.add(a_start, ir.Constant(_I64, 16 * g + k))
+                    x = builder.load(builder.gep(levp, [builder.add(builder.shl(j, ir.Constant(_I64, 1)),
+                                                                    ir.Constant(_I64, h))]), align=2)
+                    at = builder.sext(builder.and_(builder.icmp_signed("==", x, thr),
+                                                   builder.icmp_signed(">", ties, zero)), half)
+                    ties = builder.add(ties, at)  # at is -1 where a tie place is used
+                    take = builder.or_(builder.sext(builder.icmp_signed("<", x, thr), half), at)
+                    word = builder.or_(word, builder.and_(take, ir.Constant(half, [1 << k] * 16)))
+                words.append(word)
+            builder.store(ties, ties_ptr, align=2)
+            pair = [builder.shuffle_vector(words[i], words[i + 1],
+                                           ir.Constant(_vec(_I32, 32), list(range(32))))
+                    for i in (0, 2)]
+            allw = builder.shuffle_vector(pair[0], pair[1], ir.Constant(_vec(_I32, 64), list(range(64))))
+            # (4 words x 16 lanes) -> 16 lanes x 4 words: lane r's 64 bits, little-endian
+            order = [g * 16 + r for r in range(16) for g in range(4)]
+            out.append(builder.shuffle_vector(allw, ir.Constant(allw.type, ir.Undefined),
+                                              ir.Constant(_vec(_I32, 64), order)))
+        pp = _data(context, builder, t_picks, a_picks, _vec(_I16, 64))
+        builder.store(out[0], pp, align=8)
+        builder.store(out[1], builder.gep(pp, [ir.Constant(_I64, 1)]), align=8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _make_weighted_rows_sum(chunk_bytes):
+    @intrinsic
+    def weighted_rows_sum(typingctx, acc, r, col, v, start, picks, lev, weight):
+        """``acc[r, col:col+L] += sum_t weight[r, lev[j, r]] * v[j, col:col+L]`` over the
+        set bits t of ``picks`` (j = start + t), with L = chunk_bytes / itemsize lanes (at
+        least one) held in registers for the whole sum. Returns the sum of the weights
+        (float64).
+
+        acc: (R, >= col+L) and v: (n, dv) C-contiguous of one float dtype; weight: (R, d+2)
+        of that dtype; lev as the module. The bits are walked lowest first (TZCNT).
+        """
+        sig = types.float64(acc, r, col, v, start, picks, lev, weight)
+
+        def codegen(context, builder, signature, args):
+            a_acc, a_r, a_col, a_v, a_start, a_picks, a_lev, a_wt = args
+            t_acc, _, _, t_v, _, _, t_lev, t_wt = signature.args
+            flt = context.get_data_type(t_acc.dtype)
+            single = flt == ir.FloatType()
+            lanes = max(1, chunk_bytes // (4 if single else 8))
+            vt = ir.VectorType(flt, lanes) if lanes > 1 else flt
+            suffix = (f"v{lanes}" if lanes > 1 else "") + ("f32" if single else "f64")
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3),
+                                                 "llvm.fma." + suffix)
+            cttz = builder.module.declare_intrinsic("llvm.cttz", [_I64, _I1])
+            accarr = context.make_array(t_acc)(context, builder, a_acc)
+            varr = context.make_array(t_v)(context, builder, a_v)
+            wtarr = context.make_array(t_wt)(context, builder, a_wt)
+            levp = _data(context, builder, t_lev, a_lev)
+            dv = builder.extract_value(varr.shape, 1)
+            acc_row = builder.add(builder.mul(a_r, builder.extract_value(accarr.shape, 1)), a_col)
+            ap = builder.bitcast(builder.gep(accarr.data, [acc_row]), vt.as_pointer())
+            vcol = builder.gep(varr.data, [a_col])
+            wrow = builder.gep(wtarr.data, [builder.mul(a_r, builder.extract_value(wtarr.shape, 1))])
+            entry = builder.block
+            a0 = builder.load(ap, align=4)
+            loop = builder.append_basic_block("wsum.loop")
+            done = builder.append_basic_block("wsum.done")
+            zero = ir.Constant(_I64, 0)
+            builder.cbranch(builder.icmp_unsigned("!=", a_picks, zero), loop, done)
+            builder.position_at_end(loop)
+            bits = builder.phi(_I64)
+            a = builder.phi(vt)
+            total = builder.phi(_F64)
+            bits.add_incoming(a_picks, entry)
+            a.add_incoming(a0, entry)
+            total.add_incoming(ir.Constant(_F64, 0.0), entry)
+            j = builder.add(a_start, builder.call(cttz, [bits, ir.Constant(_I1, 1)]))
+            level = builder.load(builder.gep(levp, [builder.add(builder.mul(j, ir.Constant(_I64, LANES)), a_r)]))
+            w = builder.load(builder.gep(wrow, [builder.zext(level, _I64)]))
+            x = builder.load(builder.bitcast(builder.gep(vcol, [builder.mul(j, dv)]), vt.as_pointer()), align=4)
+            a_next = builder.call(fma, [_splat(builder, w, vt) if lanes > 1 else w, x, a])
+            total_next = builder.fadd(total, builder.fpext(w, _F64) if single else w)
+            bits_next = builder.and_(bits, builder.sub(bits, ir.Constant(_I64, 1)))
+            bits.add_incoming(bits_next, loop)
+            a.add_incoming(a_next, loop)
+            total.add_incoming(total_next, loop)
+            builder.cbranch(builder.icmp_unsigned("!=", bits_next, zero), loop, done)
+            builder.position_at_end(done)
+            a_fin = builder.phi(vt)
+            a_fin.add_incoming(a0, entry)
+            a_fin.add_incoming(a_next, loop)
+            t_fin = builder.phi(_F64)
+            t_fin.add_incoming(ir.Constant(_F64, 0.0), entry)
+            t_fin.add_incoming(total_next, loop)
+            builder.store(a_fin, ap, align=4)
+            return t_fin
+
+        return sig, codegen
+
+    return weighted_rows_sum
+
+
+# 256 bytes = 64 float32 / 32 float64 lanes in 8 AVX2 registers; then 32 bytes; then one
+weighted_rows_sum_256 = _make_weighted_rows_sum(256)
+weighted_rows_sum_32 = _make_weighted_rows_sum(32)
+weighted_rows_sum_1 = _make_weighted_rows_sum(1)
