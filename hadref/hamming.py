@@ -231,18 +231,22 @@ _BLOCK_BYTES = 128 * 1024  # a block of V that stays in a core's L2 cache (row k
 _TILE_MIN_ROWS = 16
 
 
-def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal):
-    """Packed (G, m, W), (G, >= n, W), v (G, >= n, dv) -> (G, m, dv), a fused kernel."""
+def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal, last_stage=3):
+    """Packed (G, m, W), (G, >= n, W), v (G, >= n, dv) -> (G, m, dv), a fused kernel.
+
+    last_stage 1 or 2 (the benchmark's split of the tile kernel, m >= _TILE_MIN_ROWS
+    only): stop after the levels or the selection; the output is then not written."""
     groups, m, words = q_bits.shape
     dv = v.shape[2]
     top_n = min(top_n, n)
     out = np.empty((groups, m, dv), dtype=v.dtype)
     valid_before = _valid_before(valid, n)
-    if m >= _TILE_MIN_ROWS:
+    if m >= _TILE_MIN_ROWS or last_stage != 3:
         lanes = _tile.LANES
         c = max(1, min(groups * ((m + lanes - 1) // lanes), 4 * numba.get_num_threads()))
         _fused.attend_tiles(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale,
-                            bool(causal), out, np.empty((c, n + _tile.BLOCK, lanes), np.uint16),
+                            bool(causal), last_stage, out,
+                            np.empty((c, n + _tile.BLOCK, lanes), np.uint16),
                             np.empty((c, words, lanes), np.uint64),
                             np.empty((c, lanes), np.int32), np.empty((c, 8, lanes), np.int64),
                             np.empty((c, 4, lanes), np.uint16), np.empty((c, lanes), np.uint64),

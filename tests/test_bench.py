@@ -22,8 +22,12 @@ def test_bench_json_figures():
     assert [r["seq"] for r in rows] == [64, 96]
     for r in rows:
         assert r["top_n"] == round(0.117 * r["seq"])  # the paper's ratio by default
-        for key in ("dense_ms", "had_ms", "pack_ms", "popcount_topn_ms", "softmax_av_ms"):
+        for key in ("dense_ms", "had_ms", "pack_ms", "popcount_topn_ms", "softmax_av_ms",
+                    "fused_ms", "fused_levels_ms"):
             assert r[key] > 0
+        for key in ("fused_topn_ms", "fused_softmax_av_ms"):  # differences of noisy runs
+            assert abs(r[key]) < 10 * r["fused_ms"]
+        assert len(r["samples_ms"]["fused_topn"]) == 2
         assert r["speedup"] == pytest.approx(r["dense_ms"] / r["had_ms"])
         assert len(r["samples_ms"]["had"]) == 2
         assert r["key_bytes_per_token_packed"] == 2 * 8  # 2 heads x one 64-bit word
@@ -39,7 +43,8 @@ def test_bench_table_and_plot(tmp_path):
     result = _run("--seq", "48,80", "--heads", "1", "--repeat", "1", "--top-n", "200",
                   "--recall-rows", "8", "--plot", str(png))
     assert result.exit_code == 0, result.output
-    for text in ("dense float (NumPy BLAS)", "HAD total", "popcount + top-N", "softmax + AV",
+    for text in ("dense float (NumPy BLAS)", "HAD total", "fused kernel", "popcount levels",
+                 "top-N selection", "popcount + top-N", "softmax + AV",
                  "key cache per token: 8 B packed vs 256 B float32", "recall of the float top-200"):
         assert text in result.stdout
     # N >= seq keeps every key, so the top-N sets agree exactly

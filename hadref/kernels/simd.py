@@ -217,7 +217,7 @@ def select_block(typingctx, lev, start, threshold, ties_left, picks):
         a_lev, a_start, a_thr, a_ties, a_picks = args
         t_lev, _, t_thr, t_ties, t_picks = signature.args
         half = _vec(_I16, 16)
-        levp = _data(context, builder, t_lev, a_lev, half)  # key j, half h at 2 j + h
+        levp = _data(context, builder, t_lev, a_lev, half)
         thp = _data(context, builder, t_thr, a_thr, half)
         tiesp = _data(context, builder, t_ties, a_ties, half)
         zero = ir.Constant(half, None)
@@ -231,8 +231,9 @@ def select_block(typingctx, lev, start, threshold, ties_left, picks):
                 word = zero
                 for k in range(16):
                     j = builder.add(a_start, ir.Constant(_I64, 16 * g + k))
-                    x = builder.load(builder.gep(levp, [builder.add(builder.shl(j, ir.Constant(_I64, 1)),
-                                                                    ir.Constant(_I64, h))]), align=2)
+                    slot = builder.shl(j, ir.Constant(_I64, 1))  # key j's half h: 2 j + h
+                    slot = builder.add(slot, ir.Constant(_I64, h))
+                    x = builder.load(builder.gep(levp, [slot]), align=2)
                     at = builder.sext(builder.and_(builder.icmp_signed("==", x, thr),
                                                    builder.icmp_signed(">", ties, zero)), half)
                     ties = builder.add(ties, at)  # at is -1 where a tie place is used
@@ -243,7 +244,8 @@ def select_block(typingctx, lev, start, threshold, ties_left, picks):
             pair = [builder.shuffle_vector(words[i], words[i + 1],
                                            ir.Constant(_vec(_I32, 32), list(range(32))))
                     for i in (0, 2)]
-            allw = builder.shuffle_vector(pair[0], pair[1], ir.Constant(_vec(_I32, 64), list(range(64))))
+            allw = builder.shuffle_vector(pair[0], pair[1],
+                                          ir.Constant(_vec(_I32, 64), list(range(64))))
             # (4 words x 16 lanes) -> 16 lanes x 4 words: lane r's 64 bits, little-endian
             order = [g * 16 + r for r in range(16) for g in range(4)]
             out.append(builder.shuffle_vector(allw, ir.Constant(allw.type, ir.Undefined),
@@ -288,7 +290,8 @@ def _make_weighted_rows_sum(chunk_bytes):
             acc_row = builder.add(builder.mul(a_r, builder.extract_value(accarr.shape, 1)), a_col)
             ap = builder.bitcast(builder.gep(accarr.data, [acc_row]), vt.as_pointer())
             vcol = builder.gep(varr.data, [a_col])
-            wrow = builder.gep(wtarr.data, [builder.mul(a_r, builder.extract_value(wtarr.shape, 1))])
+            wstride = builder.extract_value(wtarr.shape, 1)
+            wrow = builder.gep(wtarr.data, [builder.mul(a_r, wstride)])
             entry = builder.block
             a0 = builder.load(ap, align=4)
             loop = builder.append_basic_block("wsum.loop")
@@ -303,9 +306,11 @@ def _make_weighted_rows_sum(chunk_bytes):
             a.add_incoming(a0, entry)
             total.add_incoming(ir.Constant(_F64, 0.0), entry)
             j = builder.add(a_start, builder.call(cttz, [bits, ir.Constant(_I1, 1)]))
-            level = builder.load(builder.gep(levp, [builder.add(builder.mul(j, ir.Constant(_I64, LANES)), a_r)]))
+            lane = builder.add(builder.mul(j, ir.Constant(_I64, LANES)), a_r)
+            level = builder.load(builder.gep(levp, [lane]))
             w = builder.load(builder.gep(wrow, [builder.zext(level, _I64)]))
-            x = builder.load(builder.bitcast(builder.gep(vcol, [builder.mul(j, dv)]), vt.as_pointer()), align=4)
+            vrow = builder.bitcast(builder.gep(vcol, [builder.mul(j, dv)]), vt.as_pointer())
+            x = builder.load(vrow, align=4)
             a_next = builder.call(fma, [_splat(builder, w, vt) if lanes > 1 else w, x, a])
             total_next = builder.fadd(total, builder.fpext(w, _F64) if single else w)
             bits_next = builder.and_(bits, builder.sub(bits, ir.Constant(_I64, 1)))

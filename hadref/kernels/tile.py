@@ -149,12 +149,15 @@ def _block_sums(acc, r, v, start, picks, lev, weight):
 
 @njit(cache=True)
 def attend_tile(q_bits, k_bits, v, valid, valid_before, i0, rows, m, n, d, top_n, decay,
-                causal, guess, out, lev, q_lanes, limit, st, u16, picks, weight, total, acc):
+                causal, guess, last_stage, out, lev, q_lanes, limit, st, u16, picks, weight,
+                total, acc):
     """Rows ``i0 .. i0+rows-1`` (rows <= 32) of one group into ``out`` (rows, dv).
 
     q_bits (m, W), k_bits (>= n, W) uint64; v (>= n, dv); valid (>= n,) bool;
     valid_before (>= n+1,) int32 prefix counts; decay: ``softmax_av.level_decay``; guess:
-    a likely threshold level (the last tile's). Workspaces: lev (>= n+64, 32) uint16;
+    a likely threshold level (the last tile's); last_stage: 3 (the attention), or 1 / 2 to
+    stop after the levels / after the selection (for the benchmark's split; out is then
+    not written). Workspaces: lev (>= n+64, 32) uint16;
     q_lanes (W, 32) uint64; limit (32,) int32; st (8, 32) int64; u16 (4, 32) uint16;
     picks (32,) uint64; weight (32, d+2) and acc (32, dv) of v's dtype; total (32,)
     float64. Returns the last selecting lane's threshold (the next tile's guess).
@@ -179,6 +182,8 @@ def attend_tile(q_bits, k_bits, v, valid, valid_before, i0, rows, m, n, d, top_n
         simd.tile_levels_dense(q_lanes, k_bits, stop, lev, u16[_TOP])
     else:
         simd.tile_levels(q_lanes, k_bits, valid, limit, stop, np.uint16(d + 1), lev, u16[_TOP])
+    if last_stage == 1:
+        return guess
     _thresholds(lev, stop, d, guess, st, u16)
     for r in range(LANES):
         n_eff = st[_N_EFF, r]
@@ -206,9 +211,13 @@ def attend_tile(q_bits, k_bits, v, valid, valid_before, i0, rows, m, n, d, top_n
         simd.select_block(lev, start, u16[_THRESHOLD], u16[_TIES_BLOCK], picks)
         for r in range(LANES):
             st[_TIES, r] -= min(st[_TIES, r], BLOCK) - u16[_TIES_BLOCK, r]
+        if last_stage == 2:
+            continue
         for r in range(rows):
             if picks[r] != 0:
                 total[r] += _block_sums(acc, r, v, start, picks[r], lev, weight)
+    if last_stage == 2:
+        return guess
     for r in range(rows):
         if st[_N_EFF, r] == 0:
             for c in range(dv):
