@@ -173,3 +173,20 @@ def test_counting_pass_is_exact_across_int16_blocks(limit):
     levels = rng.integers(0, 66, size=max(limit, 1)).astype(np.int16)
     for t in (-1, 0, 31, 64, 65):
         assert _count_at_most_jit(levels, limit, t) == int(np.count_nonzero(levels[:limit] <= t))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_count_nonfinite_rows(dtype):
+    from hadref.kernels.finite import count_nonfinite_rows
+
+    info = np.finfo(dtype)
+    x = np.zeros((7, 5), dtype)
+    x[0, 0] = info.max  # finite extremes are not flagged
+    x[1, 4] = -info.max
+    x[2, 1] = info.smallest_subnormal
+    assert count_nonfinite_rows(x) == 0
+    x[3, 2] = np.nan
+    x[4, 0] = np.inf
+    x[5, 4] = -np.inf
+    x[5, 3] = np.nan  # two in one row: counted once
+    assert count_nonfinite_rows(x) == 3
