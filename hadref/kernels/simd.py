@@ -84,6 +84,21 @@ def _umin(builder, a, b):
     return builder.select(builder.icmp_unsigned("<", a, b), a, b)
 
 
+def _levels_loop(builder, stop, levp, topp, level_of, name):
+    """For j < stop: store ``level_of(j)`` (a 32-lane i16 vector) as row j of lev, keeping
+    the lane-wise minimum in registers; store that minimum (0xFFFF when stop == 0)."""
+    v16 = _vec(_I16)
+
+    def body(j, carried):
+        lv = level_of(j)
+        builder.store(lv, builder.gep(levp, [j]), align=2)
+        return [_umin(builder, lv, carried[0])]
+
+    (low,) = _counted_loop(builder, ir.Constant(_I64, 0), stop, [ir.Constant(v16, 0xFFFF)],
+                           body, name)
+    builder.store(low, topp, align=2)
+
+
 @intrinsic
 def tile_levels_dense(typingctx, q_lanes, k_bits, stop, lev, top):
     """Levels of one-word rows when every key before ``stop`` is selectable by every row.
@@ -103,16 +118,12 @@ def tile_levels_dense(typingctx, q_lanes, k_bits, stop, lev, top):
         levp = _data(context, builder, t_lev, a_lev, v16)
         ctpop = _ctpop(builder, v64)
 
-        def body(j, carried):
-            (low,) = carried
+        def level_of(j):
             kj = _splat(builder, builder.load(builder.gep(kp, [j]), align=8), v64)
-            lv = builder.trunc(builder.call(ctpop, [builder.xor(qv, kj)]), v16)
-            builder.store(lv, builder.gep(levp, [j]), align=2)
-            return [_umin(builder, lv, low)]
+            return builder.trunc(builder.call(ctpop, [builder.xor(qv, kj)]), v16)
 
-        (low,) = _counted_loop(builder, ir.Constant(_I64, 0), a_stop,
-                               [ir.Constant(v16, 0xFFFF)], body, "levels1")
-        builder.store(low, _data(context, builder, t_top, a_top, v16), align=2)
+        _levels_loop(builder, a_stop, levp, _data(context, builder, t_top, a_top, v16),
+                     level_of, "levels1")
         return context.get_dummy_value()
 
     return sig, codegen
@@ -144,8 +155,7 @@ def tile_levels(typingctx, q_lanes, k_bits, valid, limit, stop, invalid, lev, to
         bad = _splat(builder, a_bad, v16)
         ctpop = _ctpop(builder, v64)
 
-        def key(j, carried):
-            (low,) = carried
+        def level_of(j):
             row = builder.mul(j, words)
 
             def word(w, acc):
@@ -160,13 +170,10 @@ def tile_levels(typingctx, q_lanes, k_bits, valid, limit, stop, invalid, lev, to
                                        ir.Constant(_I8, 0))
             seen = builder.icmp_signed("<", _splat(builder, builder.trunc(j, _I32), v32), limv)
             keep = builder.and_(seen, _splat(builder, ok, _vec(_I1)))
-            lv = builder.select(keep, builder.trunc(pc, v16), bad)
-            builder.store(lv, builder.gep(levp, [j]), align=2)
-            return [_umin(builder, lv, low)]
+            return builder.select(keep, builder.trunc(pc, v16), bad)
 
-        (low,) = _counted_loop(builder, ir.Constant(_I64, 0), a_stop,
-                               [ir.Constant(v16, 0xFFFF)], key, "levels")
-        builder.store(low, _data(context, builder, t_top, a_top, v16), align=2)
+        _levels_loop(builder, a_stop, levp, _data(context, builder, t_top, a_top, v16),
+                     level_of, "levels")
         return context.get_dummy_value()
 
     return sig, codegen
