@@ -190,3 +190,25 @@ def test_count_nonfinite_rows(dtype):
     x[5, 4] = -np.inf
     x[5, 3] = np.nan  # two in one row: counted once
     assert count_nonfinite_rows(x) == 3
+
+
+def test_stale_numba_cache_is_dropped_when_any_kernel_source_changes(tmp_path):
+    from hadref.kernels import _drop_stale_cache
+
+    (tmp_path / "helper.py").write_text("X = 1\n")
+    (tmp_path / "caller.py").write_text("Y = 2\n")
+    cache = tmp_path / "__pycache__"
+    cache.mkdir()
+    compiled = [cache / "caller.f-1.py311.nbi", cache / "caller.f-1.py311.1.nbc"]
+    other = cache / "caller.cpython-311.pyc"
+    for path in compiled + [other]:
+        path.write_bytes(b"x")
+    assert _drop_stale_cache(tmp_path)  # no stamp yet: dropped, stamp written
+    assert not any(p.exists() for p in compiled) and other.exists()
+    for path in compiled:
+        path.write_bytes(b"x")
+    assert not _drop_stale_cache(tmp_path)  # sources unchanged: kept
+    assert all(p.exists() for p in compiled)
+    (tmp_path / "helper.py").write_text("X = 3\n")  # only the inlined helper changes
+    assert _drop_stale_cache(tmp_path)
+    assert not any(p.exists() for p in compiled)

@@ -26,3 +26,39 @@ dot product of the +-1 sign vectors is ``d - 2 l``; a smaller level is a larger 
 go to the lower key index; padding (and, with ``causal``, future) keys are never selected;
 ``N_eff = min(N, selectable keys)``; a row with no selectable key outputs zeros.
 """
+
+import hashlib as _hashlib
+from pathlib import Path as _Path
+
+
+def _drop_stale_cache(directory: _Path) -> bool:
+    """Delete Numba's cached machine code under ``directory/__pycache__`` when any kernel
+    source in ``directory`` changed since it was written; returns True when it did.
+
+    Numba keys a cached function on its own source file only. These kernels inline
+    helpers from sibling modules (``simd`` into ``tile``, ``softmax_av`` into ``fused``),
+    so an edit of a helper alone would leave the callers' cached code stale: hence one
+    digest over all the sources. A directory that cannot be written (a read-only install)
+    is left alone.
+    """
+    digest = _hashlib.sha256()
+    for source in sorted(directory.glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    cache = directory / "__pycache__"
+    stamp = cache / "kernel-sources.sha256"
+    try:
+        if stamp.read_text() == digest.hexdigest():
+            return False
+    except OSError:
+        pass
+    try:
+        cache.mkdir(exist_ok=True)
+        for compiled in list(cache.glob("*.nbi")) + list(cache.glob("*.nbc")):
+            compiled.unlink(missing_ok=True)
+        stamp.write_text(digest.hexdigest())
+    except OSError:
+        return False
+    return True
+
+
+_drop_stale_cache(_Path(__file__).resolve().parent)
