@@ -9,7 +9,7 @@ argument) are used, so a growing key cache passes its whole buffer without a cop
 decoding; ``m == n`` is ordinary causal attention).
 
 Two fused kernels compute the same attention: ``attend_tiles`` (``tile.attend_tile``:
-32 query rows share every pass over the keys; the fast one from a few dozen rows on) and
+32 query rows share every pass over the keys; used from 16 query rows on) and
 ``attend_rows`` (one query row at a time: cheaper when there are only a few rows, as in
 decoding). Rows (tiles of rows) are dealt to C worker chunks round-robin (which balances
 the causal triangle); each chunk owns one slice of every workspace, all passed in by the
@@ -80,8 +80,8 @@ def attend_tiles(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale,
     decay = level_decay(two_scale, d)
     for c in prange(chunks):
         _tiles_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, decay,
-                     causal, last_stage, out, lev_ws[c], q_ws[c], limit_ws[c], st_ws[c], u16_ws[c],
-                     picks_ws[c], weight_ws[c], total_ws[c], acc_ws[c])
+                     causal, last_stage, out, lev_ws[c], q_ws[c], limit_ws[c], st_ws[c],
+                     u16_ws[c], picks_ws[c], weight_ws[c], total_ws[c], acc_ws[c])
 
 
 @njit(cache=True, fastmath=_VALUE_SUM_MATH)

@@ -1,6 +1,6 @@
 """The tile kernel: HAD attention of 32 query rows of one (batch, head) at a time.
 
-The row kernel (``fused._attend_rows``) selects and sums one query row at a time; per
+The row kernel (``fused.attend_rows``) selects and sums one query row at a time; per
 survivor it walks a bit mask and gathers a 256-byte value row from L2, which is most of
 its time. Here the 32 rows of a tile share every pass over the keys, key-major:
 
@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit
 
 from hadref.kernels import simd
+from hadref.kernels.softmax_av import finish, level_weights
 
 LANES = simd.LANES
 BLOCK = simd.BLOCK
@@ -194,9 +195,8 @@ def attend_tile(q_bits, k_bits, v, valid, valid_before, i0, rows, m, n, d, top_n
             thr = st[_LO, r]
             u16[_THRESHOLD, r] = thr
             st[_TIES, r] = n_eff - st[_BELOW, r]
-            top = np.int64(u16[_TOP, r])  # the row's best level: the softmax's shift
-            for lv in range(top, thr + 1):
-                weight[r, lv] = decay[lv - top]
+            # the row's best level is the softmax's shift
+            level_weights(n_eff, np.int64(u16[_TOP, r]), thr, decay, weight[r])
             guess = thr
         else:
             u16[_THRESHOLD, r] = 0  # nothing is below level 0 and no tie place is left
@@ -219,11 +219,5 @@ def attend_tile(q_bits, k_bits, v, valid, valid_before, i0, rows, m, n, d, top_n
     if last_stage == 2:
         return guess
     for r in range(rows):
-        if st[_N_EFF, r] == 0:
-            for c in range(dv):
-                out[r, c] = 0.0
-        else:
-            inv = 1.0 / total[r]
-            for c in range(dv):
-                out[r, c] = acc[r, c] * inv
+        finish(acc[r], total[r], st[_N_EFF, r], out[r])
     return guess
