@@ -113,9 +113,7 @@ def _thresholds(lev, stop, d, guess, st, u16):
             st[_MODE, r] = _GUESS
             searching += 1
         else:
-            st[_MODE, r] = _DONE
-            st[_LO, r] = 0
-            st[_BELOW, r] = 0
+            st[_MODE, r] = _DONE  # lo and below are not read for such a lane
     while searching > 0:
         _count(lev, stop, u16[_PROBE], st[_COUNT])
         searching = 0
@@ -205,12 +203,14 @@ def attend_tile(q_bits, k_bits, v, valid, valid_before, i0, rows, m, n, d, top_n
         for r in range(LANES):
             lev[j, r] = _PAD_LEVEL
     for start in range(0, stop, BLOCK):
-        # tie places in 16-bit lanes: at most a block's worth at a time
+        # tie places in 16-bit lanes: hand out at most a block's worth, take back the rest
         for r in range(LANES):
-            u16[_TIES_BLOCK, r] = min(st[_TIES, r], BLOCK)
+            lent = min(st[_TIES, r], BLOCK)
+            st[_TIES, r] -= lent
+            u16[_TIES_BLOCK, r] = lent
         simd.select_block(lev, start, u16[_THRESHOLD], u16[_TIES_BLOCK], picks)
         for r in range(LANES):
-            st[_TIES, r] -= min(st[_TIES, r], BLOCK) - u16[_TIES_BLOCK, r]
+            st[_TIES, r] += u16[_TIES_BLOCK, r]
         if last_stage == 2:
             continue
         for r in range(rows):
