@@ -32,17 +32,17 @@ from pathlib import Path
 
 import numpy as np
 
-from hadref import _fused
-from hadref._memory import keep_freed_memory
-from hadref.layers.losses import softmax_cross_entropy
-from hadref.optim import Adam
+from hadref.engine import elementwise
+from hadref.train.memory import keep_freed_memory
+from hadref.engine.layers.losses import softmax_cross_entropy
+from hadref.engine.optim import Adam
 
 PYTORCH_MS = {"train B16 T64": 620.0, "train B16 T256": 3500.0, "forward B32 T128": 660.0}
 SHAPES = [("train B16 T64", True, 16, 64), ("train B16 T256", True, 16, 256),
           ("forward B32 T128", False, 32, 128)]
 
 
-# --- the plain-NumPy kernels (same signatures as hadref._fused) ---------------------------
+# --- the plain-NumPy kernels (same signatures as hadref.engine.elementwise) ---------------------------
 
 def _np_layernorm_forward(x, gamma, beta, eps, out, mean, rstd):
     mu = x.mean(axis=1)
@@ -116,7 +116,7 @@ _PLAIN = {name[4:]: fn for name, fn in globals().items() if name.startswith("_np
 
 @contextmanager
 def plain_numpy():
-    """Swap hadref._fused's kernels for the plain-NumPy ones (same engine otherwise)."""
+    """Swap hadref.engine.elementwise's kernels for the plain-NumPy ones (same engine otherwise)."""
     saved = {name: getattr(_fused, name) for name in _PLAIN}
     for name, fn in _PLAIN.items():
         setattr(_fused, name, fn)
@@ -130,7 +130,7 @@ def plain_numpy():
 # --- the steps --------------------------------------------------------------------------------
 
 def make_model(path):
-    from hadref.io import load, read_pretrained
+    from hadref.engine.io import load, read_pretrained
 
     model = load(path) if path else read_pretrained("minilm")
     if model.num_labels is None:
@@ -206,7 +206,7 @@ def main(argv=None):
                              "else runs on the machine")
     parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
                         help="keep (default, as hadref finetune/distill do): glibc keeps freed "
-                             "arrays for reuse instead of unmapping them (hadref._memory); "
+                             "arrays for reuse instead of unmapping them (hadref.train.memory); "
                              "default: glibc's own thresholds, every large array page-faults")
     parser.add_argument("--json", help="write the results here as JSON")
     args = parser.parse_args(argv)

@@ -71,7 +71,7 @@ class _Stages:
     one at a time at 16384); the fused path holds none."""
 
     def __init__(self, q, k, v, top_n):
-        from hadref import hamming
+        from hadref.had import attention as hamming
 
         self._h = hamming
         self.lead, (self.n, self.d), self.dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
@@ -98,7 +98,7 @@ class _Stages:
         self.two_scale = hamming._two_scale(1.0, 1.0, self.d)
 
     def pack(self):
-        from hadref.kernels.pack import pack_rows
+        from hadref.had.kernels.pack import pack_rows
 
         pack_rows(self.q.reshape(-1, self.d), self.q_bits.reshape(-1, self.q_bits.shape[-1]))
         pack_rows(self.k.reshape(-1, self.d), self.k_bits.reshape(-1, self.k_bits.shape[-1]))
@@ -117,7 +117,7 @@ class _Stages:
 
     def topn_and_av(self):
         """Both remaining stages, groups in batches; returns (topn seconds, av seconds)."""
-        from hadref.kernels import fused
+        from hadref.had.kernels import fused
 
         t_topn = t_av = 0.0
         for g in range(0, self.q.shape[0], self.per_call):
@@ -138,7 +138,7 @@ class _Stages:
 
 def _recall(q, k, top_n, rows_per_head, rng):
     """Mean |float top-N set & HAD top-N set| / N over sampled rows of every head."""
-    from hadref import hamming
+    from hadref.had import attention as hamming
 
     lead, (n, d) = q.shape[:-2], q.shape[-2:]
     qf, kf = q.reshape(-1, n, d), k.reshape(-1, n, d)
@@ -170,7 +170,7 @@ def run_bench(seq: int, heads: int = 12, dim: int = 64, top_n: int | None = None
               batch: int = 1, repeat: int = 5, recall_rows: int = 256, seed: int = 0,
               progress=None) -> dict:
     """Measure one sequence length; returns a dict of the figures (ms, bytes, ratios)."""
-    from hadref import hamming
+    from hadref.had import attention as hamming
 
     n_sel = default_top_n(seq) if top_n is None else top_n
     rng = np.random.default_rng(seed)

@@ -24,7 +24,7 @@ def convert(src, out, heads):
     Example:
       hadref convert minilm -o weights/minilm.h5
     """
-    from hadref.io import convert as _convert, describe
+    from hadref.engine.io import convert as _convert, describe
 
     path = _convert(src, out, num_heads=heads)
     info = describe(path)
@@ -40,7 +40,7 @@ def convert(src, out, heads):
 @click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON object.")
 def info(file, as_json):
     """Show what a hadref model FILE holds: config, parameter count, head, HAD metadata."""
-    from hadref.io import describe
+    from hadref.engine.io import describe
 
     data = describe(file)
     if as_json:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from hadref._memory import keep_freed_memory
+from hadref.train.memory import keep_freed_memory
 from hadref.errors import HadrefError
 
 
@@ -50,7 +50,7 @@ def _run_options(f):
 
 
 def _load_model(path, what="model"):
-    from hadref.io import load
+    from hadref.engine.io import load
 
     if not Path(path).is_file():
         raise HadrefError(f"{what} file not found: {path}")
@@ -103,7 +103,7 @@ def _side_paths(out, log_path, ckpt_path):
 
 
 def _progress(quiet, label):
-    from hadref.distill.progress import Progress
+    from hadref.train.progress import Progress
 
     return Progress(total=0, enabled=not quiet, label=label)
 
@@ -116,7 +116,7 @@ def _fmt(metrics_: dict) -> str:
 
 def _finetune_options(f, prefix=""):
     """The fine-tuning settings (prefix 'ft-' inside distill)."""
-    from hadref.finetune import FinetuneSettings as S
+    from hadref.train.finetune import FinetuneSettings as S
 
     p = prefix
     opts = [
@@ -150,9 +150,9 @@ def _teacher_finetune_options(f):
 
 def _run_finetune(model, task, train, dev, settings, out, log_path, ckpt_path,
                   checkpoint_every, resume, quiet, eval_every=0):
-    from hadref.distill.progress import JsonLog
-    from hadref.finetune import ensure_head, finetune as _finetune
-    from hadref.io import save
+    from hadref.train.progress import JsonLog
+    from hadref.train.finetune import ensure_head, finetune as _finetune
+    from hadref.engine.io import save
 
     added = ensure_head(model, task, seed=settings.seed)
     log = JsonLog(log_path, append=resume)
@@ -202,9 +202,9 @@ def finetune(model_path, task, out, max_len, epochs, steps, lr, batch_size, weig
       hadref finetune weights/bert.h5 --task sst2 -o weights/bert-sst2.h5
     """
     from hadref.data import get_task
-    from hadref.finetune import FinetuneSettings
+    from hadref.train.finetune import FinetuneSettings
 
-    keep_freed_memory()   # a training process: reuse freed arrays (see hadref._memory)
+    keep_freed_memory()   # a training process: reuse freed arrays (see hadref.train.memory)
     t = get_task(task)
     out = Path(out) if out else _default_out(model_path, t.name)
     log_path, ckpt_path = _side_paths(out, log_path, ckpt_path)
@@ -299,13 +299,13 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
       hadref distill weights/bert.h5 --task sst2 --schedule quick
     """
     from hadref.data import get_task
-    from hadref.distill.evaluation import evaluate
-    from hadref.distill.progress import JsonLog
+    from hadref.train.evaluation import evaluate
+    from hadref.train.progress import JsonLog
     from hadref.distill.trainer import SCHEDULES, DistillSettings, distill as _distill
-    from hadref.finetune import FinetuneSettings
-    from hadref.io import save
+    from hadref.train.finetune import FinetuneSettings
+    from hadref.engine.io import save
 
-    keep_freed_memory()   # a training process: reuse freed arrays (see hadref._memory)
+    keep_freed_memory()   # a training process: reuse freed arrays (see hadref.train.memory)
     t = get_task(task)
     preset = {**SCHEDULES[schedule], "max_len": 128 if schedule == "paper" else 64}
     settings = DistillSettings(
@@ -409,9 +409,9 @@ def evaluate(model_path, task, max_len, batch_size, check, as_json, data_dir, sk
     """
     import numpy as np
 
-    from hadref import metrics
+    from hadref.train import metrics
     from hadref.data import get_task
-    from hadref.distill.evaluation import predict
+    from hadref.train.evaluation import predict
 
     t = get_task(task)
     model = _load_model(model_path)
@@ -439,7 +439,7 @@ def evaluate(model_path, task, max_len, batch_size, check, as_json, data_dir, sk
         result["metrics"].update({k + suffix: v for k, v in values.items()})
         result["examples"][name] = len(dev)
         if check:
-            from hadref.had_core import HADAttentionCore
+            from hadref.had.core import HADAttentionCore
 
             packed = model.attention_core
             model.attention_core = HADAttentionCore(packed.sigma_q, packed.sigma_k, packed.top_n,

@@ -25,15 +25,15 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _PUBLIC = {
     "HadrefError": "hadref.errors",
-    "BertConfig": "hadref.config",
-    "BertModel": "hadref.model",
-    "load": "hadref.io",
-    "save": "hadref.io",
-    "pack_signs": "hadref.hamming",
-    "hamming_topn": "hadref.hamming",
-    "had_attention": "hadref.hamming",
-    "float_attention": "hadref.hamming",
-    "PackedKeyCache": "hadref.hamming",
+    "BertConfig": "hadref.engine.config",
+    "BertModel": "hadref.engine.bert",
+    "load": "hadref.engine.io",
+    "save": "hadref.engine.io",
+    "pack_signs": "hadref.had.attention",
+    "hamming_topn": "hadref.had.attention",
+    "had_attention": "hadref.had.attention",
+    "float_attention": "hadref.had.attention",
+    "PackedKeyCache": "hadref.had.cache",
 }
 
 __all__ = sorted(_PUBLIC)

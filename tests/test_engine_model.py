@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from hadref.config import BertConfig
+from hadref.engine.config import BertConfig
 from hadref.errors import HadrefError
-from hadref.layers.attention import FloatAttentionCore
-from hadref.model import BertModel, expected_shapes
+from hadref.engine.layers.attention import FloatAttentionCore
+from hadref.engine.bert import BertModel, expected_shapes
 
 from gradcheck import central_differences, pick_entries
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from hadref.errors import HadrefError
-from hadref.optim import Adam, clip_grad_norm, global_norm
+from hadref.engine.optim import Adam, clip_grad_norm, global_norm
 
 
 def reference_adam(p, grads, lr, b1, b2, eps, wd):
@@ -98,6 +98,6 @@ def test_clip_rejects_non_finite():
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator setting is glibc's")
 def test_keep_freed_memory_takes_effect_on_glibc():
-    from hadref._memory import keep_freed_memory
+    from hadref.train.memory import keep_freed_memory
 
     assert keep_freed_memory() is True

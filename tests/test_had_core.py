@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import hadref
-from hadref.binarize import sign_pm1
+from hadref.had.binarize import sign_pm1
 from hadref.errors import HadrefError
-from hadref.had_core import HADAttentionCore
-from hadref.topn import topn_mask
+from hadref.had.core import HADAttentionCore
+from hadref.had.topn import topn_mask
 
 from gradcheck import assert_gradient
 

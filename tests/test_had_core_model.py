@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import hadref
-from hadref.config import BertConfig
-from hadref.had_core import HADAttentionCore
-from hadref.model import BertModel
+from hadref.engine.config import BertConfig
+from hadref.had.core import HADAttentionCore
+from hadref.engine.bert import BertModel
 
 from gradcheck import assert_gradient, pick_entries
 

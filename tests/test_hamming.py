@@ -57,7 +57,7 @@ def _dense_reference(q, k, v, valid, causal=False):
 @contextlib.contextmanager
 def _kernel(name):
     """Force one of the two fused kernels: "tiles" (32 rows at a time) or "rows"."""
-    import hadref.hamming as hamming
+    import hadref.had.attention as hamming
 
     saved = hamming._TILE_MIN_ROWS
     hamming._TILE_MIN_ROWS = 1 if name == "tiles" else 10**9
@@ -220,7 +220,7 @@ def test_bad_input_raises_hadref_error():
 @pytest.mark.parametrize("tile_rows", [1, 3, 32])
 def test_row_kernel_value_blocks_and_row_tiles_do_not_change_the_result(monkeypatch, tile_rows):
     # row kernel: tiny V blocks (8 keys) and tiles of a few rows, every boundary case
-    import hadref.hamming as hamming
+    import hadref.had.attention as hamming
 
     monkeypatch.setattr(hamming, "_BLOCK_BYTES", 1)
     monkeypatch.setattr(hamming, "_TILE_ROWS", tile_rows)

@@ -13,10 +13,10 @@ from safetensors.numpy import save_file
 
 import hadref
 from hadref.cli import main
-from hadref.config import BertConfig
+from hadref.engine.config import BertConfig
 from hadref.errors import HadrefError
-from hadref.io import convert, describe, load, save
-from hadref.model import BertModel
+from hadref.engine.io import convert, describe, load, save
+from hadref.engine.bert import BertModel
 
 CFG = BertConfig(vocab_size=13, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=6, max_position_embeddings=10)
@@ -53,9 +53,9 @@ def test_had_group_round_trips_and_installs_the_inference_core(tmp_path, model, 
             made.append((list(sigma_q), list(sigma_k), top_n))
             return cls()
 
-    fake = types.ModuleType("hadref.had_core")
+    fake = types.ModuleType("hadref.had.core")
     fake.HADAttentionCore = FakeCore
-    monkeypatch.setitem(sys.modules, "hadref.had_core", fake)
+    monkeypatch.setitem(sys.modules, "hadref.had.core", fake)
     back = load(tmp_path / "had.h5")
     assert isinstance(back.attention_core, FakeCore)
     assert made == [([1.5, 2.0], [0.5, 0.25], 3)]
@@ -68,7 +68,7 @@ def test_had_group_round_trips_and_installs_the_inference_core(tmp_path, model, 
 
 def test_had_file_without_had_core_is_a_clear_error(tmp_path, model, monkeypatch):
     save(model, tmp_path / "had.h5", had=HAD)
-    monkeypatch.setitem(sys.modules, "hadref.had_core", None)  # import raises ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "hadref.had.core", None)  # import raises ModuleNotFoundError
     with pytest.raises(Exception) as info:
         load(tmp_path / "had.h5")
     # with sys.modules[name] = None the import error's .name is set: we get our message
@@ -226,7 +226,7 @@ def test_public_names():
 
 
 def test_had_file_loads_with_the_real_had_core(tmp_path, model):
-    had_core = pytest.importorskip("hadref.had_core", reason="hadref.had_core not built yet")
+    had_core = pytest.importorskip("hadref.had.core", reason="hadref.had.core not built yet")
     save(model, tmp_path / "had.h5", had=HAD)
     back = load(tmp_path / "had.h5")
     assert isinstance(back.attention_core, had_core.HADAttentionCore)

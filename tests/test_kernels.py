@@ -8,8 +8,8 @@ from numba import njit
 
 import hadref
 from hadref.errors import HadrefError
-from hadref.kernels.popcount import ctpop64
-from hadref.kernels.select import _count_at_most
+from hadref.had.kernels.popcount import ctpop64
+from hadref.had.kernels.select import _count_at_most
 
 
 def _signs(x):
@@ -177,7 +177,7 @@ def test_counting_pass_is_exact_across_int16_blocks(limit):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_count_nonfinite_rows(dtype):
-    from hadref.kernels.finite import count_nonfinite_rows
+    from hadref.had.kernels.finite import count_nonfinite_rows
 
     info = np.finfo(dtype)
     x = np.zeros((7, 5), dtype)
@@ -193,7 +193,7 @@ def test_count_nonfinite_rows(dtype):
 
 
 def test_stale_numba_cache_is_dropped_when_any_kernel_source_changes(tmp_path):
-    from hadref.kernels import _drop_stale_cache
+    from hadref.had.kernels import _drop_stale_cache
 
     (tmp_path / "helper.py").write_text("X = 1\n")
     (tmp_path / "caller.py").write_text("Y = 2\n")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hadref import metrics
+from hadref.train import metrics
 from hadref.errors import HadrefError
 
 

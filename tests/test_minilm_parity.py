@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import hadref
-from hadref.io import load, save
+from hadref.engine.io import load, save
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +64,8 @@ def test_convert_load_save_load_is_bit_identical(minilm_h5, minilm, tmp_path):
 
 def test_classifier_training_step_lowers_the_loss(minilm):
     """One real-size fwd+bwd+Adam step on MiniLM with a fresh head reduces the loss."""
-    from hadref.layers.losses import softmax_cross_entropy
-    from hadref.optim import Adam, clip_grad_norm
+    from hadref.engine.layers.losses import softmax_cross_entropy
+    from hadref.engine.optim import Adam, clip_grad_norm
 
     model = minilm.copy()
     model.add_classifier(2, seed=0)

@@ -1,11 +1,11 @@
-"""The tile kernel's 32-lane IR primitives (hadref.kernels.simd) against NumPy references."""
+"""The tile kernel's 32-lane IR primitives (hadref.had.kernels.simd) against NumPy references."""
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-from hadref.kernels import simd
+from hadref.had.kernels import simd
 
 LANES = simd.LANES
 

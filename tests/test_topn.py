@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hadref.errors import HadrefError
-from hadref.topn import topn_attention_backward, topn_attention_forward, topn_mask
+from hadref.had.topn import topn_attention_backward, topn_attention_forward, topn_mask
 
 from gradcheck import assert_gradient
 

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 import hadref
 from hadref.cli import main
-from hadref.config import BertConfig
-from hadref.model import BertModel
-from hadref.tokenizer import Tokenizer
+from hadref.engine.config import BertConfig
+from hadref.engine.bert import BertModel
+from hadref.engine.tokenizer import Tokenizer
 
 _DISTILL_FAST = ["--gamma", "0.5", "--stage3-steps", "2", "--stage4-steps", "2",
                  "--sigma-batches", "2", "--top-n", "6", "--max-len", "24", "--quiet"]

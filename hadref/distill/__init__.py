@@ -2,7 +2,6 @@
 
 :mod:`.trainer` (``distill``, ``DistillSettings``: the four stages), :mod:`.losses`
 (attention and output distillation with their gradients), :mod:`.schedule` (c and the
-stage plan), :mod:`.sigma` (standardization coefficients), :mod:`.loop` (steps,
-checkpoints, resume), :mod:`.checkpoint`, :mod:`.progress`, :mod:`.evaluation`.
-Teacher fine-tuning is :mod:`hadref.finetune`.
+stage plan), :mod:`.sigma` (standardization coefficients). The generic training loop,
+checkpoints, progress and evaluation are in :mod:`hadref.train`.
 """

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hadref.layers.losses import mse
+from hadref.engine.layers.losses import mse
 
 
 def _masked_log_softmax(scores: np.ndarray, key_mask: np.ndarray) -> np.ndarray:

@@ -26,13 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from hadref.data.batching import BatchStream
-from hadref.distill.evaluation import evaluate
+from hadref.train.evaluation import evaluate
 from hadref.distill.losses import attention_kl, output_loss
-from hadref.distill.loop import TrainLoop, dropout_scope
+from hadref.train.loop import TrainLoop, dropout_scope
 from hadref.distill.schedule import Schedule
 from hadref.distill.sigma import estimate_sigma
 from hadref.errors import HadrefError
-from hadref.optim import Adam, clip_grad_norm
+from hadref.engine.optim import Adam, clip_grad_norm
 
 # gamma of the quick schedule: stages 1 + 2 (c from 5 to 0.05) in 1,500 minibatches
 QUICK_GAMMA = math.exp(-(math.log(5.0) + math.log(20.0)) / 1500)
@@ -110,7 +110,7 @@ class DistillSettings:
 
 
 def _had_core(sigma_q, sigma_k, settings: DistillSettings, stage: str = "tanh1", c: float = 5.0):
-    from hadref.had_core import HADAttentionCore
+    from hadref.had.core import HADAttentionCore
 
     return HADAttentionCore(sigma_q, sigma_k, settings.effective_top_n, stage=stage, c=c,
                             ste_t=settings.ste_t)
@@ -126,7 +126,7 @@ def had_metadata(sigma_q, sigma_k, settings: DistillSettings, stage_reached: int
 
 
 def _inference_core(sigma_q, sigma_k, settings: DistillSettings):
-    from hadref.had_core import HADAttentionCore
+    from hadref.had.core import HADAttentionCore
 
     return HADAttentionCore.for_inference(sigma_q, sigma_k, settings.effective_top_n)
 

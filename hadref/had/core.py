@@ -3,16 +3,16 @@
 The engine hands each layer's ``q, k, v`` (B, h, T, d) (after bias, before scaling) to
 ``core.forward(q, k, v, key_mask, layer, need_scores)`` (``docs/design.md``, "The
 attention hook"). This core binarizes q and k with the layer's ``sigma_q``, ``sigma_k``
-according to the stage (:mod:`hadref.binarize`), forms ``scores = Q_t K_t^T / sqrt(d)``,
+according to the stage (:mod:`hadref.had.binarize`), forms ``scores = Q_t K_t^T / sqrt(d)``,
 keeps the top-N valid keys of each query row and runs the softmax and value sum over them
-(:mod:`hadref.topn`). ``backward`` returns ``(dq, dk, dv)`` and accepts the gradient of the
+(:mod:`hadref.had.topn`). ``backward`` returns ``(dq, dk, dv)`` and accepts the gradient of the
 distillation loss with respect to ``aux['scores']`` (the transformed logits *before* the
 top-N mask, where the attention KL is taken: ``../shared/HAD.md``, "Losses").
 
 In stages ``ste`` and ``hard`` the logits are ``sigma_q sigma_k (sign(q) . sign(k)) /
 sqrt(d)`` with the integer dot product formed exactly, so ties are exact and the selected
 set is the packed kernels' set. ``for_inference`` builds a ``hard`` core whose forward
-runs on packed bits (:mod:`hadref.hamming`) and equals the training path's forward.
+runs on packed bits (:mod:`hadref.had.attention`) and equals the training path's forward.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import math
 
 import numpy as np
 
-from hadref import hamming
-from hadref.binarize import (STAGES, binarize_backward, binarize_forward, check_positive,
+from hadref.had import attention as hamming
+from hadref.had.binarize import (STAGES, binarize_backward, binarize_forward, check_positive,
                              check_stage, sign_pm1)
 from hadref.errors import HadrefError
-from hadref.topn import topn_attention_backward, topn_attention_forward
+from hadref.had.topn import topn_attention_backward, topn_attention_forward
 
 
 def _sigmas(values, name: str) -> np.ndarray:

@@ -5,7 +5,7 @@ Parameters: ``pooler.dense.weight`` (H, H), ``pooler.dense.bias`` (H,).
 
 import numpy as np
 
-from hadref.layers.linear import linear_backward, linear_forward
+from hadref.engine.layers.linear import linear_backward, linear_forward
 
 WEIGHT = "pooler.dense.weight"
 BIAS = "pooler.dense.bias"

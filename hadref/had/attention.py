@@ -24,12 +24,12 @@ import numba
 import numpy as np
 
 from hadref.errors import HadrefError
-from hadref.kernels import fused as _fused
-from hadref.kernels.finite import count_nonfinite_rows as _count_nonfinite_rows
-from hadref.kernels import tile as _tile
-from hadref.kernels.pack import pack_rows as _pack_rows
+from hadref.had.kernels import fused as _fused
+from hadref.had.kernels.finite import count_nonfinite_rows as _count_nonfinite_rows
+from hadref.had.kernels import tile as _tile
+from hadref.had.kernels.pack import pack_rows as _pack_rows
 
-__all__ = ["pack_signs", "hamming_topn", "had_attention", "float_attention", "PackedKeyCache"]
+__all__ = ["pack_signs", "hamming_topn", "had_attention", "float_attention"]
 
 _FLOATS = (np.float32, np.float64)
 _MAX_D = 32766  # popcount levels are stored as int16
@@ -331,107 +331,3 @@ def float_attention(q, k, v, key_mask=None, causal=False):
         s /= total
         np.matmul(s, vf[g], out=out[g])
     return out.reshape(*lead, m, dv)
-
-
-class PackedKeyCache:
-    """Packed keys (and their values) kept across queries: pack once, query many times.
-
-    The decode-style use: keys are packed as they arrive (``append``) and every new query
-    attends over the whole cache without touching float keys again. Key storage is
-    ``ceil(d/64) * 8`` bytes per token and head instead of ``4 d`` for float32 keys.
-
-    k: (..., n, d), v: (..., n, dv) float; key_mask: bool broadcastable to (..., n);
-    sigma_k: the layer's key coefficient (> 0).
-
-    >>> cache = hadref.PackedKeyCache(k, v)
-    >>> cache.append(k_new, v_new)                  # (..., t, d), (..., t, dv)
-    >>> o = cache.attend(q_new, top_n=30)           # (..., m, dv)
-    """
-
-    def __init__(self, k, v, key_mask=None, sigma_k: float = 1.0):
-        k = _as_float(k, "k")
-        v = _as_float(v, "v")
-        if k.shape[:-2] != v.shape[:-2] or k.shape[-2] != v.shape[-2]:
-            raise HadrefError(f"v: expected shape (..., {k.shape[-2]}, dv) matching k "
-                              f"{k.shape}, got {v.shape}")
-        self.d = _check_d(k.shape[-1])
-        self.sigma_k = _check_sigma(sigma_k, "sigma_k")
-        self.lead = k.shape[:-2]
-        self.dv = v.shape[-1]
-        self._groups = int(np.prod(self.lead, dtype=np.int64))
-        self._words = (self.d + 63) // 64
-        self._n = 0
-        capacity = k.shape[-2]
-        self._bits = np.empty((self._groups, capacity, self._words), np.uint64)
-        self._v = np.empty((self._groups, capacity, self.dv), v.dtype)
-        self._valid = np.empty((self._groups, capacity), np.bool_)
-        self.append(k, v, key_mask)
-
-    @property
-    def n_keys(self) -> int:
-        """Tokens held."""
-        return self._n
-
-    @property
-    def key_bytes_per_token(self) -> int:
-        """Bytes of packed keys per token, over all leading dims (heads)."""
-        return self._groups * self._words * 8
-
-    def _grow(self, need: int) -> None:
-        capacity = self._bits.shape[1]
-        if need <= capacity:
-            return
-        capacity = max(need, 2 * capacity)
-        for name in ("_bits", "_v", "_valid"):
-            old = getattr(self, name)
-            new = np.empty((old.shape[0], capacity, *old.shape[2:]), old.dtype)
-            new[:, : self._n] = old[:, : self._n]
-            setattr(self, name, new)
-
-    def append(self, k, v, key_mask=None) -> None:
-        """Pack and add t new keys: k (..., t, d), v (..., t, dv) with the cache's leading dims."""
-        k = _as_float(k, "k")
-        v = _as_float(v, "v")
-        if k.shape[:-2] != self.lead or k.shape[-1] != self.d:
-            raise HadrefError(f"k: expected shape {(*self.lead, 't', self.d)}, got {k.shape}")
-        if v.shape != (*k.shape[:-1], self.dv):
-            raise HadrefError(f"v: expected shape {(*k.shape[:-1], self.dv)}, got {v.shape}")
-        t = k.shape[-2]
-        self._grow(self._n + t)
-        sl = slice(self._n, self._n + t)
-        self._bits[:, sl] = _pack(k).reshape(self._groups, t, self._words)
-        self._v[:, sl] = v.reshape(self._groups, t, self.dv)
-        self._valid[:, sl] = _key_valid(key_mask, self.lead, t)
-        self._n += t
-
-    def topn(self, q, top_n, causal=False):
-        """:func:`hamming_topn` of float queries (..., m, d) against the cached keys."""
-        q = self._check_q(q)
-        top_n = _check_top_n(top_n)
-        m, n = q.shape[-2], self._n
-        idx, lev, _ = _topn_groups(_pack(q).reshape(self._groups, m, self._words),
-                                   self._bits, self._valid, n, self.d, top_n, causal)
-        scores = self.d - 2 * lev.astype(np.int32)
-        scores[idx < 0] = -(self.d + 1)
-        return idx.reshape(*self.lead, m, top_n), scores.reshape(*self.lead, m, top_n)
-
-    def attend(self, q, top_n, sigma_q: float = 1.0, causal=False):
-        """HAD attention of queries (..., m, d) over the cached keys and values -> (..., m, dv).
-
-        Same result as ``had_attention(q, K, V, top_n, sigma_q, sigma_k, key_mask, causal)``
-        on everything appended so far.
-        """
-        q = self._check_q(q)
-        top_n = _check_top_n(top_n)
-        sigma_q = _check_sigma(sigma_q, "sigma_q")
-        m, n = q.shape[-2], self._n
-        out = _attend(_pack(q).reshape(self._groups, m, self._words), self._bits,
-                      self._v, self._valid, n, self.d, top_n,
-                      _two_scale(sigma_q, self.sigma_k, self.d), causal)
-        return out.reshape(*self.lead, m, self.dv)
-
-    def _check_q(self, q):
-        q = _as_float(q, "q")
-        if q.shape[:-2] != self.lead or q.shape[-1] != self.d:
-            raise HadrefError(f"q: expected shape {(*self.lead, 'm', self.d)}, got {q.shape}")
-        return q

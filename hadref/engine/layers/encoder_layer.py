@@ -4,10 +4,10 @@
     y = LayerNorm(a + dropout(feedforward(a)))        (output.LayerNorm)
 """
 
-from hadref.layers.attention import self_attention_backward, self_attention_forward
-from hadref.layers.dropout import dropout_backward, dropout_forward
-from hadref.layers.feedforward import feedforward_backward, feedforward_forward
-from hadref.layers.layernorm import layernorm_backward, layernorm_forward
+from hadref.engine.layers.attention import self_attention_backward, self_attention_forward
+from hadref.engine.layers.dropout import dropout_backward, dropout_forward
+from hadref.engine.layers.feedforward import feedforward_backward, feedforward_forward
+from hadref.engine.layers.layernorm import layernorm_backward, layernorm_forward
 
 
 def _ln_names(layer):

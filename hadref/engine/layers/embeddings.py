@@ -7,9 +7,9 @@ Parameters (Hugging Face names): ``embeddings.word_embeddings.weight`` (V, H),
 
 import numpy as np
 
-from hadref import _fused
-from hadref.layers.dropout import dropout_backward, dropout_forward
-from hadref.layers.layernorm import layernorm_backward, layernorm_forward
+from hadref.engine import elementwise
+from hadref.engine.layers.dropout import dropout_backward, dropout_forward
+from hadref.engine.layers.layernorm import layernorm_backward, layernorm_forward
 
 WORD = "embeddings.word_embeddings.weight"
 POSITION = "embeddings.position_embeddings.weight"
@@ -22,7 +22,7 @@ def embeddings_forward(input_ids, token_type_ids, params, eps, dropout_p, rng, t
     """input_ids, token_type_ids (B, T) int64 (already range-checked) -> x (B, T, H)."""
     word = params[WORD]
     summed = np.empty((*input_ids.shape, word.shape[1]), dtype=word.dtype)
-    _fused.embedding_sum(input_ids, token_type_ids, word, params[POSITION],
+    elementwise.embedding_sum(input_ids, token_type_ids, word, params[POSITION],
                          params[TOKEN_TYPE], summed)
     normed, ln_cache = layernorm_forward(summed, params[LN_WEIGHT], params[LN_BIAS], eps)
     out, drop_cache = dropout_forward(normed, dropout_p, rng, train)
@@ -38,10 +38,10 @@ def embeddings_backward(dout, cache):
     rows = np.ascontiguousarray(dsummed.reshape(nb * nt, h))
     # np.zeros (calloc) rather than zeros_like (which writes every page of a 47 MB table)
     dword = np.zeros(params[WORD].shape, params[WORD].dtype)
-    _fused.scatter_add_rows(input_ids.reshape(-1), rows, dword)
+    elementwise.scatter_add_rows(input_ids.reshape(-1), rows, dword)
     dposition = np.zeros_like(params[POSITION])
     dposition[:nt] = dsummed.sum(axis=0)
     dtype_table = np.zeros_like(params[TOKEN_TYPE])
-    _fused.scatter_add_rows(token_type_ids.reshape(-1), rows, dtype_table)
+    elementwise.scatter_add_rows(token_type_ids.reshape(-1), rows, dtype_table)
     return {WORD: dword, POSITION: dposition, TOKEN_TYPE: dtype_table,
             LN_WEIGHT: dgamma, LN_BIAS: dbeta}

@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 
-from hadref.distill.checkpoint import load_checkpoint, save_checkpoint
+from hadref.train.checkpoint import load_checkpoint, save_checkpoint
 from hadref.errors import HadrefError
 
 

@@ -7,8 +7,8 @@ follow belong to the encoder layer.
 
 import numpy as np
 
-from hadref.layers.gelu import gelu_backward, gelu_forward
-from hadref.layers.linear import linear_backward, linear_forward
+from hadref.engine.layers.gelu import gelu_backward, gelu_forward
+from hadref.engine.layers.linear import linear_backward, linear_forward
 
 
 def _names(layer):

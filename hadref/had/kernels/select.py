@@ -12,7 +12,7 @@ order (score descending, index ascending) finds the same set in expected O(n).
 import numpy as np
 from numba import njit, prange
 
-from hadref.kernels.popcount import ctpop64, cttz64
+from hadref.had.kernels.popcount import ctpop64, cttz64
 
 
 _COUNT_BLOCK = 16384  # keys per int16 partial count (< 32768: no overflow)

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hadref.config import BertConfig
+from hadref.engine.config import BertConfig
 from hadref.errors import HadrefError
-from hadref.layers.attention import FloatAttentionCore
-from hadref.layers.classifier import classifier_backward, classifier_forward
-from hadref.layers.embeddings import embeddings_backward, embeddings_forward
-from hadref.layers.encoder_layer import encoder_layer_backward, encoder_layer_forward
-from hadref.layers.pooler import pooler_backward, pooler_forward
+from hadref.engine.layers.attention import FloatAttentionCore
+from hadref.engine.layers.classifier import classifier_backward, classifier_forward
+from hadref.engine.layers.embeddings import embeddings_backward, embeddings_forward
+from hadref.engine.layers.encoder_layer import encoder_layer_backward, encoder_layer_forward
+from hadref.engine.layers.pooler import pooler_backward, pooler_forward
 
 
 @dataclass
@@ -111,7 +111,7 @@ class BertModel:
     module docstring, all of one float dtype (float32 by default; ``astype(np.float64)``
     for gradient checks). ``hadref.load(path)`` is the usual way to get one.
 
-    Attributes: ``config`` (BertConfig), ``params``, ``tokenizer`` (hadref.tokenizer.
+    Attributes: ``config`` (BertConfig), ``params``, ``tokenizer`` (hadref.engine.tokenizer.
     Tokenizer or None), ``attention_core`` (FloatAttentionCore by default; settable),
     ``had`` (the HAD metadata dict of a HAD student file, else None), ``rng`` (the
     generator dropout uses when ``forward(train=True)`` gets no ``rng``).

@@ -75,7 +75,7 @@ class BertConfig:
 
         Hugging Face classification configs carry ``id2label`` rather than ``num_labels``;
         ``num_labels`` is taken from it only when the caller says the head exists
-        (the parameters decide, see :mod:`hadref.io`).
+        (the parameters decide, see :mod:`hadref.engine.io`).
         """
         if not isinstance(data, dict):
             raise HadrefError(f"{where}: expected a JSON object, got {type(data).__name__}")

@@ -2,14 +2,14 @@
 
 import numpy as np
 
-from hadref import _fused
+from hadref.engine import elementwise
 
 
 def gelu_forward(x):
     """x (...) -> y (...) same shape and dtype; cache = x (C-contiguous)."""
     x = np.ascontiguousarray(x)
     out = np.empty_like(x)
-    _fused.gelu_forward(x.reshape(-1), out.reshape(-1))
+    elementwise.gelu_forward(x.reshape(-1), out.reshape(-1))
     return out, x
 
 
@@ -18,5 +18,5 @@ def gelu_backward(dy, cache):
     x = cache
     dy = np.ascontiguousarray(dy)
     dx = np.empty_like(x)
-    _fused.gelu_backward(dy.reshape(-1), x.reshape(-1), dx.reshape(-1))
+    elementwise.gelu_backward(dy.reshape(-1), x.reshape(-1), dx.reshape(-1))
     return dx

@@ -23,10 +23,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from hadref.config import BertConfig
+from hadref.engine.config import BertConfig
 from hadref.errors import HadrefError
-from hadref.model import BertModel, check_params, expected_shapes
-from hadref.tokenizer import Tokenizer
+from hadref.engine.bert import BertModel, check_params, expected_shapes
+from hadref.engine.tokenizer import Tokenizer
 
 FORMAT_VERSION = 1
 _HAD_REQUIRED = ("sigma_q", "sigma_k", "top_n")
@@ -205,12 +205,12 @@ def _read_had(f, path, num_layers) -> dict:
 
 def _had_inference_core(had: dict, path):
     try:
-        from hadref.had_core import HADAttentionCore
+        from hadref.had.core import HADAttentionCore
     except ModuleNotFoundError as err:
-        if err.name != "hadref.had_core":
+        if err.name != "hadref.had.core":
             raise
         raise HadrefError(f"{path}: holds a 'had' group (a HAD student) but this installation "
-                          "has no hadref.had_core to run it") from None
+                          "has no hadref.had.core to run it") from None
     return HADAttentionCore.for_inference(had["sigma_q"], had["sigma_k"], had["top_n"])
 
 

@@ -6,7 +6,7 @@ index, ``N_eff = min(N, valid keys)``), the softmax runs over the survivors only
 ``ctx = P V``. The selected index set is a constant in backward: gradients reach the kept
 scores only. A row without any valid key gives zero probabilities and a zero context.
 
-The selection is a Numba partial select (``hadref.kernels.select.float_topn_mask``,
+The selection is a Numba partial select (``hadref.had.kernels.select.float_topn_mask``,
 quickselect under the order (score descending, index ascending)), not a full sort.
 """
 
@@ -16,8 +16,8 @@ import numba
 import numpy as np
 
 from hadref.errors import HadrefError
-from hadref.hamming import _check_top_n
-from hadref.kernels.select import float_topn_mask, float_topn_softmax
+from hadref.had.attention import _check_top_n
+from hadref.had.kernels.select import float_topn_mask, float_topn_softmax
 
 
 def _rows(scores, key_valid, top_n):

@@ -2,7 +2,7 @@
 
 The layer projects x to q, k, v (B, h, T, d) (after bias, before any scaling) and hands
 them to an *attention core*; the default core, :class:`FloatAttentionCore`, computes
-softmax(q k^T / sqrt(d)) v with the padding mask. ``hadref.had_core.HADAttentionCore``
+softmax(q k^T / sqrt(d)) v with the padding mask. ``hadref.had.core.HADAttentionCore``
 plugs in the same way (``model.attention_core = core``).
 
 Parameters (Hugging Face names) under ``encoder.layer.{i}.attention.``:
@@ -15,9 +15,9 @@ import math
 
 import numpy as np
 
-from hadref import _fused
-from hadref.layers.dropout import draw_mask
-from hadref.layers.linear import linear_backward, linear_forward
+from hadref.engine import elementwise
+from hadref.engine.layers.dropout import draw_mask
+from hadref.engine.layers.linear import linear_backward, linear_forward
 
 
 class FloatAttentionCore:
@@ -67,14 +67,14 @@ class FloatAttentionCore:
         probs = np.empty_like(scores)
         mask = draw_mask(dropout[0], dropout[1], probs.size) if dropout is not None else None
         if mask is None:
-            _fused.masked_softmax(scores, key_mask, probs)
+            elementwise.masked_softmax(scores, key_mask, probs)
             used = probs
         else:
             # the dropped probabilities overwrite the scores row by row (or, when the
             # scores are returned, go to the scratch buffer)
             used = self._scratch(shape, q.dtype) if need_scores else scores
             key1, key2, threshold, drop_scale = mask
-            _fused.masked_softmax_dropout(scores, key_mask, key1, key2, threshold,
+            elementwise.masked_softmax_dropout(scores, key_mask, key1, key2, threshold,
                                           probs.dtype.type(drop_scale), probs, used)
         # ctx in the (B, T, h, d) layout the output dense reads: a (B, h, T, d) view
         nb, nh, nt, d = q.shape
@@ -105,16 +105,16 @@ class FloatAttentionCore:
             used = probs
         else:  # the forward's dropped probabilities, recomputed (same kernel arithmetic)
             key1, key2, threshold, drop_scale = mask
-            _fused.dropout_apply(probs.reshape(-1), key1, key2, threshold,
+            elementwise.dropout_apply(probs.reshape(-1), key1, key2, threshold,
                                  probs.dtype.type(drop_scale), work.reshape(-1))
             used = work
         np.matmul(used.swapaxes(-1, -2), dctx, out=dv)
         # gradient w.r.t. the used probs, then in place -> d(scaled scores)
         dprobs = np.matmul(dctx, v.swapaxes(-1, -2), out=work)
         if mask is None:
-            _fused.softmax_backward(probs, dprobs, dprobs)
+            elementwise.softmax_backward(probs, dprobs, dprobs)
         else:
-            _fused.dropout_softmax_backward(probs, dprobs, key1, key2, threshold,
+            elementwise.dropout_softmax_backward(probs, dprobs, key1, key2, threshold,
                                             probs.dtype.type(drop_scale), dprobs)
         if dscores is not None:
             dprobs += dscores
@@ -135,13 +135,13 @@ class FloatAttentionCore:
             key1, key2, threshold, drop_scale = mask
             drop_scale = probs.dtype.type(drop_scale)
             used = np.empty_like(probs)
-            _fused.dropout_rows(probs, key1, key2, threshold, drop_scale, first, nt, used)
+            elementwise.dropout_rows(probs, key1, key2, threshold, drop_scale, first, nt, used)
         np.matmul(used.swapaxes(-1, -2), dctx, out=dv)
         dprobs = np.matmul(dctx, v.swapaxes(-1, -2))
         if mask is None:
-            _fused.softmax_backward(probs, dprobs, dprobs)
+            elementwise.softmax_backward(probs, dprobs, dprobs)
         else:
-            _fused.dropout_softmax_backward(probs, dprobs, key1, key2, threshold, drop_scale,
+            elementwise.dropout_softmax_backward(probs, dprobs, key1, key2, threshold, drop_scale,
                                             dprobs, first, nt)
         dq[...] = 0
         np.matmul(dprobs, k, out=dq[:, :, queries])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hadref import metrics
+from hadref.train import metrics
 from hadref.data.batching import eval_batches
 from hadref.errors import HadrefError
 

@@ -25,8 +25,8 @@ Limits: levels and tie places are 16-bit lanes (d <= 32766, guaranteed by the ca
 import numpy as np
 from numba import njit
 
-from hadref.kernels import simd
-from hadref.kernels.softmax_av import finish, level_weights
+from hadref.had.kernels import simd
+from hadref.had.kernels.softmax_av import finish, level_weights
 
 LANES = simd.LANES
 BLOCK = simd.BLOCK

@@ -3,8 +3,8 @@
 Parameters: ``classifier.weight`` (C, H), ``classifier.bias`` (C,).
 """
 
-from hadref.layers.dropout import dropout_backward, dropout_forward
-from hadref.layers.linear import linear_backward, linear_forward
+from hadref.engine.layers.dropout import dropout_backward, dropout_forward
+from hadref.engine.layers.linear import linear_backward, linear_forward
 
 WEIGHT = "classifier.weight"
 BIAS = "classifier.bias"

@@ -3,7 +3,7 @@ Generator.
 
 Each call draws two 32-bit keys from the given ``numpy.random.Generator``; element i is
 kept when 16 bits of a counter-based hash of (i, keys) are >= ``threshold = round(p *
-65536)`` (hadref._fused._hash16). So the drop probability is ``threshold / 65536``
+65536)`` (hadref.engine.elementwise._hash16). So the drop probability is ``threshold / 65536``
 (within 7.7e-6 of p) and kept values are scaled by the exact ``65536 / (65536 -
 threshold)``, which keeps the layer unbiased. The mask is a pure function of the keys:
 the cache holds the keys and backward recomputes exactly the forward's mask, without
@@ -14,14 +14,14 @@ mask. With ``train=False`` or ``p == 0`` the layer is the identity and the cache
 
 import numpy as np
 
-from hadref import _fused
+from hadref.engine import elementwise
 
 _LEVELS = 65536
 
 
 def draw_mask(p, rng, size):
     """(key1, key2, threshold, scale) of one dropout mask over `size` elements, or None
-    when p rounds to 0 (the keys come from rng; the mask is _fused._hash16 of them)."""
+    when p rounds to 0 (the keys come from rng; the mask is elementwise._hash16 of them)."""
     threshold = int(round(p * _LEVELS))
     if threshold == 0:
         return None
@@ -41,7 +41,7 @@ def dropout_forward(x, p, rng, train):
     key1, key2, threshold, scale = mask
     x = np.ascontiguousarray(x)
     out = np.empty_like(x)
-    _fused.dropout_apply(x.reshape(-1), key1, key2, threshold, x.dtype.type(scale),
+    elementwise.dropout_apply(x.reshape(-1), key1, key2, threshold, x.dtype.type(scale),
                          out.reshape(-1))
     return out, (key1, key2, threshold, scale, x.shape)
 
@@ -53,7 +53,7 @@ def dropout_backward(dy, cache):
     key1, key2, threshold, scale, _ = cache
     dy = np.ascontiguousarray(dy)
     dx = np.empty_like(dy)
-    _fused.dropout_apply(dy.reshape(-1), key1, key2, threshold, dy.dtype.type(scale),
+    elementwise.dropout_apply(dy.reshape(-1), key1, key2, threshold, dy.dtype.type(scale),
                          dx.reshape(-1))
     return dx
 
@@ -62,5 +62,5 @@ def dropout_mask(cache):
     """The boolean keep-mask (shape of the forward's input) a dropout cache stands for."""
     key1, key2, threshold, _, shape = cache
     bits = np.empty(int(np.prod(shape)), dtype=np.uint16)
-    _fused.dropout_bits(bits.size, key1, key2, bits)
+    elementwise.dropout_bits(bits.size, key1, key2, bits)
     return (bits >= threshold).reshape(shape)

@@ -14,13 +14,13 @@ import math
 
 import numpy as np
 
-from hadref import _fused
+from hadref.engine import elementwise
 from hadref.errors import HadrefError
 
 
 def global_norm(grads: dict) -> float:
     """sqrt(sum of squares of every gradient), accumulated in float64."""
-    return math.sqrt(sum(_fused.sum_of_squares(np.ascontiguousarray(g).reshape(-1))
+    return math.sqrt(sum(elementwise.sum_of_squares(np.ascontiguousarray(g).reshape(-1))
                          for g in grads.values()))
 
 
@@ -92,7 +92,7 @@ class Adam:
                 raise HadrefError(f"grads: {name!r} has shape {grad.shape}, "
                                   f"the parameter {param.shape}")
             decay = 0.0 if self.no_decay(name) else self.weight_decay
-            _fused.adam_update(param.reshape(-1),
+            elementwise.adam_update(param.reshape(-1),
                                np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1),
                                self.m[name].reshape(-1), self.v[name].reshape(-1), self.lr,
                                beta1, beta2, self.eps, bias1, bias2, decay)

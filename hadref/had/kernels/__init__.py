@@ -1,7 +1,7 @@
 """Numba kernels of HAD inference on packed sign bits (plain arrays in, plain arrays out).
 
 One small concept per module, as in pynndescent/UMAP; no Python object crosses into jitted
-code. The public, validated entry points are in :mod:`hadref.hamming`; these kernels trust
+code. The public, validated entry points are in :mod:`hadref.had.attention`; these kernels trust
 their inputs (shapes, dtypes, contiguity are checked there).
 
 =================  ===========================================================================

@@ -1,12 +1,12 @@
 """LayerNorm over the last axis: y = (x - mean) / sqrt(var + eps) * gamma + beta.
 
 Forward keeps x, the row means and the reciprocal standard deviations (rstd) for the
-backward; both passes are single fused Numba kernels (hadref._fused).
+backward; both passes are single fused Numba kernels (hadref.engine.elementwise).
 """
 
 import numpy as np
 
-from hadref import _fused
+from hadref.engine import elementwise
 
 
 def layernorm_forward(x, gamma, beta, eps):
@@ -16,7 +16,7 @@ def layernorm_forward(x, gamma, beta, eps):
     out = np.empty_like(x2)
     mean = np.empty(n, dtype=x2.dtype)
     rstd = np.empty(n, dtype=x2.dtype)
-    _fused.layernorm_forward(x2, gamma, beta, float(eps), out, mean, rstd)
+    elementwise.layernorm_forward(x2, gamma, beta, float(eps), out, mean, rstd)
     return out.reshape(x.shape), (x2, mean, rstd, gamma)
 
 
@@ -25,10 +25,10 @@ def layernorm_backward(dy, cache):
     x2, mean, rstd, gamma = cache
     dy2 = np.ascontiguousarray(dy.reshape(x2.shape))
     dx = np.empty_like(x2)
-    chunks = max(1, min(_fused._LN_BWD_CHUNKS, x2.shape[0]))
+    chunks = max(1, min(elementwise._LN_BWD_CHUNKS, x2.shape[0]))
     dgamma_parts = np.zeros((chunks, x2.shape[1]), dtype=np.float64)
     dbeta_parts = np.zeros((chunks, x2.shape[1]), dtype=np.float64)
-    _fused.layernorm_backward(dy2, x2, mean, rstd, gamma, dx, dgamma_parts, dbeta_parts)
+    elementwise.layernorm_backward(dy2, x2, mean, rstd, gamma, dx, dgamma_parts, dbeta_parts)
     dtype = x2.dtype
     return (dx.reshape(dy.shape), dgamma_parts.sum(axis=0).astype(dtype),
             dbeta_parts.sum(axis=0).astype(dtype))
