@@ -14,7 +14,15 @@ HAD attention on plain arrays (Numba kernels on packed sign bits)::
     o = hadref.had_attention(q, k, v, top_n=30)      # (..., n, d) float32
     o_ref = hadref.float_attention(q, k, v)
 
-Names are imported lazily so that ``import hadref`` stays fast and a command pays only for
+Jobs on model files (what ``hadref finetune / distill / evaluate`` run)::
+
+    hadref.run_finetune("weights/bert.h5", "sst2", hadref.FinetuneSettings(max_len=64),
+                        out="weights/teacher.h5")                 # -> {"metrics", "out", ...}
+    s = hadref.DistillSettings.from_schedule("quick", top_n=30)
+    hadref.run_distill("weights/teacher.h5", "sst2", s)           # -> {"metrics", "stage_metrics", ...}
+    hadref.run_evaluate("weights/teacher-had.h5", "sst2", check=True)
+
+The full list with shapes is ``docs/api.md``. Names are imported lazily so that ``import hadref`` stays fast and a command pays only for
 the parts it uses (Numba compilation in particular).
 """
 
@@ -34,6 +42,18 @@ _PUBLIC = {
     "had_attention": "hadref.had.attention",
     "float_attention": "hadref.had.attention",
     "PackedKeyCache": "hadref.had.cache",
+    "HADAttentionCore": "hadref.had.core",
+    # jobs on model files (what the CLI's finetune / distill / evaluate run)
+    "run_finetune": "hadref.train.jobs",
+    "run_distill": "hadref.distill.run",
+    "run_evaluate": "hadref.train.jobs",
+    "DataSource": "hadref.train.jobs",
+    "FinetuneSettings": "hadref.train.finetune",
+    "DistillSettings": "hadref.distill.settings",
+    # a training step of your own
+    "Adam": "hadref.engine.optim",
+    "clip_grad_norm": "hadref.engine.optim",
+    "softmax_cross_entropy": "hadref.engine.layers.losses",
 }
 
 __all__ = sorted(_PUBLIC)

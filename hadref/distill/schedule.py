@@ -98,6 +98,3 @@ class Schedule:
         """True when ``step`` is the last step of its stage."""
         stage, j = self.locate(step)
         return j == stage.steps - 1
-
-    def describe(self) -> str:
-        return ", ".join(f"stage {s.number} ({s.core_stage}) {s.steps} steps" for s in self.stages)

@@ -18,10 +18,7 @@ inference path), logged, and checkpointed.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import math
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,85 +26,10 @@ from hadref.data.batching import BatchStream
 from hadref.train.evaluation import evaluate
 from hadref.distill.losses import attention_kl, output_loss
 from hadref.train.loop import TrainLoop, dropout_scope
-from hadref.distill.schedule import Schedule
+from hadref.distill.settings import DistillSettings
 from hadref.distill.sigma import estimate_sigma
 from hadref.errors import HadrefError
 from hadref.engine.optim import Adam, clip_grad_norm
-
-# gamma of the quick schedule: stages 1 + 2 (c from 5 to 0.05) in 1,500 minibatches
-QUICK_GAMMA = math.exp(-(math.log(5.0) + math.log(20.0)) / 1500)
-
-# What --schedule sets; an option given explicitly wins over its schedule's value.
-SCHEDULES = {
-    # paper: stage 3 and 4 lengths from the paper; gamma is ours (not recoverable)
-    "paper": {"gamma": 0.9995, "stage3_steps": 10_000, "stage4_steps": 10_000},
-    # HAD.md's "quick schedule that worked": the same stages with fewer steps
-    "quick": {"gamma": QUICK_GAMMA, "stage3_steps": 1_000, "stage4_steps": 1_000},
-}
-
-
-@dataclass
-class DistillSettings:
-    """Every setting of HAD.md (the CLI's options, same names). Defaults are the paper's
-    where it gives one, marked choices (HAD.md) otherwise."""
-
-    schedule: str = "paper"
-    gamma: float = SCHEDULES["paper"]["gamma"]   # [choice] per-minibatch decay of c
-    c_start: float = 5.0
-    c_mid: float = 1.0
-    c_end: float = 0.05
-    stage3_steps: int = 10_000
-    stage4_steps: int = 10_000
-    batch_size: int = 16
-    lr: float = 2e-5            # [choice] stages 1-3 (paper: not recoverable)
-    lr_stage3: float | None = None   # [choice] stage 3 alone; None: --lr (the paper)
-    lr_stage4: float = 5e-6     # [choice] lower stage-4 rate
-    clip: float = 0.5           # global-norm clipping [choice: global norm]
-    ste_t: float = 1.0          # [choice] STE pass-through window |x| <= t
-    top_n: int = 30
-    top_n_ratio: float | None = None   # N = round(ratio * max_len) when given
-    temperature: float = 1.0
-    attn_loss: bool = True      # False: the "w/o AD" ablation
-    # [choice] stages whose loss adds L_attn (paper: 1, 2, 3); a list so that it survives
-    # the JSON of checkpoints and student files unchanged
-    attn_loss_stages: list = dataclasses.field(default_factory=lambda: [1, 2, 3])
-    tanh: bool = True           # False: the "w/o Tanh" ablation
-    sigma_batches: int = 100
-    sigma_batch_size: int = 16
-    max_len: int = 128
-    dropout: bool = True        # [choice] student trained with the model's dropout
-    seed: int = 0
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @property
-    def effective_top_n(self) -> int:
-        """N used in every stage: --top-n, or round(--top-n-ratio * --max-len)."""
-        if self.top_n_ratio is not None:
-            return max(1, int(round(self.top_n_ratio * self.max_len)))
-        return int(self.top_n)
-
-    def make_schedule(self) -> Schedule:
-        return Schedule(gamma=self.gamma, c_start=self.c_start, c_mid=self.c_mid,
-                        c_end=self.c_end, stage3_steps=self.stage3_steps,
-                        stage4_steps=self.stage4_steps, lr=self.lr, lr_stage4=self.lr_stage4,
-                        attn_loss=self.attn_loss, tanh=self.tanh,
-                        attn_loss_stages=self.attn_loss_stages, lr_stage3=self.lr_stage3)
-
-    def check(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise HadrefError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.top_n < 1:
-            raise HadrefError(f"--top-n must be at least 1, got {self.top_n}")
-        if self.top_n_ratio is not None and not 0 < self.top_n_ratio <= 1:
-            raise HadrefError(f"--top-n-ratio must lie in (0, 1], got {self.top_n_ratio}")
-        if self.ste_t <= 0 or self.clip <= 0 or self.temperature <= 0:
-            raise HadrefError("--ste-t, --clip and --temperature must be positive")
-        if self.batch_size < 1:
-            raise HadrefError(f"--batch-size must be at least 1, got {self.batch_size}")
-        self.make_schedule()  # validates gamma, c values, step counts, learning rates
-
 
 def _had_core(sigma_q, sigma_k, settings: DistillSettings, stage: str = "tanh1", c: float = 5.0):
     from hadref.had.core import HADAttentionCore

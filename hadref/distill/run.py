@@ -1,0 +1,111 @@
+"""The whole ``hadref distill`` job as a function: teacher file in, student file out.
+
+:func:`run_distill` loads the teacher, fine-tunes one first when the file is a pre-trained
+encoder without a head for the task (exactly as ``hadref finetune`` would, saved as
+``OUT-teacher.h5``), evaluates the teacher, runs the four stages
+(:func:`hadref.distill.trainer.distill`) with its log and checkpoints, writes the student
+atomically and returns the result. ``--resume`` rules: a run resumes from its own
+checkpoint; a head-less run also resumes its teacher fine-tune, or reuses the teacher it
+already wrote.
+"""
+
+from __future__ import annotations
+
+import time
+
+from hadref.errors import HadrefError
+from hadref.train.jobs import (DataSource, RunFiles, default_out, file_sha256, finetune_files,
+                               interrupted, load_model_file, task_data)
+
+
+def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
+                allow_finetune: bool = True, data: DataSource = DataSource(), log=None,
+                checkpoint=None, checkpoint_every: float = 300.0, resume: bool = False,
+                progress: bool = True, notify=None) -> dict:
+    """Distill the teacher file ``teacher_path`` into a HAD student file.
+
+    task: a GLUE task name or :class:`hadref.data.Task`; settings:
+    :class:`hadref.distill.trainer.DistillSettings` (default: the paper schedule; see
+    ``DistillSettings.from_schedule``); out: the student file (default ``TEACHER-had.h5``);
+    finetune: :class:`hadref.train.finetune.FinetuneSettings` of the teacher fine-tune a
+    head-less encoder gets (its max_len and seed follow ``settings``); allow_finetune False
+    makes a head-less teacher an error; notify: called with each one-line message about
+    what the job decided (the CLI prints them to stderr).
+
+    Returns ``{"task", "teacher", "student", "teacher_metrics", "metrics" (the student's
+    dev metrics, hard binarization), "stage_metrics" ({stage: metrics}, "0" = teacher
+    binarized without distillation), "top_n", "schedule", "wall_s"}``.
+
+    >>> s = DistillSettings.from_schedule("quick")
+    >>> hadref.run_distill("weights/minilm-sst2.h5", "sst2", s)["metrics"]
+    """
+    import dataclasses
+    from pathlib import Path
+
+    from hadref.data import get_task
+    from hadref.distill.trainer import DistillSettings, distill
+    from hadref.engine.io import save
+    from hadref.train.evaluation import evaluate
+    from hadref.train.finetune import FinetuneSettings
+    from hadref.train.progress import JsonLog, Progress
+
+    say = notify or (lambda message: None)
+    settings = settings or DistillSettings()
+    settings.check()
+    t = get_task(task) if isinstance(task, str) else task
+    files = RunFiles.beside(out or default_out(teacher_path, "had"), log, checkpoint)
+    teacher = load_model_file(teacher_path, "teacher")
+    if teacher.had is not None:
+        raise HadrefError(f"{teacher_path} is already a HAD student; distill from a float teacher")
+    headless = teacher.num_labels is None
+    # where a head-less encoder's teacher goes, with its own log and checkpoint
+    ft_files = RunFiles.beside(files.out.with_name(files.out.stem + "-teacher.h5"))
+    if resume and not (files.checkpoint.is_file() or (
+            headless and (ft_files.checkpoint.is_file() or ft_files.out.is_file()))):
+        raise HadrefError(f"no checkpoint to resume from at {files.checkpoint} (--resume)")
+    train, dev = task_data(t, teacher, settings.max_len, data)
+    t0 = time.monotonic()
+    teacher_file = Path(teacher_path)
+    if headless:
+        if not allow_finetune:
+            raise HadrefError(f"{teacher_path} has no classifier head for {t.name} (a pre-trained "
+                              "encoder): fine-tune it first (hadref finetune) or drop --no-finetune")
+        teacher_file = ft_files.out
+        if resume and teacher_file.is_file() and not ft_files.checkpoint.is_file():
+            say(f"{teacher_path} has no head for {t.name}: using the teacher already "
+                f"fine-tuned at {teacher_file}")
+        else:
+            ft = dataclasses.replace(finetune or FinetuneSettings(), max_len=settings.max_len,
+                                     dropout=True, seed=settings.seed)
+            ft.check()
+            say(f"{teacher_path} has no head for {t.name}: fine-tuning a teacher first "
+                f"(as `hadref finetune` would), saved to {teacher_file}")
+            ft_metrics = finetune_files(teacher, t, train, dev, ft, ft_files,
+                                        checkpoint_every=checkpoint_every,
+                                        resume=resume and ft_files.checkpoint.is_file(),
+                                        progress=progress)
+            say(f"teacher {teacher_file}: dev " + ", ".join(
+                f"{k} {100 * v:.2f}" for k, v in ft_metrics.items()))
+        teacher = load_model_file(teacher_file, "teacher")  # exactly what the file holds
+    teacher_metrics, _ = evaluate(teacher, dev[0], t)
+    resume_distill = resume and files.checkpoint.is_file()
+    log_file = JsonLog(files.log, append=resume_distill)
+    try:
+        log_file.write(event="start", job="distill", task=t.name, settings=settings.to_dict(),
+                       resume=resume, teacher=str(teacher_file), teacher_metrics=teacher_metrics)
+        student, stage_metrics = distill(
+            teacher, train, dev[0], t, settings, checkpoint_path=files.checkpoint,
+            checkpoint_every=checkpoint_every, resume=resume_distill, log=log_file,
+            progress=Progress(total=0, enabled=progress, label="distill "),
+            teacher_sha256=file_sha256(teacher_file))
+    except KeyboardInterrupt:
+        raise interrupted(files.checkpoint) from None
+    finally:
+        log_file.close()
+    save(student, files.out)
+    files.checkpoint.unlink(missing_ok=True)  # the run is complete: its file replaces it
+    metrics = stage_metrics.get(str(student.had["stage"])) or evaluate(student, dev[0], t)[0]
+    return {"task": t.name, "teacher": str(teacher_file), "student": str(files.out),
+            "teacher_metrics": teacher_metrics, "metrics": metrics,
+            "stage_metrics": stage_metrics, "top_n": settings.effective_top_n,
+            "schedule": settings.schedule, "wall_s": round(time.monotonic() - t0, 1)}
