@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from hadref.engine import elementwise
-from hadref.train.memory import keep_freed_memory
 from hadref.engine.layers.losses import softmax_cross_entropy
 from hadref.engine.optim import Adam
+from hadref.train.memory import keep_freed_memory
 
 PYTORCH_MS = {"train B16 T64": 620.0, "train B16 T256": 3500.0, "forward B32 T128": 660.0}
 SHAPES = [("train B16 T64", True, 16, 64), ("train B16 T256", True, 16, 256),
@@ -117,14 +117,14 @@ _PLAIN = {name[4:]: fn for name, fn in globals().items() if name.startswith("_np
 @contextmanager
 def plain_numpy():
     """Swap hadref.engine.elementwise's kernels for the plain-NumPy ones (same engine otherwise)."""
-    saved = {name: getattr(_fused, name) for name in _PLAIN}
+    saved = {name: getattr(elementwise, name) for name in _PLAIN}
     for name, fn in _PLAIN.items():
-        setattr(_fused, name, fn)
+        setattr(elementwise, name, fn)
     try:
         yield
     finally:
         for name, fn in saved.items():
-            setattr(_fused, name, fn)
+            setattr(elementwise, name, fn)
 
 
 # --- the steps --------------------------------------------------------------------------------

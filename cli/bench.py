@@ -34,6 +34,7 @@ import tracemalloc
 import click
 import numpy as np
 
+from hadref.checks import worker_chunks
 from hadref.cli._common import parse_int_list
 from hadref.errors import HadrefError
 
@@ -82,7 +83,7 @@ class _Stages:
         groups = self.q.shape[0]
         self.valid = np.ones((groups, self.n), np.bool_)
         self.valid_before = hamming._valid_before(self.valid, self.n)
-        c = hamming._chunks(self.n)
+        c = worker_chunks(self.n)
         words = (self.d + 63) // 64
         self.q_bits = np.empty((groups, self.n, words), np.uint64)
         self.k_bits = np.empty((groups, self.n, words), np.uint64)
@@ -140,7 +141,7 @@ def _recall(q, k, top_n, rows_per_head, rng):
     """Mean |float top-N set & HAD top-N set| / N over sampled rows of every head."""
     from hadref.had import attention as hamming
 
-    lead, (n, d) = q.shape[:-2], q.shape[-2:]
+    n, d = q.shape[-2:]
     qf, kf = q.reshape(-1, n, d), k.reshape(-1, n, d)
     take = min(n, rows_per_head)
     top_n = min(top_n, n)

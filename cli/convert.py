@@ -24,7 +24,8 @@ def convert(src, out, heads):
     Example:
       hadref convert minilm -o weights/minilm.h5
     """
-    from hadref.engine.io import convert as _convert, describe
+    from hadref.engine.io import convert as _convert
+    from hadref.engine.io import describe
 
     path = _convert(src, out, num_heads=heads)
     info = describe(path)

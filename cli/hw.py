@@ -139,7 +139,8 @@ def sweep(seqs, top_n_mode, as_json, plot_path, **options):
     The SA MAC lanes, softmax lanes and clock stay the preset's; the HAD A V lanes are
     re-sized to keep pace with the SA at each n (docs/hw.md, section 4).
     """
-    from hadref.hw.report import format_sweep, plot_sweep, sweep as run_sweep, sweep_dict
+    from hadref.hw.report import format_sweep, plot_sweep, sweep_dict
+    from hadref.hw.report import sweep as run_sweep
 
     seq_list = parse_int_list(seqs, "--seq")
     results = run_sweep(_design(**options), seq_list, top_n_mode)

@@ -18,7 +18,6 @@ from hadref.errors import HadrefError
 from hadref.train.finetune import FinetuneSettings
 from hadref.train.memory import keep_freed_memory
 
-
 # --- shared pieces ------------------------------------------------------------------------
 
 def _data_options(f, train=True):
@@ -160,30 +159,47 @@ def _stage_list(text: str, option: str) -> list[int]:
                    + ". Options given explicitly win.")
 @click.option("--gamma", type=float, default=None, help="Per-minibatch decay of c (schedule's value).")
 @click.option("--c-start", type=float, default=5.0, show_default=True, help="c at the start of stage 1.")
-@click.option("--c-mid", type=float, default=1.0, show_default=True, help="c where stage 1 ends and stage 2 starts.")
+@click.option("--c-mid", type=float, default=1.0, show_default=True,
+              help="c where stage 1 ends and stage 2 starts.")
 @click.option("--c-end", type=float, default=0.05, show_default=True, help="c where stage 2 ends.")
-@click.option("--stage3-steps", type=click.IntRange(min=0), default=None, help="Stage 3 (STE) steps (schedule's value).")
-@click.option("--stage4-steps", type=click.IntRange(min=0), default=None, help="Stage 4 (output loss only) steps (schedule's value).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Minibatch (paper: 16).")
-@click.option("--lr", type=float, default=2e-5, show_default=True, help="Adam learning rate, stages 1-3 (stage 3: --lr-stage3 when given).")
-@click.option("--lr-stage3", type=float, default=None, help="Adam learning rate, stage 3 alone (default: --lr, as the paper).")
-@click.option("--lr-stage4", type=float, default=5e-6, show_default=True, help="Adam learning rate, stage 4 (lower).")
-@click.option("--clip", type=float, default=0.5, show_default=True, help="Global gradient-norm clipping (paper: 0.5).")
-@click.option("--ste-t", type=float, default=1.0, show_default=True, help="STE window: gradient passes where |x/sigma| <= t.")
-@click.option("--top-n", type=click.IntRange(min=1), default=30, show_default=True, help="Keys kept per query row (paper: 30 at 256 tokens).")
-@click.option("--top-n-ratio", type=float, default=None, help="Scale N with length: N = round(ratio * max-len) (paper: ~0.117).")
-@click.option("--temperature", type=float, default=1.0, show_default=True, help="Output-distillation temperature.")
+@click.option("--stage3-steps", type=click.IntRange(min=0), default=None,
+              help="Stage 3 (STE) steps (schedule's value).")
+@click.option("--stage4-steps", type=click.IntRange(min=0), default=None,
+              help="Stage 4 (output loss only) steps (schedule's value).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Minibatch (paper: 16).")
+@click.option("--lr", type=float, default=2e-5, show_default=True,
+              help="Adam learning rate, stages 1-3 (stage 3: --lr-stage3 when given).")
+@click.option("--lr-stage3", type=float, default=None,
+              help="Adam learning rate, stage 3 alone (default: --lr, as the paper).")
+@click.option("--lr-stage4", type=float, default=5e-6, show_default=True,
+              help="Adam learning rate, stage 4 (lower).")
+@click.option("--clip", type=float, default=0.5, show_default=True,
+              help="Global gradient-norm clipping (paper: 0.5).")
+@click.option("--ste-t", type=float, default=1.0, show_default=True,
+              help="STE window: gradient passes where |x/sigma| <= t.")
+@click.option("--top-n", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Keys kept per query row (paper: 30 at 256 tokens).")
+@click.option("--top-n-ratio", type=float, default=None,
+              help="Scale N with length: N = round(ratio * max-len) (paper: ~0.117).")
+@click.option("--temperature", type=float, default=1.0, show_default=True,
+              help="Output-distillation temperature.")
 @click.option("--no-attn-loss", is_flag=True, help="Ablation 'w/o AD': output loss only, same iterations.")
 @click.option("--attn-loss-stages", default="1,2,3", show_default=True,
               help="Stages whose loss adds the attention KL (paper: 1,2,3; stage 4 never), "
                    "comma-separated; '1,2' drops it in the STE stage 3.")
-@click.option("--no-tanh", is_flag=True, help="Ablation 'w/o Tanh': stages 1-2 replaced by as many STE steps.")
-@click.option("--sigma-batches", type=click.IntRange(min=1), default=100, show_default=True, help="Minibatches for sigma estimation.")
-@click.option("--sigma-batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Examples per sigma minibatch.")
-@click.option("--max-len", type=click.IntRange(min=8), default=None, help="Tokens per example (schedule's value).")
+@click.option("--no-tanh", is_flag=True,
+              help="Ablation 'w/o Tanh': stages 1-2 replaced by as many STE steps.")
+@click.option("--sigma-batches", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Minibatches for sigma estimation.")
+@click.option("--sigma-batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Examples per sigma minibatch.")
+@click.option("--max-len", type=click.IntRange(min=8), default=None,
+              help="Tokens per example (schedule's value).")
 @click.option("--no-dropout", is_flag=True, help="Train the student without dropout.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Data order, sigma batches, dropout.")
-@click.option("--no-finetune", is_flag=True, help="Fail if the teacher has no head for the task instead of fine-tuning one.")
+@click.option("--no-finetune", is_flag=True,
+              help="Fail if the teacher has no head for the task instead of fine-tuning one.")
 @(lambda f: _finetune_options(f, "ft-"))
 @_data_options
 @_run_options

@@ -9,8 +9,7 @@
 3. a single component as a datasheet: a CAM array's area and search energy.
 """
 
-from hadref.hw import Design, TechLibrary, evaluate, format_table, preset, to_dict
-from hadref.hw import components, units
+from hadref.hw import Design, TechLibrary, components, evaluate, format_table, preset, to_dict, units
 from hadref.hw.report import format_breakdown, format_comparison
 
 # 1. the paper's table, reproduced, and what the published constants alone give

@@ -22,7 +22,8 @@ Jobs on model files (what ``hadref finetune / distill / evaluate`` run)::
     hadref.run_distill("weights/teacher.h5", "sst2", s)           # -> {"metrics", "stage_metrics", ...}
     hadref.run_evaluate("weights/teacher-had.h5", "sst2", check=True)
 
-The full list with shapes is ``docs/api.md``. Names are imported lazily so that ``import hadref`` stays fast and a command pays only for
+The full list with shapes is ``docs/api.md``. Names are imported lazily so that ``import hadref``
+stays fast and a command pays only for
 the parts it uses (Numba compilation in particular).
 """
 

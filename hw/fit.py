@@ -28,9 +28,9 @@ from __future__ import annotations
 import math
 
 from . import components as C
-from .model import Design, evaluate
-from .tables import library, read_table, TABLES_DIR, lookup
 from . import units
+from .model import Design, evaluate
+from .tables import TABLES_DIR, library, lookup, read_table
 
 PAPER_TABLE_FILE = TABLES_DIR / "paper.toml"
 COMPONENTS = ("qk", "topn", "softmax", "av", "total")

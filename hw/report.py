@@ -210,7 +210,8 @@ def plot_sweep(results: list[Result], path) -> None:
                 # SA's qk and av coincide (same MAC count): distinct markers keep both visible
                 ax.plot(seqs, [y if y > 0 else math.nan for y in ys], style,
                         marker=markers.get(b, "o"), ms=7 if b == "qk" else 4,
-                        mfc="none" if b == "qk" else None, color=colors.get(b, "black"), lw=2.2 if b == "total" else 1.3,
+                        mfc="none" if b == "qk" else None, color=colors.get(b, "black"),
+                        lw=2.2 if b == "total" else 1.3,
                         label=f"{unit.upper()} {b}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
-
-from hadref.had.binarize import STAGES, binarize_backward, binarize_forward, sign_pm1
-from hadref.errors import HadrefError
-
 from gradcheck import assert_gradient
+
+from hadref.errors import HadrefError
+from hadref.had.binarize import STAGES, binarize_backward, binarize_forward, sign_pm1
 
 
 @pytest.mark.parametrize("stage", ["tanh1", "tanh2"])

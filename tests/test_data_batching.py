@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hadref.data import BatchStream, encode_split, eval_batches
 from hadref.data.glue import Split, get_task
@@ -94,7 +96,6 @@ def test_eval_batches_cover_every_example_once():
     assert sorted(idx.tolist()) == list(range(37))
 
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
 
 
 @settings(max_examples=25)

@@ -3,6 +3,8 @@ not shipped there (columns, headers, label maps, malformed rows, missing folders
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hadref.data import get_task, load_split, report_skipped
 from hadref.data.glue import TASKS, data_root
@@ -108,7 +110,6 @@ def test_limit_keeps_first_rows(glue_dir):
     assert sub.texts_a == [dev.texts_a[3], dev.texts_a[1]]
 
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
 
 _text = st.text(st.characters(blacklist_characters="\t\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029",
                               blacklist_categories=("Cs",)), min_size=1, max_size=30)

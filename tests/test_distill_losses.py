@@ -2,11 +2,11 @@
 padding ignored."""
 
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from gradcheck import central_differences, pick_entries
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hadref.distill.losses import attention_kl, output_kl, output_loss
-
-from gradcheck import central_differences, pick_entries
 
 
 def _mask(rng, b, t):

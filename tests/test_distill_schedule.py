@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from hadref.train.checkpoint import load_checkpoint, save_checkpoint
-from hadref.train.progress import JsonLog, Progress
 from hadref.distill.schedule import Schedule, steps_until
 from hadref.errors import HadrefError
+from hadref.train.checkpoint import load_checkpoint, save_checkpoint
+from hadref.train.progress import JsonLog, Progress
 
 
 def test_quick_schedule_counts_and_c_values():

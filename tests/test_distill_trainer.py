@@ -10,15 +10,15 @@ import signal
 import numpy as np
 import pytest
 
-from hadref.engine.config import BertConfig
 from hadref.data import encode_split, get_task, load_split
 from hadref.data.glue import Split
-from hadref.train.checkpoint import load_checkpoint, save_checkpoint
 from hadref.distill.trainer import DistillSettings, distill
-from hadref.errors import HadrefError
-from hadref.train.finetune import FinetuneSettings, ensure_head, finetune
 from hadref.engine.bert import BertModel
+from hadref.engine.config import BertConfig
 from hadref.engine.tokenizer import Tokenizer
+from hadref.errors import HadrefError
+from hadref.train.checkpoint import load_checkpoint, save_checkpoint
+from hadref.train.finetune import FinetuneSettings, ensure_head, finetune
 
 
 class _ListLog:

@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from scipy.special import erf as scipy_erf
 
 from hadref.engine import elementwise
@@ -121,7 +122,8 @@ def test_layernorm_kernels(n, h, seed, dtype):
 @given(st.integers(1, 5), st.integers(1, 6), st.integers(1, 9), seeds)
 def test_embedding_gather_and_scatter(nb, nt, vocab, seed):
     rng = np.random.default_rng(seed)
-    word, pos, typ = rng.standard_normal((vocab, 3)), rng.standard_normal((nt, 3)), rng.standard_normal((2, 3))
+    word, pos = rng.standard_normal((vocab, 3)), rng.standard_normal((nt, 3))
+    typ = rng.standard_normal((2, 3))
     ids, types = rng.integers(0, vocab, (nb, nt)), rng.integers(0, 2, (nb, nt))
     out = np.empty((nb, nt, 3))
     elementwise.embedding_sum(ids, types, word, pos, typ, out)

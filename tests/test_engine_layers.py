@@ -5,15 +5,26 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from gradcheck import assert_gradient, pick_entries
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hadref.engine import elementwise
-from hadref.engine.config import BertConfig
-from hadref.engine.layers import (attention, classifier, dropout, embeddings, encoder_layer,
-                           feedforward, gelu, layernorm, linear, losses, pooler)
 from hadref.engine.bert import BertModel
-
-from gradcheck import assert_gradient, pick_entries
+from hadref.engine.config import BertConfig
+from hadref.engine.layers import (
+    attention,
+    classifier,
+    dropout,
+    embeddings,
+    encoder_layer,
+    feedforward,
+    gelu,
+    layernorm,
+    linear,
+    losses,
+    pooler,
+)
 
 
 def assert_grad(analytic, loss, x, name=""):

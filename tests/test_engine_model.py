@@ -3,14 +3,14 @@ shapes and masks (hypothesis), the attention hook, dropout reproducibility, inpu
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
-
-from hadref.engine.config import BertConfig
-from hadref.errors import HadrefError
-from hadref.engine.layers.attention import FloatAttentionCore
-from hadref.engine.bert import BertModel, expected_shapes
-
 from gradcheck import central_differences, pick_entries
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hadref.engine.bert import BertModel, expected_shapes
+from hadref.engine.config import BertConfig
+from hadref.engine.layers.attention import FloatAttentionCore
+from hadref.errors import HadrefError
 
 
 def small_config(layers=2, heads=2, d=2, inner=5, vocab=11, positions=8, labels=None,

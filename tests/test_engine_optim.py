@@ -5,10 +5,11 @@ import platform
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from hadref.errors import HadrefError
 from hadref.engine.optim import Adam, clip_grad_norm, global_norm
+from hadref.errors import HadrefError
 
 
 def reference_adam(p, grads, lr, b1, b2, eps, wd):

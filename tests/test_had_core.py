@@ -4,14 +4,13 @@ import math
 
 import numpy as np
 import pytest
+from gradcheck import assert_gradient
 
 import hadref
-from hadref.had.binarize import sign_pm1
 from hadref.errors import HadrefError
+from hadref.had.binarize import sign_pm1
 from hadref.had.core import HADAttentionCore
 from hadref.had.topn import topn_mask
-
-from gradcheck import assert_gradient
 
 B, H, T, D = 2, 2, 6, 5
 

@@ -2,13 +2,12 @@
 
 import numpy as np
 import pytest
+from gradcheck import assert_gradient, pick_entries
 
 import hadref
+from hadref.engine.bert import BertModel
 from hadref.engine.config import BertConfig
 from hadref.had.core import HADAttentionCore
-from hadref.engine.bert import BertModel
-
-from gradcheck import assert_gradient, pick_entries
 
 LAYERS, HEADS, HIDDEN, NB, NT = 2, 4, 32, 2, 7
 

@@ -135,7 +135,8 @@ def test_edge_cases():
     np.testing.assert_allclose(hadref.had_attention(z, z, v, 2), np.broadcast_to(v[:, :2].mean(1), (1, 5, 3)),
                                rtol=1e-6)
     # huge sigma: one-hot on the best key (ties shared), finite
-    q, k = rng.standard_normal((1, 3, 64)).astype(np.float32), rng.standard_normal((1, 9, 64)).astype(np.float32)
+    q = rng.standard_normal((1, 3, 64)).astype(np.float32)
+    k = rng.standard_normal((1, 9, 64)).astype(np.float32)
     v = rng.standard_normal((1, 9, 4)).astype(np.float32)
     out = hadref.had_attention(q, k, v, 4, sigma_q=1e150, sigma_k=1e150)
     idx, _ = hadref.hamming_topn(hadref.pack_signs(q), hadref.pack_signs(k), 64, 1)
@@ -159,7 +160,8 @@ def test_float64_inputs_keep_float64():
 def test_packed_key_cache_decode_equals_full_attention():
     rng = np.random.default_rng(4)
     h, n, d = 3, 25, 70
-    k, v = rng.standard_normal((h, n, d)).astype(np.float32), rng.standard_normal((h, n, d)).astype(np.float32)
+    k = rng.standard_normal((h, n, d)).astype(np.float32)
+    v = rng.standard_normal((h, n, d)).astype(np.float32)
     q = rng.standard_normal((h, n, d)).astype(np.float32)
     cache = hadref.PackedKeyCache(k[:, :4], v[:, :4], sigma_k=1.5)
     outs = [cache.attend(q[:, :4], 5, sigma_q=0.5, causal=True)]

@@ -3,7 +3,8 @@
 import math
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hadref.errors import HadrefError
 from hadref.hw import Design, TechLibrary, evaluate, preset, units

@@ -13,10 +13,10 @@ from safetensors.numpy import save_file
 
 import hadref
 from hadref.cli import main
-from hadref.engine.config import BertConfig
-from hadref.errors import HadrefError
-from hadref.engine.io import convert, describe, load, save
 from hadref.engine.bert import BertModel
+from hadref.engine.config import BertConfig
+from hadref.engine.io import convert, describe, load, save
+from hadref.errors import HadrefError
 
 CFG = BertConfig(vocab_size=13, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=6, max_position_embeddings=10)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from hadref.train import metrics
 from hadref.errors import HadrefError
+from hadref.train import metrics
 
 
 def test_binary_metrics_by_hand():

@@ -2,13 +2,12 @@
 
 import numpy as np
 import pytest
+from gradcheck import assert_gradient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hadref.errors import HadrefError
 from hadref.had.topn import topn_attention_backward, topn_attention_forward, topn_mask
-
-from gradcheck import assert_gradient
 
 
 def _reference_mask(scores, valid, top_n):

@@ -118,7 +118,8 @@ def test_bad_data_and_bad_settings(glue_slice, encoder_file, tmp_path, monkeypat
     _error(_run(*distill, "--top-n-ratio", "3"), "--top-n-ratio must lie in (0, 1]")
     _error(_run(*distill, "--c-end", "2"), "c_start > c_mid > c_end")
     _error(_run(*distill, "--attn-loss-stages", "1,two"), "--attn-loss-stages: expected comma-separated")
-    _error(_run(*distill, "--attn-loss-stages", "3,4"), "--attn-loss-stages: expected stage numbers among 1, 2, 3")
+    _error(_run(*distill, "--attn-loss-stages", "3,4"),
+           "--attn-loss-stages: expected stage numbers among 1, 2, 3")
     _error(_run(*distill, "--lr-stage3", "-1e-5"), "learning rates must be positive")
     _error(_run(*distill, "--resume", "-o", tmp_path / "x.h5"), "no checkpoint to resume from")
 

@@ -130,7 +130,8 @@ def data_root(data_dir: str | os.PathLike | None = None) -> Path:
     root = data_dir if data_dir not in (None, "") else os.environ.get(DATA_ENV)
     if not root:
         raise HadrefError(f"no GLUE data folder: pass --data DIR or set {DATA_ENV} "
-                          "(DIR/SST-2/train.tsv, DIR/SST-2/dev.tsv, ... as download_glue_data.py lays it out)")
+                          "(DIR/SST-2/train.tsv, DIR/SST-2/dev.tsv, ... as download_glue_data.py "
+                          "lays it out)")
     return Path(root)
 
 

@@ -14,8 +14,16 @@ from __future__ import annotations
 import time
 
 from hadref.errors import HadrefError
-from hadref.train.jobs import (DataSource, RunFiles, default_out, file_sha256, finetune_files,
-                               interrupted, load_model_file, task_data)
+from hadref.train.jobs import (
+    DataSource,
+    RunFiles,
+    default_out,
+    file_sha256,
+    finetune_files,
+    interrupted,
+    load_model_file,
+    task_data,
+)
 
 
 def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,

@@ -23,13 +23,14 @@ import hashlib
 import numpy as np
 
 from hadref.data.batching import BatchStream
-from hadref.train.evaluation import evaluate
 from hadref.distill.losses import attention_kl, output_loss
-from hadref.train.loop import TrainLoop, dropout_scope
 from hadref.distill.settings import DistillSettings
 from hadref.distill.sigma import estimate_sigma
-from hadref.errors import HadrefError
 from hadref.engine.optim import Adam, clip_grad_norm
+from hadref.errors import HadrefError
+from hadref.train.evaluation import evaluate
+from hadref.train.loop import TrainLoop, dropout_scope
+
 
 def _had_core(sigma_q, sigma_k, settings: DistillSettings, stage: str = "tanh1", c: float = 5.0):
     from hadref.had.core import HADAttentionCore

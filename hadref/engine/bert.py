@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from hadref.engine.config import BertConfig
-from hadref.errors import HadrefError
 from hadref.engine.layers.attention import FloatAttentionCore
 from hadref.engine.layers.classifier import classifier_backward, classifier_forward
 from hadref.engine.layers.embeddings import embeddings_backward, embeddings_forward
 from hadref.engine.layers.encoder_layer import encoder_layer_backward, encoder_layer_forward
 from hadref.engine.layers.pooler import pooler_backward, pooler_forward
+from hadref.errors import HadrefError
 
 
 @dataclass

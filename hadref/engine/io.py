@@ -23,10 +23,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from hadref.engine.config import BertConfig
-from hadref.errors import HadrefError
 from hadref.engine.bert import BertModel, check_params, expected_shapes
+from hadref.engine.config import BertConfig
 from hadref.engine.tokenizer import Tokenizer
+from hadref.errors import HadrefError
 
 FORMAT_VERSION = 1
 _HAD_REQUIRED = ("sigma_q", "sigma_k", "top_n")

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 
+from hadref.checks import check_positive, check_top_n, is_int, worker_chunks
 from hadref.errors import HadrefError
 from hadref.had.kernels import fused as _fused
-from hadref.had.kernels.finite import count_nonfinite_rows as _count_nonfinite_rows
 from hadref.had.kernels import tile as _tile
+from hadref.had.kernels.finite import count_nonfinite_rows as _count_nonfinite_rows
 from hadref.had.kernels.pack import pack_rows as _pack_rows
 
 __all__ = ["pack_signs", "hamming_topn", "had_attention", "float_attention"]
@@ -54,26 +54,6 @@ def _as_float(x, name: str, min_ndim: int = 2) -> np.ndarray:
 def _all_finite(x: np.ndarray) -> bool:
     """True when no NaN or inf (x C-contiguous): one parallel pass on the cores."""
     return _count_nonfinite_rows(x.reshape(-1, x.shape[-1])) == 0
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _check_top_n(top_n) -> int:
-    if not _is_int(top_n) or top_n < 1:
-        raise HadrefError(f"top_n: expected an integer >= 1, got {top_n!r}")
-    return int(top_n)
-
-
-def _check_sigma(value, name: str) -> float:
-    try:
-        sigma = float(value)
-    except (TypeError, ValueError):
-        raise HadrefError(f"{name}: expected a positive finite number, got {value!r}") from None
-    if not (math.isfinite(sigma) and sigma > 0):
-        raise HadrefError(f"{name}: expected a positive finite number, got {value!r}")
-    return sigma
 
 
 def _two_scale(sigma_q: float, sigma_k: float, d: int) -> float:
@@ -115,11 +95,6 @@ def _marks(chunks: int, n: int) -> np.ndarray:
     return np.empty((chunks, 10, (n + 63) // 64), np.uint64)
 
 
-def _chunks(rows: int) -> int:
-    """Worker chunks: a few per thread so that uneven rows (causal) balance out."""
-    return max(1, min(rows, 4 * numba.get_num_threads()))
-
-
 # ----------------------------------------------------------------------------- public API
 
 def pack_signs(x) -> np.ndarray:
@@ -159,7 +134,7 @@ def _as_bits(bits, name: str, d: int) -> np.ndarray:
 
 
 def _check_d(d) -> int:
-    if not _is_int(d) or not 1 <= d <= _MAX_D:
+    if not is_int(d) or not 1 <= d <= _MAX_D:
         raise HadrefError(f"d: expected an integer in 1..{_MAX_D}, got {d!r}")
     return int(d)
 
@@ -170,7 +145,7 @@ def _topn_groups(q_bits, k_bits, valid, n, d, top_n, causal):
     idx = np.full((groups, m, top_n), -1, dtype=np.int32)
     lev = np.full((groups, m, top_n), d + 1, dtype=np.int16)
     count = np.empty((groups, m), dtype=np.int32)
-    chunks = _chunks(groups * m)
+    chunks = worker_chunks(groups * m)
     sel = min(top_n, n)
     _fused.topn_packed(q_bits, k_bits, valid, _valid_before(valid, n), n, d, top_n,
                        bool(causal), idx, lev, count, np.empty((chunks, n), np.int16),
@@ -193,7 +168,7 @@ def hamming_topn(q_bits, k_bits, d, top_n, key_mask=None, causal=False):
     tail holds index -1 and score ``-(d + 1)``.
     """
     d = _check_d(d)
-    top_n = _check_top_n(top_n)
+    top_n = check_top_n(top_n)
     q_bits = _as_bits(q_bits, "q_bits", d)
     k_bits = _as_bits(k_bits, "k_bits", d)
     lead = q_bits.shape[:-2]
@@ -243,7 +218,7 @@ def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal, last_stage
     valid_before = _valid_before(valid, n)
     if m >= _TILE_MIN_ROWS or last_stage != 3:
         lanes = _tile.LANES
-        c = max(1, min(groups * ((m + lanes - 1) // lanes), 4 * numba.get_num_threads()))
+        c = worker_chunks(groups * ((m + lanes - 1) // lanes))
         _fused.attend_tiles(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale,
                             bool(causal), last_stage, out,
                             np.empty((c, n + _tile.BLOCK, lanes), np.uint16),
@@ -254,7 +229,7 @@ def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal, last_stage
                             np.empty((c, lanes), np.float64), np.empty((c, lanes, dv), v.dtype))
         return out
     tile = min(_TILE_ROWS, m)
-    c = max(1, min(groups * ((m + tile - 1) // tile), 4 * numba.get_num_threads()))
+    c = worker_chunks(groups * ((m + tile - 1) // tile))
     block = max(8, _BLOCK_BYTES // (dv * v.itemsize))
     _fused.attend_rows(q_bits, k_bits, v, valid, valid_before, n, d, top_n,
                        two_scale, bool(causal), out, block,
@@ -283,9 +258,9 @@ def had_attention(q, k, v, top_n, sigma_q=1.0, sigma_k=1.0, key_mask=None, causa
     and over V (in 64-key blocks that stay in L1); fewer rows go one at a time. No (m, n)
     matrix: extra memory about 4 * threads * 64 n bytes (the 16-bit levels of a tile).
     """
-    top_n = _check_top_n(top_n)
-    sigma_q = _check_sigma(sigma_q, "sigma_q")
-    sigma_k = _check_sigma(sigma_k, "sigma_k")
+    top_n = check_top_n(top_n)
+    sigma_q = check_positive(sigma_q, "sigma_q")
+    sigma_k = check_positive(sigma_k, "sigma_k")
     q, k, v = _check_qkv(q, k, v)
     lead, (m, d), (n, dv) = q.shape[:-2], q.shape[-2:], v.shape[-2:]
     _check_d(d)

@@ -20,10 +20,9 @@ in the gradient tests).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from hadref.checks import check_positive
 from hadref.errors import HadrefError
 
 STAGES = ("tanh1", "tanh2", "ste", "hard")
@@ -40,17 +39,6 @@ def check_stage(stage: str) -> str:
     if stage not in STAGES:
         raise HadrefError(f"stage: expected one of {', '.join(STAGES)}, got {stage!r}")
     return stage
-
-
-def check_positive(value, name: str) -> float:
-    """A positive finite float, or HadrefError naming the setting."""
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise HadrefError(f"{name}: expected a positive finite number, got {value!r}") from None
-    if not (math.isfinite(out) and out > 0):
-        raise HadrefError(f"{name}: expected a positive finite number, got {value!r}")
-    return out
 
 
 def binarize_forward(x, sigma, stage, c=1.0, ste_t=1.0):

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from hadref.checks import check_positive, check_top_n
 from hadref.errors import HadrefError
-from hadref.had.attention import (_as_float, _attend, _check_d, _check_sigma, _check_top_n,
-                                  _key_valid, _pack, _topn_groups, _two_scale)
+from hadref.had.attention import _as_float, _attend, _check_d, _key_valid, _pack, _topn_groups, _two_scale
 
 
 class PackedKeyCache:
@@ -35,7 +35,7 @@ class PackedKeyCache:
             raise HadrefError(f"v: expected shape (..., {k.shape[-2]}, dv) matching k "
                               f"{k.shape}, got {v.shape}")
         self.d = _check_d(k.shape[-1])
-        self.sigma_k = _check_sigma(sigma_k, "sigma_k")
+        self.sigma_k = check_positive(sigma_k, "sigma_k")
         self.lead = k.shape[:-2]
         self.dv = v.shape[-1]
         self._groups = int(np.prod(self.lead, dtype=np.int64))
@@ -87,7 +87,7 @@ class PackedKeyCache:
     def topn(self, q, top_n, causal=False):
         """:func:`hamming_topn` of float queries (..., m, d) against the cached keys."""
         q = self._check_q(q)
-        top_n = _check_top_n(top_n)
+        top_n = check_top_n(top_n)
         m, n = q.shape[-2], self._n
         idx, lev, _ = _topn_groups(_pack(q).reshape(self._groups, m, self._words),
                                    self._bits, self._valid, n, self.d, top_n, causal)
@@ -102,8 +102,8 @@ class PackedKeyCache:
         on everything appended so far.
         """
         q = self._check_q(q)
-        top_n = _check_top_n(top_n)
-        sigma_q = _check_sigma(sigma_q, "sigma_q")
+        top_n = check_top_n(top_n)
+        sigma_q = check_positive(sigma_q, "sigma_q")
         m, n = q.shape[-2], self._n
         out = _attend(_pack(q).reshape(self._groups, m, self._words), self._bits,
                       self._v, self._valid, n, self.d, top_n,

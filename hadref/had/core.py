@@ -21,10 +21,10 @@ import math
 
 import numpy as np
 
-from hadref.had import attention as hamming
-from hadref.had.binarize import (STAGES, binarize_backward, binarize_forward, check_positive,
-                             check_stage, sign_pm1)
+from hadref.checks import check_positive, check_top_n
 from hadref.errors import HadrefError
+from hadref.had import attention as hamming
+from hadref.had.binarize import STAGES, binarize_backward, binarize_forward, check_stage, sign_pm1
 from hadref.had.topn import topn_attention_backward, topn_attention_forward
 
 
@@ -75,7 +75,7 @@ class HADAttentionCore:
         if self.sigma_q.shape != self.sigma_k.shape:
             raise HadrefError(f"sigma_k: expected {self.sigma_q.size} values (as sigma_q), "
                               f"got {self.sigma_k.size}")
-        self.top_n = hamming._check_top_n(top_n)
+        self.top_n = check_top_n(top_n)
         self.stage = stage
         self.c = c
         self.ste_t = ste_t

@@ -12,11 +12,10 @@ quickselect under the order (score descending, index ascending)), not a full sor
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
+from hadref.checks import check_top_n, worker_chunks
 from hadref.errors import HadrefError
-from hadref.had.attention import _check_top_n
 from hadref.had.kernels.select import float_topn_mask, float_topn_softmax
 
 
@@ -25,11 +24,11 @@ def _rows(scores, key_valid, top_n):
     scores = np.ascontiguousarray(scores)
     if not np.isfinite(scores).all():
         raise HadrefError("scores: expected finite attention logits, found NaN or inf")
-    top_n = _check_top_n(top_n)
+    top_n = check_top_n(top_n)
     n = scores.shape[-1]
     flat = scores.reshape(-1, n)
     valid = np.ascontiguousarray(np.broadcast_to(key_valid, scores.shape)).reshape(-1, n)
-    chunks = max(1, min(flat.shape[0], 4 * numba.get_num_threads()))
+    chunks = worker_chunks(flat.shape[0])
     return scores, flat, valid, top_n, np.empty((chunks, n), np.int64)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from hadref.train import metrics
 from hadref.data.batching import eval_batches
 from hadref.errors import HadrefError
+from hadref.train import metrics
 
 
 def predict(model, data, batch_size: int = 64) -> np.ndarray:

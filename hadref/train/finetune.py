@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from hadref.data.batching import BatchStream
-from hadref.train.evaluation import evaluate
-from hadref.train.loop import TrainLoop, dropout_scope
-from hadref.errors import HadrefError
 from hadref.engine.layers.losses import mse, softmax_cross_entropy
 from hadref.engine.optim import Adam, clip_grad_norm
+from hadref.errors import HadrefError
+from hadref.train.evaluation import evaluate
+from hadref.train.loop import TrainLoop, dropout_scope
 
 
 @dataclass

@@ -175,7 +175,8 @@ def run_evaluate(model_path, task, *, max_len: int | None = None, batch_size: in
     runs the training path (NumPy, ``use_kernels=False``) and raises when any prediction
     differs. max_len default: a student's training length, else 128 (or the model's
     position table if shorter). Returns ``{"task", "model", "max_len", "had", "top_n" (None
-    for a float model), "metrics", "examples", "wall_s"}`` plus ``"check": {split: {"agree", "max_logit_diff"}}``.
+    for a float model), "metrics", "examples", "wall_s"}`` plus ``"check": {split: {"agree",
+    "max_logit_diff"}}``.
     """
     from hadref.data import get_task
     from hadref.train import metrics

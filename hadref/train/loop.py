@@ -15,8 +15,8 @@ import signal
 import threading
 import time
 
-from hadref.train.checkpoint import load_checkpoint, save_checkpoint
 from hadref.errors import HadrefError
+from hadref.train.checkpoint import load_checkpoint, save_checkpoint
 
 
 class TrainLoop:
@@ -74,7 +74,8 @@ class TrainLoop:
             k = changed[0]
             raise HadrefError(f"{self.path}: checkpoint made with {k} = {saved.get(k)!r}, "
                               f"this run has {self.settings.get(k)!r}: resume with the same settings"
-                              + (f" ({len(changed)} differ: {', '.join(changed)})" if len(changed) > 1 else ""))
+                              + (f" ({len(changed)} differ: {', '.join(changed)})"
+                                 if len(changed) > 1 else ""))
         params = arrays["params"]
         if set(params) != set(self.model.params):
             raise HadrefError(f"{self.path}: checkpoint parameters do not match the model")

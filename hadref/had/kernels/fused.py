@@ -22,8 +22,7 @@ from numba import njit, prange
 
 from hadref.had.kernels.popcount import row_levels, row_levels_unmasked
 from hadref.had.kernels.select import counting_topn, order_by_level
-from hadref.had.kernels.softmax_av import (accumulate, finish, level_decay, level_weights,
-                                       softmax_av_row)
+from hadref.had.kernels.softmax_av import accumulate, finish, level_decay, level_weights, softmax_av_row
 from hadref.had.kernels.tile import LANES, attend_tile
 
 _VALUE_SUM_MATH = {"contract", "reassoc"}

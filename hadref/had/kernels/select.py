@@ -14,7 +14,6 @@ from numba import njit, prange
 
 from hadref.had.kernels.popcount import ctpop64, cttz64
 
-
 _COUNT_BLOCK = 16384  # keys per int16 partial count (< 32768: no overflow)
 
 

@@ -1,0 +1,46 @@
+"""Validation rules and the worker-chunk rule shared across hadref: one definition each.
+
+Every check returns the value in the type the caller uses and raises :class:`HadrefError`
+with a one-line message naming the setting or argument and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from hadref.errors import HadrefError
+
+
+def is_int(value) -> bool:
+    """True for Python and NumPy integers (bools are not integers here)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_positive(value, name: str) -> float:
+    """A positive finite float (a sigma, c, a clip threshold), or HadrefError naming it."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise HadrefError(f"{name}: expected a positive finite number, got {value!r}") from None
+    if not (math.isfinite(out) and out > 0):
+        raise HadrefError(f"{name}: expected a positive finite number, got {value!r}")
+    return out
+
+
+def check_top_n(top_n, name: str = "top_n") -> int:
+    """N of the top-N attention: an integer >= 1."""
+    if not is_int(top_n) or top_n < 1:
+        raise HadrefError(f"{name}: expected an integer >= 1, got {top_n!r}")
+    return int(top_n)
+
+
+def worker_chunks(units: int, threads: int | None = None) -> int:
+    """How many chunks a parallel kernel splits ``units`` independent work items into: a
+    few per thread, so that uneven items (causal rows, ragged tiles) balance out."""
+    if threads is None:
+        import numba
+
+        threads = numba.get_num_threads()
+    return max(1, min(int(units), 4 * threads))
