@@ -5,20 +5,20 @@ import pytest
 from gradcheck import assert_gradient
 
 from hadref.errors import HadrefError
-from hadref.had.binarize import STAGES, binarize_backward, binarize_forward, sign_pm1
+from hadref.had.binarize import TRANSFORMS, binarize_backward, binarize_forward, sign_pm1
 
 
-@pytest.mark.parametrize("stage", ["tanh1", "tanh2"])
+@pytest.mark.parametrize("transform", ["tanh1", "tanh2"])
 @pytest.mark.parametrize("c", [5.0, 1.0, 0.3])
-def test_tanh_stages_match_finite_differences(stage, c):
+def test_tanh_transforms_match_finite_differences(transform, c):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 5)) * 2.0
     sigma = 1.7
     weights = rng.standard_normal(x.shape)
-    y, cache = binarize_forward(x, sigma, stage, c=c)
+    y, cache = binarize_forward(x, sigma, transform, c=c)
 
     def loss():
-        return float((binarize_forward(x, sigma, stage, c=c)[0] * weights).sum())
+        return float((binarize_forward(x, sigma, transform, c=c)[0] * weights).sum())
 
     assert_gradient(binarize_backward(weights, cache), loss, x, rtol=1e-6, atol=1e-8)
 
@@ -56,8 +56,8 @@ def test_sign_of_zero_is_plus_one_and_dtype_kept():
     s = sign_pm1(x)
     assert s.dtype == np.float32
     np.testing.assert_array_equal(s, [1, 1, -1, 1])
-    for stage in STAGES:
-        y, _ = binarize_forward(x, 1.0, stage, c=1.0)
+    for transform in TRANSFORMS:
+        y, _ = binarize_forward(x, 1.0, transform, c=1.0)
         assert y.dtype == np.float32
 
 
@@ -65,7 +65,7 @@ def test_hard_has_no_backward_and_bad_settings_raise():
     _, cache = binarize_forward(np.ones(3), 1.0, "hard")
     with pytest.raises(HadrefError, match="inference only"):
         binarize_backward(np.ones(3), cache)
-    with pytest.raises(HadrefError, match="stage"):
+    with pytest.raises(HadrefError, match="transform"):
         binarize_forward(np.ones(3), 1.0, "tanh3")
     with pytest.raises(HadrefError, match="c:"):
         binarize_forward(np.ones(3), 1.0, "tanh1", c=0.0)

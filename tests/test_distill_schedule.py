@@ -26,7 +26,7 @@ def test_quick_schedule_counts_and_c_values():
     assert all(np.isclose(b / a, gamma) for a, b in zip([5.0] + cs, cs))  # decays per batch
     st3, _ = s.locate(n1 + n2)
     st4, j = s.locate(s.total_steps - 1)
-    assert (st3.number, st3.core_stage, st3.attn_loss) == (3, "ste", True)
+    assert (st3.number, st3.transform, st3.attn_loss) == (3, "ste", True)
     assert (st4.number, st4.attn_loss, st4.lr, j) == (4, False, 5e-6, 999)
     assert s.stage_end(n1 - 1) and not s.stage_end(n1)
     with pytest.raises(IndexError):
@@ -37,7 +37,7 @@ def test_paper_schedule_and_ablations():
     s = Schedule(gamma=0.9995, stage3_steps=10_000, stage4_steps=10_000, lr=2e-5, lr_stage4=5e-6)
     assert [st.steps for st in s.stages] == [3219, 5990, 10_000, 10_000]
     no_tanh = Schedule(gamma=0.9995, stage3_steps=10, stage4_steps=10, lr=1, lr_stage4=1, tanh=False)
-    assert [st.core_stage for st in no_tanh.stages] == ["ste"] * 4
+    assert [st.transform for st in no_tanh.stages] == ["ste"] * 4
     assert no_tanh.total_steps == 3219 + 5990 + 20
     no_ad = Schedule(gamma=0.5, stage3_steps=1, stage4_steps=1, lr=1, lr_stage4=1, attn_loss=False)
     assert not any(st.attn_loss for st in no_ad.stages)

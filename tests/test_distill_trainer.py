@@ -96,7 +96,7 @@ def test_stages_run_and_change_what_they_should(sst2_setup):
     assert evals[0]["changed_predictions"] is None
     assert all(0 <= r["changed_predictions"] <= len(dev.labels) for r in evals[1:])
     assert student.had["stage"] == "4" and student.had["top_n"] == 6
-    assert student.attention_core.stage == "hard" and student.attention_core.use_kernels
+    assert student.attention_core.transform == "hard" and student.attention_core.use_kernels
     np.testing.assert_array_equal(student.had["sigma_q"], student.attention_core.sigma_q.astype(np.float32))
 
 
@@ -112,7 +112,7 @@ def test_stage2_transform_approaches_sign(sst2_setup):
     for c in (1.0, 0.25, 0.0625, 0.01):
         scores = {}
         for stage in ("tanh2", "ste"):
-            model.attention_core = HADAttentionCore(sq, sk, 6, stage=stage, c=c)
+            model.attention_core = HADAttentionCore(sq, sk, 6, transform=stage, c=c)
             out = model.forward(b.input_ids, b.attention_mask, b.token_type_ids, output_scores=True)
             valid = b.attention_mask.astype(bool)
             # valid query rows and keys: (B, h, T, T) -> (B, T, h, T)[valid rows][..., valid keys]
@@ -213,7 +213,7 @@ def test_ablations_no_attn_loss_and_no_tanh(sst2_setup):
     assert all(r["lr"] == lr_of[r["stage"]] for r in steps)
 
     settings = DistillSettings(**{**_FAST, "tanh": False})
-    assert [s.core_stage for s in settings.make_schedule().stages] == ["ste"] * 4
+    assert [s.transform for s in settings.make_schedule().stages] == ["ste"] * 4
     log = _ListLog()
     distill(teacher, train, None, task, settings, log=log)
     steps = [r for r in log.records if "l_out" in r]

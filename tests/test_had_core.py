@@ -31,7 +31,7 @@ def _loss(core, q, k, v, mask, w_ctx, w_scores):
 @pytest.mark.parametrize("stage,c", [("tanh1", 5.0), ("tanh1", 1.3), ("tanh2", 1.0), ("tanh2", 0.2)])
 def test_tanh_stages_match_finite_differences(stage, c):
     q, k, v, mask = _inputs()
-    core = HADAttentionCore([0.9, 1.4], [1.1, 0.7], top_n=3, stage=stage, c=c)
+    core = HADAttentionCore([0.9, 1.4], [1.1, 0.7], top_n=3, transform=stage, c=c)
     rng = np.random.default_rng(1)
     ctx, cache, aux = core.forward(q, k, v, mask, 1, need_scores=True)
     w_ctx = rng.standard_normal(ctx.shape)
@@ -44,7 +44,7 @@ def test_tanh_stages_match_finite_differences(stage, c):
 
 def test_scores_are_transformed_logits_before_the_mask_and_probs_use_topn():
     q, k, v, mask = _inputs()
-    core = HADAttentionCore([1.0, 1.2], [1.0, 0.8], top_n=2, stage="tanh2", c=0.5)
+    core = HADAttentionCore([1.0, 1.2], [1.0, 0.8], top_n=2, transform="tanh2", c=0.5)
     ctx, _, aux = core.forward(q, k, v, mask, 1, need_scores=True)
     qt = 1.2 * np.tanh(q / (0.5 * 1.2))
     kt = 0.8 * np.tanh(k / (0.5 * 0.8))
@@ -61,7 +61,7 @@ def test_scores_are_transformed_logits_before_the_mask_and_probs_use_topn():
 def test_ste_backward_is_its_definition():
     q, k, v, mask = _inputs(seed=3)
     sq, sk, t = 0.8, 1.1, 1.0
-    core = HADAttentionCore([sq], [sk], top_n=3, stage="ste", ste_t=t)
+    core = HADAttentionCore([sq], [sk], top_n=3, transform="ste", ste_t=t)
     ctx, cache, aux = core.forward(q, k, v, mask, 0, need_scores=True)
     rng = np.random.default_rng(2)
     w_ctx, w_scores = rng.standard_normal(ctx.shape), rng.standard_normal(aux["scores"].shape)
@@ -100,7 +100,7 @@ def test_hard_packed_forward_equals_training_forward(dtype):
     mask[2, :] = False  # a sequence with no valid key
     sq, sk = np.array([0.6, 1.7]), np.array([1.2, 0.4])
     fast = HADAttentionCore.for_inference(sq, sk, top_n=7)
-    slow = HADAttentionCore(sq, sk, top_n=7, stage="hard")
+    slow = HADAttentionCore(sq, sk, top_n=7, transform="hard")
     tol = 1e-5 if dtype == np.float32 else 1e-12
     for layer in (0, 1):
         ctx_fast, _, aux_fast = fast.forward(q, k, v, mask, layer, need_scores=False)
@@ -114,17 +114,17 @@ def test_hard_packed_forward_equals_training_forward(dtype):
             hadref.had_attention(q, k, v, 7, sq[layer], sk[layer], key_mask=mask[:, None, :]),
             ctx_slow, rtol=tol, atol=tol)
     # the ste stage's forward is the hard forward
-    ste = HADAttentionCore(sq, sk, top_n=7, stage="ste")
+    ste = HADAttentionCore(sq, sk, top_n=7, transform="ste")
     np.testing.assert_allclose(ste.forward(q, k, v, mask, 1)[0], slow.forward(q, k, v, mask, 1)[0],
                                rtol=tol, atol=tol)
 
 
 def test_settings_validation_and_hard_backward():
     core = HADAttentionCore([1.0, 1.0], [1.0, 1.0], top_n=4)
-    assert core.stage == "tanh1" and core.c == 5.0
+    assert core.transform == "tanh1" and core.c == 5.0
     core.c = core.c * 0.9995  # the distillation schedule decays c between steps
     assert core.c == pytest.approx(4.9975)
-    for attr, bad in (("c", 0.0), ("c", float("inf")), ("ste_t", -1.0), ("stage", "soft")):
+    for attr, bad in (("c", 0.0), ("c", float("inf")), ("ste_t", -1.0), ("transform", "soft")):
         with pytest.raises(HadrefError, match=attr):
             setattr(core, attr, bad)
     with pytest.raises(HadrefError, match="sigma_k"):
@@ -143,7 +143,7 @@ def test_settings_validation_and_hard_backward():
     with pytest.raises(HadrefError, match="finite"):
         core.forward(bad, k, v, mask, 0, False)
     hard = HADAttentionCore.for_inference([1.0], [1.0], top_n=2)
-    assert hard.stage == "hard"
+    assert hard.transform == "hard"
     _, cache, _ = hard.forward(q, k, v, mask, 0, False)
     with pytest.raises(HadrefError, match="inference only"):
         hard.backward(cache, np.ones_like(q))

@@ -36,7 +36,7 @@ def _batch(seed=0):
 @pytest.mark.parametrize("stage,c", [("tanh1", 2.0), ("tanh2", 0.5)])
 def test_full_model_gradient_matches_finite_differences(stage, c):
     model = _model()
-    model.attention_core = HADAttentionCore([0.8, 1.3], [1.1, 0.9], top_n=3, stage=stage, c=c)
+    model.attention_core = HADAttentionCore([0.8, 1.3], [1.1, 0.9], top_n=3, transform=stage, c=c)
     ids, mask = _batch()
     rng = np.random.default_rng(2)
     r_hidden = rng.standard_normal((NB, NT, HIDDEN))
@@ -74,7 +74,7 @@ class _Recording(HADAttentionCore):
 def test_model_with_hard_core_equals_plain_array_had_attention_per_layer(dtype):
     model = _model(seed=4).astype(dtype)
     sq, sk, top_n = np.array([0.7, 1.2]), np.array([1.4, 0.6]), 3
-    core = _Recording(sq, sk, top_n, stage="hard", use_kernels=True)
+    core = _Recording(sq, sk, top_n, transform="hard", use_kernels=True)
     core.seen = {}
     model.attention_core = core
     ids, mask = _batch(5)
@@ -90,7 +90,7 @@ def test_model_with_hard_core_equals_plain_array_had_attention_per_layer(dtype):
         assert ((probs > 0).sum(-1) <= top_n).all()
         assert (probs[1][..., 5:] == 0).all()
     # the training path's hard forward gives the same model output
-    model.attention_core = HADAttentionCore(sq, sk, top_n, stage="hard")
+    model.attention_core = HADAttentionCore(sq, sk, top_n, transform="hard")
     out_slow = model.forward(ids, mask)
     np.testing.assert_allclose(out_fast.last_hidden_state, out_slow.last_hidden_state,
                                rtol=tol, atol=tol)

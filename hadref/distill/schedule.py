@@ -24,11 +24,11 @@ from hadref.errors import HadrefError
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage: number 1-4, the attention core stage name, step count, learning rate,
+    """One stage: number 1-4, the HAD core's transform, step count, learning rate,
     whether the attention loss is on, and (tanh stages) c at its first step."""
 
     number: int
-    core_stage: str
+    transform: str      # the HAD core's Q/K transform (hadref.had.binarize.TRANSFORMS)
     steps: int
     lr: float
     attn_loss: bool

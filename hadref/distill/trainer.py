@@ -32,10 +32,10 @@ from hadref.train.evaluation import evaluate
 from hadref.train.loop import TrainLoop, dropout_scope
 
 
-def _had_core(sigma_q, sigma_k, settings: DistillSettings, stage: str = "tanh1", c: float = 5.0):
+def _had_core(sigma_q, sigma_k, settings: DistillSettings, transform: str = "tanh1", c: float = 5.0):
     from hadref.had.core import HADAttentionCore
 
-    return HADAttentionCore(sigma_q, sigma_k, settings.effective_top_n, stage=stage, c=c,
+    return HADAttentionCore(sigma_q, sigma_k, settings.effective_top_n, transform=transform, c=c,
                             ste_t=settings.ste_t)
 
 
@@ -104,7 +104,7 @@ def distill(teacher, train_data, dev_data, task, settings: DistillSettings, *,
     def step_fn(step, batch):
         stage, _ = schedule.locate(step)
         c = schedule.c_at(step)
-        core.stage = stage.core_stage
+        core.transform = stage.transform
         if c is not None:
             core.c = c
         attn = stage.attn_loss

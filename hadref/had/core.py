@@ -3,13 +3,14 @@
 The engine hands each layer's ``q, k, v`` (B, h, T, d) (after bias, before scaling) to
 ``core.forward(q, k, v, key_mask, layer, need_scores)`` (``docs/design.md``, "The
 attention hook"). This core binarizes q and k with the layer's ``sigma_q``, ``sigma_k``
-according to the stage (:mod:`hadref.had.binarize`), forms ``scores = Q_t K_t^T / sqrt(d)``,
+according to its transform (:mod:`hadref.had.binarize`; the distillation stage sets it),
+forms ``scores = Q_t K_t^T / sqrt(d)``,
 keeps the top-N valid keys of each query row and runs the softmax and value sum over them
 (:mod:`hadref.had.topn`). ``backward`` returns ``(dq, dk, dv)`` and accepts the gradient of the
 distillation loss with respect to ``aux['scores']`` (the transformed logits *before* the
 top-N mask, where the attention KL is taken: ``../shared/HAD.md``, "Losses").
 
-In stages ``ste`` and ``hard`` the logits are ``sigma_q sigma_k (sign(q) . sign(k)) /
+With the transforms ``ste`` and ``hard`` the logits are ``sigma_q sigma_k (sign(q) . sign(k)) /
 sqrt(d)`` with the integer dot product formed exactly, so ties are exact and the selected
 set is the packed kernels' set. ``for_inference`` builds a ``hard`` core whose forward
 runs on packed bits (:mod:`hadref.had.attention`) and equals the training path's forward.
@@ -18,14 +19,22 @@ runs on packed bits (:mod:`hadref.had.attention`) and equals the training path's
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from hadref.checks import check_positive, check_top_n
 from hadref.errors import HadrefError
 from hadref.had import attention as hamming
-from hadref.had.binarize import STAGES, binarize_backward, binarize_forward, check_stage, sign_pm1
-from hadref.had.topn import topn_attention_backward, topn_attention_forward
+from hadref.had.binarize import (
+    TRANSFORMS,
+    BinarizeCache,
+    binarize_backward,
+    binarize_forward,
+    check_transform,
+    sign_pm1,
+)
+from hadref.had.topn import TopNCache, topn_attention_backward, topn_attention_forward
 
 
 def _sigmas(values, name: str) -> np.ndarray:
@@ -58,17 +67,30 @@ class _LazyProbs(dict):
         return self[key] if key in self else default
 
 
+class HADCoreCache(NamedTuple):
+    """What ``HADAttentionCore.forward`` saves for its backward (the packed ``hard`` path
+    saves only its transform: it has no backward)."""
+
+    transform: str
+    qt: np.ndarray | None = None          # (B, h, T, d) transformed queries
+    kt: np.ndarray | None = None          # (B, h, T, d) transformed keys
+    q: BinarizeCache | None = None        # the query transform's cache
+    k: BinarizeCache | None = None        # the key transform's cache
+    topn: TopNCache | None = None         # the top-N softmax's cache
+    inv_sqrt_d: float = 0.0
+
+
 class HADAttentionCore:
     """HAD attention for the engine's attention hook (training path and packed inference).
 
-    sigma_q, sigma_k: (L,) positive per-layer coefficients; top_n: N >= 1; stage: one of
+    sigma_q, sigma_k: (L,) positive per-layer coefficients; top_n: N >= 1; transform: one of
     ``"tanh1"``, ``"tanh2"``, ``"ste"`` (training) or ``"hard"`` (inference, no backward);
     c: the tanh temperature (> 0; the distillation schedule sets ``core.c`` between steps);
-    ste_t: the STE window (> 0). ``use_kernels`` (hard stage only): compute the context on
+    ste_t: the STE window (> 0). ``use_kernels`` (``hard`` only): compute the context on
     packed bits with the Numba kernels when no scores are asked for.
     """
 
-    def __init__(self, sigma_q, sigma_k, top_n: int, stage: str = "tanh1", c: float = 5.0,
+    def __init__(self, sigma_q, sigma_k, top_n: int, transform: str = "tanh1", c: float = 5.0,
                  ste_t: float = 1.0, use_kernels: bool = False):
         self.sigma_q = _sigmas(sigma_q, "sigma_q")
         self.sigma_k = _sigmas(sigma_k, "sigma_k")
@@ -76,7 +98,7 @@ class HADAttentionCore:
             raise HadrefError(f"sigma_k: expected {self.sigma_q.size} values (as sigma_q), "
                               f"got {self.sigma_k.size}")
         self.top_n = check_top_n(top_n)
-        self.stage = stage
+        self.transform = transform
         self.c = c
         self.ste_t = ste_t
         self.use_kernels = bool(use_kernels)
@@ -84,16 +106,16 @@ class HADAttentionCore:
     @classmethod
     def for_inference(cls, sigma_q, sigma_k, top_n: int) -> "HADAttentionCore":
         """A ``hard`` core on the packed Numba path (what ``hadref.load`` gives a student)."""
-        return cls(sigma_q, sigma_k, top_n, stage="hard", use_kernels=True)
+        return cls(sigma_q, sigma_k, top_n, transform="hard", use_kernels=True)
 
     # settings the distillation loop changes between steps, validated on every set
     @property
-    def stage(self) -> str:
-        return self._stage
+    def transform(self) -> str:
+        return self._transform
 
-    @stage.setter
-    def stage(self, value: str) -> None:
-        self._stage = check_stage(value)
+    @transform.setter
+    def transform(self, value: str) -> None:
+        self._transform = check_transform(value)
 
     @property
     def c(self) -> float:
@@ -117,7 +139,7 @@ class HADAttentionCore:
 
     def __repr__(self) -> str:
         return (f"HADAttentionCore(layers={self.n_layers}, top_n={self.top_n}, "
-                f"stage={self.stage!r}, c={self.c:g}, ste_t={self.ste_t:g})")
+                f"transform={self.transform!r}, c={self.c:g}, ste_t={self.ste_t:g})")
 
     # ------------------------------------------------------------------------- forward
 
@@ -154,7 +176,7 @@ class HADAttentionCore:
         q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
         key_mask = self._check(q, k, v, key_mask, layer)
         sq, sk = float(self.sigma_q[layer]), float(self.sigma_k[layer])
-        if self.stage == "hard" and self.use_kernels and not need_scores:
+        if self.transform == "hard" and self.use_kernels and not need_scores:
             return self._forward_packed(q, k, v, key_mask, sq, sk, layer)
         return self._forward_dense(q, k, v, key_mask, sq, sk, need_scores)
 
@@ -162,9 +184,9 @@ class HADAttentionCore:
         dtype = np.result_type(q, k, v).type
         d = q.shape[-1]
         inv_sqrt_d = dtype(1.0 / math.sqrt(d))
-        qt, q_cache = binarize_forward(q, sq, self.stage, self.c, self.ste_t)
-        kt, k_cache = binarize_forward(k, sk, self.stage, self.c, self.ste_t)
-        if self.stage in ("ste", "hard"):
+        qt, q_cache = binarize_forward(q, sq, self.transform, self.c, self.ste_t)
+        kt, k_cache = binarize_forward(k, sk, self.transform, self.c, self.ste_t)
+        if self.transform in ("ste", "hard"):
             # the exact integer dot product of the signs, one rounding when scaled: equal
             # popcounts give equal scores, as in the packed path
             signs_q = sign_pm1(q).astype(np.float64)
@@ -177,7 +199,7 @@ class HADAttentionCore:
         aux = {"probs": probs}
         if need_scores:
             aux["scores"] = scores
-        cache = (self.stage, qt, kt, q_cache, k_cache, topn_cache, inv_sqrt_d)
+        cache = HADCoreCache(self.transform, qt, kt, q_cache, k_cache, topn_cache, inv_sqrt_d)
         return ctx.astype(dtype, copy=False), cache, aux
 
     def _forward_packed(self, q, k, v, key_mask, sq, sk, layer):
@@ -188,25 +210,23 @@ class HADAttentionCore:
         def probs():
             return self._forward_dense(q, k, v, key_mask, sq, sk, False)[2]["probs"]
 
-        return ctx, ("hard", layer), _LazyProbs(probs)
+        return ctx, HADCoreCache("hard"), _LazyProbs(probs)
 
     # ------------------------------------------------------------------------- backward
 
     def backward(self, cache, dctx, dscores=None):
         """dctx (B, h, T, d); dscores (B, h, T, T) or None: the gradient with respect to
         ``aux['scores']``. Returns ``(dq, dk, dv)``, each (B, h, T, d)."""
-        stage = cache[0]
-        if stage == "hard":
-            raise HadrefError("stage 'hard' is inference only: it has no gradient "
-                              "(train with stage 'ste')")
-        _, qt, kt, q_cache, k_cache, topn_cache, inv_sqrt_d = cache
-        dlogits, dv = topn_attention_backward(dctx, topn_cache)
+        if cache.transform == "hard":
+            raise HadrefError("transform 'hard' is inference only: it has no gradient "
+                              "(train with transform 'ste')")
+        dlogits, dv = topn_attention_backward(dctx, cache.topn)
         if dscores is not None:
             dlogits = dlogits + dscores
-        ds = dlogits * inv_sqrt_d  # gradient with respect to Q_t K_t^T
-        dqt = ds @ kt
-        dkt = np.swapaxes(ds, -1, -2) @ qt
-        return binarize_backward(dqt, q_cache), binarize_backward(dkt, k_cache), dv
+        ds = dlogits * cache.inv_sqrt_d  # gradient with respect to Q_t K_t^T
+        dqt = ds @ cache.kt
+        dkt = np.swapaxes(ds, -1, -2) @ cache.qt
+        return binarize_backward(dqt, cache.q), binarize_backward(dkt, cache.k), dv
 
 
-__all__ = ["HADAttentionCore", "STAGES"]
+__all__ = ["HADAttentionCore", "TRANSFORMS"]

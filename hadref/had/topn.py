@@ -12,11 +12,20 @@ quickselect under the order (score descending, index ascending)), not a full sor
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from hadref.checks import check_top_n, worker_chunks
 from hadref.errors import HadrefError
 from hadref.had.kernels.select import float_topn_mask, float_topn_softmax
+
+
+class TopNCache(NamedTuple):
+    """What ``topn_attention_forward`` saves for its backward."""
+
+    probs: np.ndarray   # (..., m, n), zero off the selected set
+    v: np.ndarray       # (..., n, dv)
 
 
 def _rows(scores, key_valid, top_n):
@@ -57,12 +66,12 @@ def topn_attention_forward(scores, v, key_valid, top_n: int):
     float_topn_softmax(flat, valid, top_n, probs, idx_ws)
     probs = probs.reshape(scores.shape)
     ctx = probs @ v
-    return ctx, probs, (probs, v)
+    return ctx, probs, TopNCache(probs, v)
 
 
 def topn_attention_backward(dctx, cache):
     """dctx (..., m, dv) -> (dscores (..., m, n), dv (..., n, dv)); the index set is fixed."""
-    probs, v = cache
+    probs, v = cache.probs, cache.v
     dv = np.swapaxes(probs, -1, -2) @ dctx
     dp = dctx @ np.swapaxes(v, -1, -2)
     dscores = probs * (dp - (dp * probs).sum(axis=-1, keepdims=True))

@@ -224,7 +224,7 @@ def _check_against_training_path(model, dev, batch_size, logits, preds, task, na
 
     packed = model.attention_core
     model.attention_core = HADAttentionCore(packed.sigma_q, packed.sigma_k, packed.top_n,
-                                            stage="hard", use_kernels=False)
+                                            transform="hard", use_kernels=False)
     try:
         ref = predict(model, dev, batch_size)
     finally:
