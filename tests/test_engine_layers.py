@@ -249,7 +249,10 @@ def test_float_attention_core_scratch_reuse(nb, heads, nt, d, seed, with_scores,
 
 
 class _PlainCore(attention.FloatAttentionCore):
-    """A core without the engine's `queries` shortcut (as any other core)."""
+    """A core without the engine's `queries` shortcut (as any other core): a subclass that
+    overrides backward declares that it drops the capability."""
+
+    takes_strided_views = False
 
     def backward(self, cache, dctx, dscores=None):
         return super().backward(cache, dctx, dscores)

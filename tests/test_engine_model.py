@@ -147,7 +147,8 @@ def test_attention_hook_sees_contract_shapes_and_can_replace_the_core():
     calls = []
 
     class Recording(FloatAttentionCore):
-        supports_dropout = False
+        supports_dropout = False       # a core of the plain protocol: no capabilities
+        takes_strided_views = False
 
         def forward(self, q, k, v, key_mask, layer, need_scores):
             calls.append((q.shape, k.shape, v.shape, key_mask.dtype, layer, need_scores,
@@ -264,3 +265,18 @@ def test_random_model_add_classifier_copy_and_astype():
     assert wide.dtype == np.float64
     np.testing.assert_allclose(wide.forward(np.array([[1, 2]])).logits,
                                model.forward(np.array([[1, 2]])).logits, rtol=1e-5, atol=1e-6)
+
+
+def test_both_cores_satisfy_the_protocol_and_declare_their_capabilities():
+    from hadref.engine.attention_core import AttentionCore, has_capability
+    from hadref.had.core import HADAttentionCore
+
+    float_core, had_core = FloatAttentionCore(), HADAttentionCore([1.0], [1.0], top_n=2)
+    assert isinstance(float_core, AttentionCore) and isinstance(had_core, AttentionCore)
+    assert has_capability(float_core, "supports_dropout")
+    assert has_capability(float_core, "takes_strided_views")
+    assert not has_capability(had_core, "supports_dropout")
+    assert not has_capability(had_core, "takes_strided_views")
+    assert not has_capability(object(), "supports_dropout")   # undeclared means no
+    with pytest.raises(ValueError, match="unknown attention-core capability"):
+        has_capability(float_core, "fast")

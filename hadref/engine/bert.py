@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy as _copy
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,6 +26,16 @@ from hadref.engine.layers.embeddings import embeddings_backward, embeddings_forw
 from hadref.engine.layers.encoder_layer import encoder_layer_backward, encoder_layer_forward
 from hadref.engine.layers.pooler import pooler_backward, pooler_forward
 from hadref.errors import HadrefError
+
+
+class BertCache(NamedTuple):
+    """What a ``train=True`` forward keeps for :meth:`BertModel.backward`."""
+
+    embeddings: object   # EmbeddingsCache
+    layers: list         # one EncoderLayerCache per layer
+    pooler: object       # PoolerCache or None
+    head: object         # ClassifierCache or None
+    shape: tuple         # (B, T, H) of the last hidden state
 
 
 @dataclass
@@ -267,7 +278,7 @@ class BertModel:
             logits, head_cache = classifier_forward(pooled, params, cfg.hidden_dropout_prob,
                                                     rng, train)
         if train:
-            self._cache = (emb_cache, layer_caches, pool_cache, head_cache, x.shape)
+            self._cache = BertCache(emb_cache, layer_caches, pool_cache, head_cache, x.shape)
         return ModelOutput(x, pooled, logits, attentions if output_attentions else None,
                            scores if output_scores else None)
 

@@ -90,6 +90,9 @@ class HADAttentionCore:
     packed bits with the Numba kernels when no scores are asked for.
     """
 
+    supports_dropout = False      # capabilities (hadref.engine.attention_core)
+    takes_strided_views = False
+
     def __init__(self, sigma_q, sigma_k, top_n: int, transform: str = "tanh1", c: float = 5.0,
                  ste_t: float = 1.0, use_kernels: bool = False):
         self.sigma_q = _sigmas(sigma_q, "sigma_q")

@@ -12,12 +12,36 @@ to the encoder layer.
 """
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from hadref.engine import elementwise
+from hadref.engine.attention_core import has_capability
 from hadref.engine.layers.dropout import draw_mask
-from hadref.engine.layers.linear import linear_backward, linear_forward
+from hadref.engine.layers.linear import LinearCache, linear_backward, linear_forward
+
+
+class FloatAttentionCache(NamedTuple):
+    """What ``FloatAttentionCore.forward`` saves for its backward."""
+
+    q: np.ndarray        # (B, h, T, d), possibly a strided view of the projection
+    k: np.ndarray        # (B, h, T, d)
+    v: np.ndarray        # (B, h, T, d)
+    probs: np.ndarray    # (B, h, T, T) before dropout
+    mask: object         # DropoutMask or None: the dropped probabilities are recomputed
+    scale: float         # 1 / sqrt(d)
+
+
+class SelfAttentionCache(NamedTuple):
+    """What ``self_attention_forward`` saves for the backward."""
+
+    qkv: LinearCache     # the fused (3H, H) projection
+    core: object         # the attention core that ran the forward
+    core_cache: object   # what that core saved
+    dense: LinearCache   # the output dense
+    layer: int
+    num_heads: int
 
 
 class FloatAttentionCore:
@@ -31,7 +55,9 @@ class FloatAttentionCore:
 
     ``dropout=(p, rng)`` drops attention probabilities in training (Hugging Face's
     attention_probs_dropout_prob); ``aux['probs']`` are the probabilities before dropout.
-    Cores that support it say so with ``supports_dropout = True``.
+    Cores that support it say so with ``supports_dropout = True``; this core also takes
+    strided q, k, v views and the engine-only backward arguments (``takes_strided_views``;
+    a subclass that overrides forward or backward must set it False unless it keeps them).
 
     Memory: of the (B, h, T, T) arrays only ``probs`` is new on every forward (it is
     returned and kept for the backward). The scores (unless returned), the dropped
@@ -43,6 +69,7 @@ class FloatAttentionCore:
     """
 
     supports_dropout = True
+    takes_strided_views = True
 
     def _scratch(self, shape, dtype):
         """A (shape, dtype) view of the core's scratch buffer (grown when too small)."""
@@ -83,7 +110,7 @@ class FloatAttentionCore:
         aux = {"probs": probs}
         if need_scores:
             aux["scores"] = scores
-        return ctx, (q, k, v, probs, mask, scale), aux
+        return ctx, FloatAttentionCache(q, k, v, probs, mask, scale), aux
 
     def backward(self, cache, dctx, dscores=None, queries=None, out=None):
         """dctx (B, h, T, d), dscores (B, h, T, T) or None -> (dq, dk, dv) (B, h, T, d).
@@ -151,13 +178,6 @@ class FloatAttentionCore:
         return dq, dk, dv
 
 
-def _is_float_core(core):
-    """True for FloatAttentionCore (and subclasses that keep its forward and backward):
-    it takes strided views and the engine-only backward arguments."""
-    cls = type(core)
-    return cls.forward is FloatAttentionCore.forward and cls.backward is FloatAttentionCore.backward
-
-
 def _names(layer):
     p = f"encoder.layer.{layer}.attention."
     return (p + "self.query", p + "self.key", p + "self.value", p + "output.dense")
@@ -179,11 +199,11 @@ def self_attention_forward(x, params, layer, num_heads, key_mask, core, need_sco
                            params[value + ".bias"]])
     qkv, qkv_cache = linear_forward(x, weight, bias)
     qkv = qkv.reshape(nb, nt, 3, num_heads, d).transpose(2, 0, 3, 1, 4)
-    if not _is_float_core(core):  # the hook's contract; the float core takes the views
+    if not has_capability(core, "takes_strided_views"):  # the contract: C-contiguous arrays
         qkv = np.ascontiguousarray(qkv)
     q, k, v = qkv[0], qkv[1], qkv[2]
     dropout = None
-    if train and attn_dropout_p > 0 and getattr(core, "supports_dropout", False):
+    if train and attn_dropout_p > 0 and has_capability(core, "supports_dropout"):
         dropout = (attn_dropout_p, rng)
     if dropout is None:
         ctx, core_cache, aux = core.forward(q, k, v, key_mask, layer, need_scores)
@@ -192,7 +212,7 @@ def self_attention_forward(x, params, layer, num_heads, key_mask, core, need_sco
                                             dropout=dropout)
     merged = np.ascontiguousarray(ctx.transpose(0, 2, 1, 3)).reshape(nb, nt, h)
     out, dense_cache = linear_forward(merged, params[dense + ".weight"], params[dense + ".bias"])
-    return out, (qkv_cache, core, core_cache, dense_cache, layer, num_heads), aux
+    return out, SelfAttentionCache(qkv_cache, core, core_cache, dense_cache, layer, num_heads), aux
 
 
 def self_attention_backward(dout, cache, dscores=None, tokens=None):
@@ -207,7 +227,7 @@ def self_attention_backward(dout, cache, dscores=None, tokens=None):
     grads = {}
     if tokens is not None:
         merged, dense_weight = dense_cache
-        dense_cache = (merged[:, tokens], dense_weight)
+        dense_cache = LinearCache(merged[:, tokens], dense_weight)
         dout = dout[:, tokens]
     dmerged, grads[dense + ".weight"], grads[dense + ".bias"] = linear_backward(dout, dense_cache)
     nb, nt, h = dmerged.shape
@@ -215,7 +235,7 @@ def self_attention_backward(dout, cache, dscores=None, tokens=None):
     dctx = dmerged.reshape(nb, nt, num_heads, d).transpose(0, 2, 1, 3)
     nt = qkv_cache[0].shape[1]
     dqkv = np.empty((nb, nt, 3, num_heads, d), dmerged.dtype)  # the (B, T, 3H) layout
-    if _is_float_core(core):  # strided dctx, gradients written straight into dqkv
+    if has_capability(core, "takes_strided_views"):  # strided dctx, gradients into dqkv
         core.backward(core_cache, dctx, dscores, queries=tokens, out=dqkv)
     else:
         if tokens is None:

@@ -12,6 +12,8 @@ without a second pass over a random stream. The same generator state gives the s
 mask. With ``train=False`` or ``p == 0`` the layer is the identity and the cache is None.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 from hadref.engine import elementwise
@@ -19,8 +21,27 @@ from hadref.engine import elementwise
 _LEVELS = 65536
 
 
+class DropoutMask(NamedTuple):
+    """One dropout mask: element i is kept when _hash16(i, key1, key2) >= threshold."""
+
+    key1: int
+    key2: int
+    threshold: int
+    scale: float   # 65536 / (65536 - threshold), applied to the kept values
+
+
+class DropoutCache(NamedTuple):
+    """What ``dropout_forward`` saves: the mask (as its keys) and the input's shape."""
+
+    key1: int
+    key2: int
+    threshold: int
+    scale: float
+    shape: tuple
+
+
 def draw_mask(p, rng, size):
-    """(key1, key2, threshold, scale) of one dropout mask over `size` elements, or None
+    """The DropoutMask (key1, key2, threshold, scale) of one dropout mask over `size` elements, or None
     when p rounds to 0 (the keys come from rng; the mask is elementwise._hash16 of them)."""
     threshold = int(round(p * _LEVELS))
     if threshold == 0:
@@ -28,13 +49,13 @@ def draw_mask(p, rng, size):
     if size >= 2**32:
         raise ValueError("dropout: arrays of 2**32 or more elements are not supported")
     key1, key2 = (int(k) for k in rng.integers(0, 2**32, size=2, dtype=np.uint64))
-    return key1, key2, threshold, _LEVELS / (_LEVELS - threshold)
+    return DropoutMask(key1, key2, threshold, _LEVELS / (_LEVELS - threshold))
 
 
 def dropout_forward(x, p, rng, train):
     """x (...) float, p in [0, 1), rng np.random.Generator -> (y (...), cache or None).
 
-    cache = (key1, key2, threshold, scale, shape)."""
+    cache: a DropoutCache (the mask's keys and the input's shape)."""
     mask = draw_mask(p, rng, x.size) if train else None
     if mask is None:
         return x, None
@@ -43,7 +64,7 @@ def dropout_forward(x, p, rng, train):
     out = np.empty_like(x)
     elementwise.dropout_apply(x.reshape(-1), key1, key2, threshold, x.dtype.type(scale),
                          out.reshape(-1))
-    return out, (key1, key2, threshold, scale, x.shape)
+    return out, DropoutCache(key1, key2, threshold, scale, x.shape)
 
 
 def dropout_backward(dy, cache):

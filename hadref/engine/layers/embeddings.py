@@ -5,6 +5,8 @@ Parameters (Hugging Face names): ``embeddings.word_embeddings.weight`` (V, H),
 (types, H), ``embeddings.LayerNorm.weight`` / ``.bias`` (H,). Positions are 0..T-1.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 from hadref.engine import elementwise
@@ -18,6 +20,16 @@ LN_WEIGHT = "embeddings.LayerNorm.weight"
 LN_BIAS = "embeddings.LayerNorm.bias"
 
 
+class EmbeddingsCache(NamedTuple):
+    """What ``embeddings_forward`` saves for the backward."""
+
+    input_ids: np.ndarray        # (B, T) int64
+    token_type_ids: np.ndarray   # (B, T) int64
+    layernorm: object            # LayerNormCache
+    dropout: object              # DropoutCache or None
+    params: dict                 # the tables, for their shapes and dtypes
+
+
 def embeddings_forward(input_ids, token_type_ids, params, eps, dropout_p, rng, train):
     """input_ids, token_type_ids (B, T) int64 (already range-checked) -> x (B, T, H)."""
     word = params[WORD]
@@ -26,7 +38,7 @@ def embeddings_forward(input_ids, token_type_ids, params, eps, dropout_p, rng, t
                          params[TOKEN_TYPE], summed)
     normed, ln_cache = layernorm_forward(summed, params[LN_WEIGHT], params[LN_BIAS], eps)
     out, drop_cache = dropout_forward(normed, dropout_p, rng, train)
-    return out, (input_ids, token_type_ids, ln_cache, drop_cache, params)
+    return out, EmbeddingsCache(input_ids, token_type_ids, ln_cache, drop_cache, params)
 
 
 def embeddings_backward(dout, cache):

@@ -4,10 +4,24 @@
     y = LayerNorm(a + dropout(feedforward(a)))        (output.LayerNorm)
 """
 
+from typing import NamedTuple
+
 from hadref.engine.layers.attention import self_attention_backward, self_attention_forward
 from hadref.engine.layers.dropout import dropout_backward, dropout_forward
 from hadref.engine.layers.feedforward import feedforward_backward, feedforward_forward
 from hadref.engine.layers.layernorm import layernorm_backward, layernorm_forward
+
+
+class EncoderLayerCache(NamedTuple):
+    """What ``encoder_layer_forward`` saves for the backward, in forward order."""
+
+    attention: object        # SelfAttentionCache
+    attn_dropout: object     # DropoutCache or None
+    attn_layernorm: object   # LayerNormCache
+    feedforward: object      # FeedForwardCache
+    ff_dropout: object       # DropoutCache or None
+    out_layernorm: object    # LayerNormCache
+    layer: int
 
 
 def _ln_names(layer):
@@ -30,7 +44,8 @@ def encoder_layer_forward(x, params, layer, config, key_mask, core, need_scores,
     ff += a
     y, ln_out_cache = layernorm_forward(ff, params[ln_out + ".weight"],
                                         params[ln_out + ".bias"], config.layer_norm_eps)
-    return y, (attn_cache, drop_attn, ln_attn_cache, ff_cache, drop_ff, ln_out_cache, layer), aux
+    return y, EncoderLayerCache(attn_cache, drop_attn, ln_attn_cache, ff_cache, drop_ff,
+                                ln_out_cache, layer), aux
 
 
 def encoder_layer_backward(dy, cache, dscores=None, tokens=None):

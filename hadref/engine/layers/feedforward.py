@@ -5,10 +5,21 @@ and ``output.dense`` (weight (H, I), bias (H,)). The dropout, residual and Layer
 follow belong to the encoder layer.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 from hadref.engine.layers.gelu import gelu_backward, gelu_forward
-from hadref.engine.layers.linear import linear_backward, linear_forward
+from hadref.engine.layers.linear import LinearCache, linear_backward, linear_forward
+
+
+class FeedForwardCache(NamedTuple):
+    """What ``feedforward_forward`` saves for the backward."""
+
+    inner: LinearCache   # the H -> I dense
+    gelu: np.ndarray     # (B, T, I) the GELU's input
+    outer: LinearCache   # the I -> H dense
+    layer: int
 
 
 def _names(layer):
@@ -21,7 +32,7 @@ def feedforward_forward(x, params, layer):
     pre, inner_cache = linear_forward(x, params[inner + ".weight"], params[inner + ".bias"])
     act, gelu_cache = gelu_forward(pre)
     y, outer_cache = linear_forward(act, params[outer + ".weight"], params[outer + ".bias"])
-    return y, (inner_cache, gelu_cache, outer_cache, layer)
+    return y, FeedForwardCache(inner_cache, gelu_cache, outer_cache, layer)
 
 
 def feedforward_backward(dy, cache, tokens=None):
@@ -32,7 +43,8 @@ def feedforward_backward(dy, cache, tokens=None):
     inner_cache, gelu_cache, outer_cache, layer = cache
     if tokens is not None:
         (x, inner_weight), (act, outer_weight) = inner_cache, outer_cache
-        inner_cache, outer_cache = (x[:, tokens], inner_weight), (act[:, tokens], outer_weight)
+        inner_cache = LinearCache(x[:, tokens], inner_weight)
+        outer_cache = LinearCache(act[:, tokens], outer_weight)
         gelu_cache = np.ascontiguousarray(gelu_cache[:, tokens])
     inner, outer = _names(layer)
     grads = {}

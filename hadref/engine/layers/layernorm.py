@@ -4,20 +4,31 @@ Forward keeps x, the row means and the reciprocal standard deviations (rstd) for
 backward; both passes are single fused Numba kernels (hadref.engine.elementwise).
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 from hadref.engine import elementwise
 
 
+class LayerNormCache(NamedTuple):
+    """What ``layernorm_forward`` saves for the backward."""
+
+    x2: np.ndarray      # (N, H) the input rows
+    mean: np.ndarray    # (N,)
+    rstd: np.ndarray    # (N,) 1 / sqrt(var + eps)
+    gamma: np.ndarray   # (H,)
+
+
 def layernorm_forward(x, gamma, beta, eps):
-    """x (..., H), gamma, beta (H,) -> y (..., H); cache = (x2 (N, H), mean (N,), rstd (N,), gamma)."""
+    """x (..., H), gamma, beta (H,) -> (y (..., H), LayerNormCache)."""
     x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
     n = x2.shape[0]
     out = np.empty_like(x2)
     mean = np.empty(n, dtype=x2.dtype)
     rstd = np.empty(n, dtype=x2.dtype)
     elementwise.layernorm_forward(x2, gamma, beta, float(eps), out, mean, rstd)
-    return out.reshape(x.shape), (x2, mean, rstd, gamma)
+    return out.reshape(x.shape), LayerNormCache(x2, mean, rstd, gamma)
 
 
 def layernorm_backward(dy, cache):

@@ -3,16 +3,25 @@
 The leading axes of x are flattened so that BLAS sees one 2-D matrix product.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 
+class LinearCache(NamedTuple):
+    """What ``linear_forward`` saves: its input (..., in) and the weight (out, in)."""
+
+    x: np.ndarray
+    weight: np.ndarray
+
+
 def linear_forward(x, weight, bias):
-    """x (..., in), weight (out, in), bias (out,) or None -> y (..., out); cache = (x, weight)."""
+    """x (..., in), weight (out, in), bias (out,) or None -> (y (..., out), LinearCache)."""
     x2 = x.reshape(-1, x.shape[-1])
     y = np.matmul(x2, weight.T)
     if bias is not None:
         y += bias
-    return y.reshape(*x.shape[:-1], weight.shape[0]), (x, weight)
+    return y.reshape(*x.shape[:-1], weight.shape[0]), LinearCache(x, weight)
 
 
 def linear_backward(dy, cache, need_dx=True):
