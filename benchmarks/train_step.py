@@ -53,13 +53,13 @@ def _np_layernorm_forward(x, gamma, beta, eps, out, mean, rstd):
     rstd[...] = r
 
 
-def _np_layernorm_backward(dout, x, mean, rstd, gamma, dx, dgamma_parts, dbeta_parts):
+def _np_layernorm_backward(dout, x, mean, rstd, gamma, dx, dgamma, dbeta):
     xhat = (x - mean[:, None]) * rstd[:, None]
     g = dout * gamma
     dx[...] = rstd[:, None] * (g - g.mean(axis=1, keepdims=True)
                                - xhat * (g * xhat).mean(axis=1, keepdims=True))
-    dgamma_parts[0] += (dout * xhat).sum(axis=0)
-    dbeta_parts[0] += dout.sum(axis=0)
+    dgamma += (dout * xhat).sum(axis=0)
+    dbeta += dout.sum(axis=0)
 
 
 def _np_erf(x):

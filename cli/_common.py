@@ -2,13 +2,6 @@
 
 import click
 
-from hadref.errors import HadrefError
-
-
-def fail(message: str) -> "NoReturn":  # noqa: F821
-    """Stop a command with a one-line error (exit code 2). Prefer raising HadrefError."""
-    raise HadrefError(message)
-
 
 def parse_int_list(value: str, option: str) -> list[int]:
     """'256,1024' -> [256, 1024]; a clear error naming the option otherwise."""

@@ -105,7 +105,7 @@ def test_layernorm_kernels(n, h, seed, dtype):
     np.testing.assert_allclose(out, (xd - mu) * r * g + b, rtol=tol, atol=tol)
     dy = rng.standard_normal((n, h)).astype(dtype)
     dx = np.empty_like(x)
-    dgp, dbp = np.zeros((1, h)), np.zeros((1, h))
+    dgp, dbp = np.zeros(h), np.zeros(h)
     elementwise.layernorm_backward(dy, x, mean, rstd, g, dx, dgp, dbp)
     xhat = (xd - mu) * r
     gy = dy * g.astype(np.float64)
@@ -115,8 +115,8 @@ def test_layernorm_kernels(n, h, seed, dtype):
     term_scale = np.maximum(1.0, (r * np.abs(gy)).max(1, keepdims=True))
     err = np.abs(dx - ref)
     assert (err <= tol * 10 * (np.abs(ref) + term_scale)).all(), (err.max(), term_scale.max())
-    np.testing.assert_allclose(dgp[0], (dy * xhat).sum(0), rtol=tol * 10, atol=tol * 10)
-    np.testing.assert_allclose(dbp[0], dy.astype(np.float64).sum(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dgp, (dy * xhat).sum(0), rtol=tol * 10, atol=tol * 10)
+    np.testing.assert_allclose(dbp, dy.astype(np.float64).sum(0), rtol=1e-12, atol=1e-12)
 
 
 @given(st.integers(1, 5), st.integers(1, 6), st.integers(1, 9), seeds)

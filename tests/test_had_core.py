@@ -5,12 +5,12 @@ import math
 import numpy as np
 import pytest
 from gradcheck import assert_gradient
+from masks import topn_mask
 
 import hadref
 from hadref.errors import HadrefError
 from hadref.had.binarize import sign_pm1
 from hadref.had.core import HADAttentionCore
-from hadref.had.topn import topn_mask
 
 B, H, T, D = 2, 2, 6, 5
 

@@ -5,9 +5,10 @@ import pytest
 from gradcheck import assert_gradient
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from masks import topn_mask
 
 from hadref.errors import HadrefError
-from hadref.had.topn import topn_attention_backward, topn_attention_forward, topn_mask
+from hadref.had.topn import topn_attention_backward, topn_attention_forward
 
 
 def _reference_mask(scores, valid, top_n):

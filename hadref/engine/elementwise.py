@@ -17,8 +17,8 @@ Choices that make the loops vectorize:
 - row sums are reassociated (``_SUMS``: no ``nnan``/``ninf``, so tests against -inf keep
   their meaning); the float32 softmax runs with full fastmath and never meets inf or NaN.
 - single-threaded on purpose: these loops run near memory speed; the engine's parallelism
-  is BLAS's. On 2 shared cores, OpenMP-parallel versions measured slower than serial ones
-  (threads spinning at barriers while other processes hold the cores).
+  is BLAS's, and on shared cores OpenMP-parallel versions lose to serial ones (threads
+  spinning at barriers while other processes hold the cores).
 """
 
 import math
@@ -31,7 +31,6 @@ from numba.extending import intrinsic
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_LN_BWD_CHUNKS = 1  # rows accumulate dgamma/dbeta into partial sums (one chunk: serial)
 _SUMS = {"reassoc", "contract", "nsz", "arcp"}
 _F32 = np.float32
 _LOWEST_F32 = np.float32(-3.4e38)  # finite "minus infinity" for the fastmath softmax
@@ -62,30 +61,27 @@ def layernorm_forward(x, gamma, beta, eps, out, mean, rstd):
 
 
 @njit(cache=True, error_model="numpy", fastmath=_SUMS)
-def layernorm_backward(dout, x, mean, rstd, gamma, dx, dgamma_parts, dbeta_parts):
-    """dx (N, H); adds sum_rows dout * xhat and sum_rows dout into dgamma_parts[c],
-    dbeta_parts[c] ((chunks, H) float64, zeroed by the caller; the caller sums them)."""
+def layernorm_backward(dout, x, mean, rstd, gamma, dx, dgamma, dbeta):
+    """dx (N, H); adds sum_rows dout * xhat into dgamma and sum_rows dout into dbeta ((H,)
+    float64, zeroed by the caller)."""
     n, h = x.shape
-    chunks = dgamma_parts.shape[0]
-    per = (n + chunks - 1) // chunks
-    for c in range(chunks):
-        for i in range(c * per, min(n, (c + 1) * per)):
-            m = mean[i]
-            r = rstd[i]
-            a = 0.0  # mean of dout * gamma
-            b = 0.0  # mean of dout * gamma * xhat
-            for j in range(h):
-                xhat = (x[i, j] - m) * r
-                g = dout[i, j] * gamma[j]
-                a += g
-                b += g * xhat
-                dgamma_parts[c, j] += dout[i, j] * xhat
-                dbeta_parts[c, j] += dout[i, j]
-            a /= h
-            b /= h
-            for j in range(h):
-                xhat = (x[i, j] - m) * r
-                dx[i, j] = r * (dout[i, j] * gamma[j] - a - xhat * b)
+    for i in range(n):
+        m = mean[i]
+        r = rstd[i]
+        a = 0.0  # mean of dout * gamma
+        b = 0.0  # mean of dout * gamma * xhat
+        for j in range(h):
+            xhat = (x[i, j] - m) * r
+            g = dout[i, j] * gamma[j]
+            a += g
+            b += g * xhat
+            dgamma[j] += dout[i, j] * xhat
+            dbeta[j] += dout[i, j]
+        a /= h
+        b /= h
+        for j in range(h):
+            xhat = (x[i, j] - m) * r
+            dx[i, j] = r * (dout[i, j] * gamma[j] - a - xhat * b)
 
 
 # --- float32 transcendental helpers ---------------------------------------------------------

@@ -154,6 +154,14 @@ def _topn_groups(q_bits, k_bits, valid, n, d, top_n, causal):
     return idx, lev, count
 
 
+def _scores(idx: np.ndarray, lev: np.ndarray, d: int) -> np.ndarray:
+    """Popcount levels of the selected keys -> int32 scores ``d - 2 * level``; ``-(d + 1)``
+    where a row had fewer than N selectable keys (index -1)."""
+    scores = d - 2 * lev.astype(np.int32)
+    scores[idx < 0] = -(d + 1)
+    return scores
+
+
 def hamming_topn(q_bits, k_bits, d, top_n, key_mask=None, causal=False):
     """The top-N keys of each query by Hamming similarity of packed sign bits.
 
@@ -179,9 +187,7 @@ def hamming_topn(q_bits, k_bits, d, top_n, key_mask=None, causal=False):
     valid = _key_valid(key_mask, lead, n)
     idx, lev, _ = _topn_groups(q_bits.reshape(-1, m, words), k_bits.reshape(-1, n, words),
                                valid, n, d, top_n, causal)
-    scores = d - 2 * lev.astype(np.int32)
-    scores[idx < 0] = -(d + 1)  # rows with fewer than N selectable keys
-    return idx.reshape(*lead, m, top_n), scores.reshape(*lead, m, top_n)
+    return idx.reshape(*lead, m, top_n), _scores(idx, lev, d).reshape(*lead, m, top_n)
 
 
 def _check_qkv(q, k, v):

@@ -10,7 +10,16 @@ import numpy as np
 
 from hadref.checks import check_positive, check_top_n
 from hadref.errors import HadrefError
-from hadref.had.attention import _as_float, _attend, _check_d, _key_valid, _pack, _topn_groups, _two_scale
+from hadref.had.attention import (
+    _as_float,
+    _attend,
+    _check_d,
+    _key_valid,
+    _pack,
+    _scores,
+    _topn_groups,
+    _two_scale,
+)
 
 
 class PackedKeyCache:
@@ -91,9 +100,8 @@ class PackedKeyCache:
         m, n = q.shape[-2], self._n
         idx, lev, _ = _topn_groups(_pack(q).reshape(self._groups, m, self._words),
                                    self._bits, self._valid, n, self.d, top_n, causal)
-        scores = self.d - 2 * lev.astype(np.int32)
-        scores[idx < 0] = -(self.d + 1)
-        return idx.reshape(*self.lead, m, top_n), scores.reshape(*self.lead, m, top_n)
+        return (idx.reshape(*self.lead, m, top_n),
+                _scores(idx, lev, self.d).reshape(*self.lead, m, top_n))
 
     def attend(self, q, top_n, sigma_q: float = 1.0, causal=False):
         """HAD attention of queries (..., m, d) over the cached keys and values -> (..., m, dv).

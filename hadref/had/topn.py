@@ -6,7 +6,7 @@ index, ``N_eff = min(N, valid keys)``), the softmax runs over the survivors only
 ``ctx = P V``. The selected index set is a constant in backward: gradients reach the kept
 scores only. A row without any valid key gives zero probabilities and a zero context.
 
-The selection is a Numba partial select (``hadref.had.kernels.select.float_topn_mask``,
+The selection is a Numba partial select (``hadref.had.kernels.select.float_topn_softmax``,
 quickselect under the order (score descending, index ascending)), not a full sort.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from hadref.checks import check_top_n, worker_chunks
 from hadref.errors import HadrefError
-from hadref.had.kernels.select import float_topn_mask, float_topn_softmax
+from hadref.had.kernels.select import float_topn_softmax
 
 
 class TopNCache(NamedTuple):
@@ -28,7 +28,7 @@ class TopNCache(NamedTuple):
     v: np.ndarray       # (..., n, dv)
 
 
-def _rows(scores, key_valid, top_n):
+def rows_and_workspace(scores, key_valid, top_n):
     """Validated (R, n) views of the scores and the broadcast key mask, and a workspace."""
     scores = np.ascontiguousarray(scores)
     if not np.isfinite(scores).all():
@@ -41,18 +41,6 @@ def _rows(scores, key_valid, top_n):
     return scores, flat, valid, top_n, np.empty((chunks, n), np.int64)
 
 
-def topn_mask(scores, key_valid, top_n: int) -> np.ndarray:
-    """Boolean (..., m, n) mask of the top-N valid keys of each row.
-
-    scores: (..., m, n) float32/float64, finite; key_valid: bool broadcastable to
-    (..., m, n) (e.g. (B, 1, 1, n)), True = selectable; top_n >= 1.
-    """
-    scores, flat, valid, top_n, idx_ws = _rows(scores, key_valid, top_n)
-    keep = np.empty(flat.shape, dtype=np.bool_)
-    float_topn_mask(flat, valid, top_n, keep, idx_ws)
-    return keep.reshape(scores.shape)
-
-
 def topn_attention_forward(scores, v, key_valid, top_n: int):
     """softmax over the top-N of each row, then the value sum.
 
@@ -61,7 +49,7 @@ def topn_attention_forward(scores, v, key_valid, top_n: int):
     Returns ``(ctx (..., m, dv), probs (..., m, n), cache)``; probs are exactly zero off
     the selected set. Selection and softmax are one Numba pass per row.
     """
-    scores, flat, valid, top_n, idx_ws = _rows(scores, key_valid, top_n)
+    scores, flat, valid, top_n, idx_ws = rows_and_workspace(scores, key_valid, top_n)
     probs = np.empty(flat.shape, dtype=scores.dtype)
     float_topn_softmax(flat, valid, top_n, probs, idx_ws)
     probs = probs.reshape(scores.shape)

@@ -77,11 +77,3 @@ def dropout_backward(dy, cache):
     elementwise.dropout_apply(dy.reshape(-1), key1, key2, threshold, dy.dtype.type(scale),
                          dx.reshape(-1))
     return dx
-
-
-def dropout_mask(cache):
-    """The boolean keep-mask (shape of the forward's input) a dropout cache stands for."""
-    key1, key2, threshold, _, shape = cache
-    bits = np.empty(int(np.prod(shape)), dtype=np.uint16)
-    elementwise.dropout_bits(bits.size, key1, key2, bits)
-    return (bits >= threshold).reshape(shape)

@@ -36,10 +36,7 @@ def layernorm_backward(dy, cache):
     x2, mean, rstd, gamma = cache
     dy2 = np.ascontiguousarray(dy.reshape(x2.shape))
     dx = np.empty_like(x2)
-    chunks = max(1, min(elementwise._LN_BWD_CHUNKS, x2.shape[0]))
-    dgamma_parts = np.zeros((chunks, x2.shape[1]), dtype=np.float64)
-    dbeta_parts = np.zeros((chunks, x2.shape[1]), dtype=np.float64)
-    elementwise.layernorm_backward(dy2, x2, mean, rstd, gamma, dx, dgamma_parts, dbeta_parts)
-    dtype = x2.dtype
-    return (dx.reshape(dy.shape), dgamma_parts.sum(axis=0).astype(dtype),
-            dbeta_parts.sum(axis=0).astype(dtype))
+    dgamma = np.zeros(x2.shape[1], dtype=np.float64)
+    dbeta = np.zeros(x2.shape[1], dtype=np.float64)
+    elementwise.layernorm_backward(dy2, x2, mean, rstd, gamma, dx, dgamma, dbeta)
+    return dx.reshape(dy.shape), dgamma.astype(x2.dtype), dbeta.astype(x2.dtype)
