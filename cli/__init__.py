@@ -21,6 +21,7 @@ _COMMANDS = {
     "finetune": "train:finetune",
     "distill": "train:distill",
     "evaluate": "train:evaluate",
+    "glue": "glue:glue",
     "hw": "hw:hw",
 }
 

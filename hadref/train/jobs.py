@@ -11,6 +11,7 @@ here too.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass
@@ -27,13 +28,25 @@ class DataSource:
 
     data_dir: the GLUE folder (``DIR/SST-2/train.tsv``, ...), None: ``$HADREF_DATA``;
     skip_bad_rows: leave out malformed rows (counted and reported) instead of stopping;
-    train_limit, dev_limit: use only the first N rows (demos, tests).
+    train_limit, dev_limit: use only the first N rows (demos, tests);
+    holdout: a fraction in [0, 1) of the training rows held out (a random subset drawn with
+    ``holdout_seed``; the limit applies first): the job trains on the rest and evaluates on
+    the held-out rows *instead of dev*, so that settings are chosen without the dev set.
     """
 
     data_dir: str | None = None
     skip_bad_rows: bool = False
     train_limit: int | None = None
     dev_limit: int | None = None
+    holdout: float = 0.0
+    holdout_seed: int = 0
+
+    def __post_init__(self):
+        if not 0.0 <= self.holdout < 1.0:
+            raise HadrefError(f"--holdout: expected a fraction in [0, 1), got {self.holdout}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -76,9 +89,20 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
+def split_holdout(split, fraction: float, seed: int):
+    """(rest, held out) of a training Split: ``round(fraction * n)`` rows (at least 1 when
+    fraction > 0) drawn without replacement by ``seed``, both in file order."""
+    n = len(split)
+    take = min(n - 1, max(1, int(round(fraction * n))))
+    held = np.zeros(n, dtype=bool)
+    held[np.random.default_rng([seed, 0x4F1D]).choice(n, size=take, replace=False)] = True
+    return split.subset(np.flatnonzero(~held)), split.subset(np.flatnonzero(held))
+
+
 def task_data(task, model, max_len: int, data: DataSource, need_train: bool = True):
     """(train Encoded or None, [dev Encoded per dev file]) of ``task``, tokenized with the
-    model's tokenizer at ``max_len`` tokens (MNLI: matched and mismatched dev sets)."""
+    model's tokenizer at ``max_len`` tokens (MNLI: matched and mismatched dev sets). With
+    ``data.holdout``, the second item is ``[held-out training rows]`` instead of dev."""
     from hadref.data import encode_split, load_split, report_skipped
 
     if model.tokenizer is None:
@@ -89,14 +113,19 @@ def task_data(task, model, max_len: int, data: DataSource, need_train: bool = Tr
                           f"({model.config.max_position_embeddings})")
     splits = []
     train = None
-    if need_train:
+    if need_train or data.holdout:
         (train_split,) = load_split(task, "train", data.data_dir,
                                     skip_bad_rows=data.skip_bad_rows, limit=data.train_limit)
         splits.append(train_split)
+    if data.holdout:
+        train_split, held = split_holdout(train_split, data.holdout, data.holdout_seed)
+        dev_splits = [held]
+    else:
+        dev_splits = load_split(task, "dev", data.data_dir, skip_bad_rows=data.skip_bad_rows,
+                                limit=data.dev_limit)
+        splits += dev_splits
+    if need_train:
         train = encode_split(train_split, model.tokenizer, max_len)
-    dev_splits = load_split(task, "dev", data.data_dir, skip_bad_rows=data.skip_bad_rows,
-                            limit=data.dev_limit)
-    splits += dev_splits
     report_skipped(splits)
     dev = [encode_split(s, model.tokenizer, max_len) for s in dev_splits]
     return train, dev

@@ -1,0 +1,126 @@
+"""The GLUE table runner on a tiny model: recipe selection on held-out training rows,
+the table's rows over seeds, resume by skipping finished runs, any GLUE task (STS-B's
+regression and MRPC's F1 on generated files), bad options."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hadref.cli import main
+from hadref.data import get_task, load_split
+from hadref.distill.table import TableSpec, run_table, select_recipes, table_markdown
+from hadref.errors import HadrefError
+from hadref.train.finetune import FinetuneSettings
+from hadref.train.jobs import DataSource, split_holdout
+
+_FAST = {"gamma": 0.5, "stage3_steps": 2, "stage4_steps": 2, "sigma_batches": 2,
+         "sigma_batch_size": 4}
+
+
+def _spec(encoder, out, data_dir, tasks, **kw):
+    return TableSpec(encoder=encoder, out=out, tasks=tasks, top_n=6, max_len=24,
+                     finetune=FinetuneSettings(steps=3, batch_size=8),
+                     data=DataSource(str(data_dir)), overrides=_FAST, **kw)
+
+
+def _pair_task_files(root, folder, header, label, n_train=48, n_dev=12, seed=0):
+    """A generated sentence-pair task in GLUE's column layout."""
+    rng = np.random.default_rng(seed)
+    words = "it 's a good bad movie film the and of".split()
+    (root / folder).mkdir()
+    for name, n in (("train.tsv", n_train), ("dev.tsv", n_dev)):
+        rows = ["\t".join(header)]
+        for i in range(n):
+            a, b = (" ".join(rng.choice(words, rng.integers(2, 9))) for _ in range(2))
+            rows.append(label(i, a, b))
+        (root / folder / name).write_text("\n".join(rows) + "\n")
+
+
+@pytest.fixture(scope="module")
+def mixed_glue(glue_slice, tmp_path_factory):
+    """The SST-2 slice plus generated STS-B (regression) and MRPC (F1) files."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("mixed")
+    shutil.copytree(glue_slice / "SST-2", root / "SST-2")
+    _pair_task_files(root, "STS-B", ["index", "genre", "filename", "year", "old_index",
+                                     "source1", "source2", "sentence1", "sentence2", "score"],
+                     lambda i, a, b: "\t".join([str(i), "g", "f", "y", "0", "s", "s", a, b,
+                                                f"{(i * 7) % 50 / 10:.1f}"]))
+    _pair_task_files(root, "MRPC", ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+                     lambda i, a, b: "\t".join([str(i % 2), "1", "2", a, b]))
+    return root
+
+
+def test_holdout_is_a_deterministic_partition(glue_slice):
+    (train,) = load_split("sst2", "train", glue_slice)
+    rest, held = split_holdout(train, 0.1, seed=0)
+    assert len(held) == round(0.1 * len(train)) and len(rest) + len(held) == len(train)
+    assert not set(rest.lines) & set(held.lines)
+    again = split_holdout(train, 0.1, seed=0)[1]
+    assert list(again.lines) == list(held.lines)
+    assert list(split_holdout(train, 0.1, seed=1)[1].lines) != list(held.lines)
+    with pytest.raises(HadrefError, match="--holdout"):
+        DataSource(holdout=1.0)
+
+
+def test_selection_uses_holdout_rows_and_the_table_resumes(glue_slice, encoder_file, tmp_path):
+    out = tmp_path / "runs"
+    spec = _spec(encoder_file, out, glue_slice, ["sst2"], seeds=[0, 1])
+    with pytest.raises(HadrefError, match="no recipe chosen for sst2 yet"):
+        run_table(spec, progress=False)
+    chosen = select_recipes(spec, holdout=0.2, progress=False)["sst2"]
+    assert chosen["chosen"] in ("paper", "slow-no-ste3")
+    sel = json.loads((out / "sst2" / "selection.json").read_text())
+    assert set(sel["holdout_metric"]) == {"paper", "slow-no-ste3"}
+    teacher = json.loads((out / "sst2" / "select" / "teacher.json").read_text())
+    assert teacher["data"]["holdout"] == 0.2  # trained without the held-out rows
+    # the held-out rows (32 of 160) are what the selection evaluated, not dev (40 rows)
+    record = json.loads((out / "sst2" / "select" / "paper.json").read_text())
+    assert record["data"]["holdout"] == 0.2
+
+    results = run_table(spec, progress=False)["sst2"]
+    assert set(results["rows"]) == {"teacher", "binarized", "had", "paper", "no_ad", "no_tanh"}
+    assert len(results["rows"]["had"]) == 2 and len(results["rows"]["teacher"]) == 1
+    had = json.loads((out / "sst2" / "had-seed1.json").read_text())
+    assert had["settings"]["seed"] == 1 and had["data"]["holdout"] == 0.0
+    no_ad = json.loads((out / "sst2" / "no_ad-seed0.json").read_text())
+    assert no_ad["settings"]["attn_loss"] is False
+    table = (out / "table.md").read_text()
+    assert "HAD student (chosen recipe)" in table and "+-" in table and "91.63" in table
+
+    # a second call makes no run: every JSON is reused as it is
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "sst2").glob("*.json")}
+    assert run_table(spec, progress=False)["sst2"]["rows"] == results["rows"]
+    assert {p: p.stat().st_mtime_ns for p in (out / "sst2").glob("*.json")} == stamps
+
+
+def test_any_task_regression_and_f1(mixed_glue, encoder_file, tmp_path):
+    spec = _spec(encoder_file, tmp_path / "runs", mixed_glue, ["stsb", "mrpc"], seeds=[0],
+                 rows=["teacher", "binarized", "had"], recipe="paper")
+    results = run_table(spec, progress=False)
+    assert results["stsb"]["metric"] == "pearson" and results["mrpc"]["metric"] == "f1"
+    for task in ("stsb", "mrpc"):
+        values = [v for row in results[task]["rows"].values() for v in row]
+        assert all(np.isfinite(values)) and len(values) == 3
+    text = table_markdown(results, spec)
+    assert "STS-B (pearson)" in text and "MRPC (f1)" in text and get_task("mrpc").folder in text
+
+
+def test_cli_runs_the_table_and_rejects_bad_options(glue_slice, encoder_file, tmp_path):
+    def run(*args):
+        return CliRunner().invoke(main, ["glue", str(encoder_file), "--data", str(glue_slice),
+                                         "--out", str(tmp_path / "r"), "--quiet", *map(str, args)])
+
+    r = run("--tasks", "sst2", "--seeds", "0", "--rows", "teacher", "--ft-epochs", "0.05",
+            "--max-len", "24")
+    assert r.exit_code == 0, r.output
+    assert "teacher (float)" in r.output and "(1 seed)" in r.output
+    for args, message in ((("--rows", "best"), "unknown row 'best'"),
+                          (("--tasks", "nope"), "unknown GLUE task 'nope'"),
+                          (("--seeds", "a"), "expected comma-separated integers >= 0"),
+                          (("--recipes", "x", "--select"), "unknown recipe 'x'")):
+        r = run(*args)
+        assert r.exit_code == 2 and "Traceback" not in r.output and message in r.output, r.output
