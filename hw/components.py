@@ -41,12 +41,14 @@ def popcount_fa_bits(m: int) -> int:
 
 
 class Component:
-    """Base: ``area`` in m^2 per instance; ``energy(action)`` in J per action."""
+    """Base: ``area`` in m^2 per instance; ``energy(action)`` in J per action; ``leakage``
+    in W per instance (static power; modelled for the storage arrays only, 0 for logic)."""
 
     name = "component"
 
-    def __init__(self, area: float, actions: dict[str, float]):
+    def __init__(self, area: float, actions: dict[str, float], leakage: float = 0.0):
         self.area = float(area)
+        self.leakage = float(leakage)
         self._actions = {k: float(v) for k, v in actions.items()}
 
     @property
@@ -190,6 +192,26 @@ class LatchComparator(Component):
                          {"compare": lib.energy("adc_6b", "energy_pj") / 63})
 
 
+LEAKAGE_ENTRIES = {"hp": "sram_leakage_hp", "lp": "sram_leakage_lp"}
+
+
+def sram_leakage_per_bit(lib: TechLibrary, kind: str = "hp") -> float:
+    """Leakage of one SRAM bit in W: ``hp`` = CACTI 65 nm high-performance (upper bound),
+    ``lp`` = Wang et al. JSSC 2008 measured low-power retention leakage (lower bound)."""
+    entry = LEAKAGE_ENTRIES.get(kind)
+    if entry is None:
+        raise HadrefError(f"--leakage {kind!r}: expected one of {', '.join(LEAKAGE_ENTRIES)}")
+    return lib.leakage(entry)
+
+
+def cam_leakage_per_bit(lib: TechLibrary, kind: str = "hp") -> float:
+    """Leakage of one CAM cell in W: an SRAM bit's x (CACTI CAM cell / SRAM cell area,
+    292 / 146 = 2): the compare transistors leak like the storage ones (an assumption;
+    the fitted cell area, which includes capacitors and periphery, is not used here)."""
+    ratio = lib.cell_area_f2("cam_cell") / lib.cell_area_f2("sram_cell")
+    return ratio * sram_leakage_per_bit(lib, kind)
+
+
 class CAMArray(Component):
     """Capacitive (charge-sharing) CAM array of ``rows`` keys x ``bits`` bits.
 
@@ -198,33 +220,47 @@ class CAMArray(Component):
     and every match line charge-shares across its ``bits`` cells, so the energy is
     rows x bits x search_energy_per_bit. After the search each match line's voltage is
     proportional to its number of matching bits (d - Hamming distance).
+    Action ``write_row``: one key (``bits`` cells of one row) written, bits x E_cam_write
+    (``cam_row_write``: an SRAM row write, an assumption marked in 65nm.toml).
+    Leakage: rows x bits x :func:`cam_leakage_per_bit`.
     """
 
     name = "cam_array"
 
     def __init__(self, lib: TechLibrary, rows: int, bits: int, *,
-                 cell_area_f2: float | None = None, search_energy_per_bit: float | None = None):
+                 cell_area_f2: float | None = None, search_energy_per_bit: float | None = None,
+                 leakage_kind: str = "hp"):
         f2 = lib.cell_area_f2("cam_cell") if cell_area_f2 is None else cell_area_f2
         e_bit = (lib.energy("cam_search", "energy_fj_per_bit")
                  if search_energy_per_bit is None else search_energy_per_bit)
         self.cell_area_f2 = f2
         self.search_energy_per_bit = e_bit
+        self.write_energy_per_bit = lib.energy("cam_row_write", "energy_pj_per_bit")
+        self.leakage_per_bit = cam_leakage_per_bit(lib, leakage_kind)
         self.rows, self.bits = rows, bits
         super().__init__(rows * bits * f2 * units.feature_area(lib.node_nm),
-                         {"search": rows * bits * e_bit})
+                         {"search": rows * bits * e_bit,
+                          "write_row": bits * self.write_energy_per_bit},
+                         leakage=rows * bits * self.leakage_per_bit)
 
 
 class SRAM(Component):
     """SRAM macro of ``bits`` bits (128 KB-class buffer constants, Accelergy Eyeriss).
 
-    Area: bits x per-bit area. Action ``read_bit``: one bit read.
+    Area: bits x per-bit area. Action ``read_bit``: one bit read; ``write_bit``: one bit
+    written (CACTI's write/read ratio applied to the read energy, 65nm.toml).
+    Leakage: bits x :func:`sram_leakage_per_bit`.
     """
 
     name = "sram"
 
-    def __init__(self, lib: TechLibrary, bits: int):
+    def __init__(self, lib: TechLibrary, bits: int, leakage_kind: str = "hp"):
+        self.bits = bits
+        self.leakage_per_bit = sram_leakage_per_bit(lib, leakage_kind)
         super().__init__(bits * lib.area("sram_buffer_read", "area_um2_per_bit"),
-                         {"read_bit": lib.energy("sram_buffer_read", "energy_pj_per_bit")})
+                         {"read_bit": lib.energy("sram_buffer_read", "energy_pj_per_bit"),
+                          "write_bit": lib.energy("sram_buffer_write", "energy_pj_per_bit")},
+                         leakage=bits * self.leakage_per_bit)
 
 
 class ExpUnit(Component):

@@ -1,6 +1,7 @@
 """Reports: the per-component table, JSON, the paper comparison, and the context sweep.
 
-Reports use readable units: area in mm^2, power in W, energy in nJ per query.
+Text reports use readable units (area mm^2, power W, energy nJ); the JSON (:func:`to_dict`,
+schema ``hadref.hw/2``) is in SI units, each key's suffix naming its unit (``UNITS``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,19 @@ from hadref.errors import HadrefError
 from . import units
 from .fit import compare, paper_table
 from .model import BLOCKS, Design, Result, evaluate
+from .phases import COMPONENTS as PHASE_ROWS
+from .phases import Phase, phases
 
 ROWS = BLOCKS + ("total",)
+SCHEMA = "hadref.hw/2"
+# key suffix -> unit, for every number in the JSON
+UNITS = {
+    "_m2": "square metre (m^2)", "_w": "watt (W)", "_j_per_query": "joule per query (J)",
+    "_j_per_token": "joule per token (J)", "_s": "second (s)", "_hz": "hertz (1/s)",
+    "_per_s": "per second (1/s)", "_per_query": "cycles per query (count)",
+    "_per_token": "cycles per token (count)", "_nm": "nanometre", "_ghz": "gigahertz",
+    "_f2": "squared feature size (F^2)", "_fj_per_bit": "femtojoule per bit",
+}
 
 
 def settings(result: Result) -> dict:
@@ -31,6 +43,8 @@ def settings(result: Result) -> dict:
         "accumulate": d.accumulate, "qk_impl": d.qk_impl, "readout": d.readout,
         "topn": d.topn, "exp": d.exp, "storage": d.storage, "power_mode": d.power_mode,
         "query_rate_per_s": result.query_rate, "bottleneck": result.bottleneck,
+        "kv_heads": d.n_kv_heads, "layers": d.layers, "clock_hz": d.clock_hz,
+        "leakage": d.leakage, "token_rate_per_s": d.token_rate,
         "calibration": {k: list(v) for k, v in d.calibration.items()},
     }
     if d.qk_impl == "cam":
@@ -39,19 +53,64 @@ def settings(result: Result) -> dict:
     return out
 
 
-def to_dict(result: Result) -> dict:
-    """``{"sa": {COMPONENT: {"area_mm2", "power_w", "energy_nj_per_query"}}, "had": ...,
-    "settings": {...}, "reductions": {"area", "power", "energy"}}`` (COMPONENT in qk, topn,
-    softmax, av, storage, total)."""
-    out = {}
+def _rate(cycles: int, clock_hz: float):
+    return clock_hz / cycles if cycles else None
+
+
+def _phase_dict(ph: Phase) -> dict:
+    out = {"context": ph.context, "tokens": ph.tokens, "token_rate_per_s": ph.token_rate}
+    for unit in ("sa", "had"):
+        u = getattr(ph, unit)
+        out[unit] = {
+            "components": {c: {"energy_j_per_token": u.energy[c],
+                               "cycles_per_token": u.cycles[c]} for c in PHASE_ROWS},
+            "leakage_w": u.leakage_w,
+            "power_w": ph.power(unit),
+            "latency_s": ph.latency(unit),
+            "throughput_tokens_per_s": u.max_rate,
+        }
+    out["energy_reduction"] = ph.energy_reduction
+    return out
+
+
+def to_dict(result: Result, extra_settings: dict | None = None) -> dict:
+    """The ``--json`` structure (schema ``hadref.hw/2``, SI units, each named in ``units``):
+
+    ``{"schema", "units", "settings", "sa": {COMPONENT: {...}}, "had": {...},
+    "decode": {...}, "prefill": {...}, "reductions": {...}}``; COMPONENT in qk, topn,
+    softmax, av, storage, total, each with ``area_m2``, ``power_w`` (dynamic), ``leakage_w``,
+    ``energy_j_per_query``, ``cycles_per_query``, ``latency_s`` (cycles / clock) and
+    ``throughput_queries_per_s`` (clock / cycles; null for an empty block; total: the
+    slowest block's, while its cycles and latency are the sum over blocks). ``decode`` and
+    ``prefill`` (:mod:`hadref.hw.phases`): ``context``, ``tokens``, ``token_rate_per_s`` and per
+    unit ``components`` (write, the blocks, leakage, total: ``energy_j_per_token``,
+    ``cycles_per_token``), ``leakage_w``, ``power_w``, ``latency_s``,
+    ``throughput_tokens_per_s``; and ``energy_reduction``.
+    """
+    f = result.design.clock_hz
+    out = {"schema": SCHEMA, "units": dict(UNITS)}
+    out["settings"] = settings(result)
+    if extra_settings:
+        out["settings"].update(extra_settings)
     for unit in ("sa", "had"):
         res = getattr(result, unit)
-        out[unit] = {c: {"area_mm2": units.to_mm2(res[c].area), "power_w": res[c].power,
-                         "energy_nj_per_query": units.to_nj(res[c].energy_per_query)}
-                     for c in ROWS}
-    out["settings"] = settings(result)
+        out[unit] = {}
+        for c in ROWS:
+            r = res[c]
+            out[unit][c] = {
+                "area_m2": r.area, "power_w": r.power, "leakage_w": r.leakage,
+                "energy_j_per_query": r.energy_per_query, "cycles_per_query": r.cycles,
+                "latency_s": r.cycles / f,
+                "throughput_queries_per_s": (r.max_rate if c == "total" else
+                                             _rate(r.cycles, f)),
+            }
+    ph = phases(result)
+    out["decode"] = _phase_dict(ph["decode"])
+    out["prefill"] = _phase_dict(ph["prefill"])
     out["reductions"] = {"area": result.area_reduction, "power": result.power_reduction,
-                         "energy": result.energy_reduction}
+                         "energy": result.energy_reduction,
+                         "decode_energy": ph["decode"].energy_reduction,
+                         "prefill_energy": ph["prefill"].energy_reduction}
     return out
 
 
@@ -60,8 +119,11 @@ def format_table(result: Result) -> str:
     d = result.design
     rate = ("peak: every instance busy every cycle" if d.power_mode == "peak" else
             f"matched at {result.query_rate:.4g} queries/s")
+    shape = f"d={d.dim}, heads={d.heads}"
+    if d.n_kv_heads != d.heads or d.layers != 1:
+        shape += f" ({d.n_kv_heads} key heads), layers={d.layers}"
     lines = [
-        f"preset {d.name}: n={d.seq} keys, d={d.dim}, heads={d.heads}, N={d.top_n} | "
+        f"preset {d.name}: n={d.seq} keys, {shape}, N={d.top_n} | "
         f"{d.node_nm:g} nm, {d.clock_hz / units.GHZ:.4g} GHz, {d.mac_lanes} MAC lanes | "
         f"power {rate}",
         f"{'component':<10} {'SA mm2':>9} {'SA W':>9} {'SA nJ/q':>10}   "
@@ -79,6 +141,38 @@ def format_table(result: Result) -> str:
                  f"{_less(result.power_reduction)} power, "
                  f"{_less(result.energy_reduction)} energy per query "
                  f"(slowest block: {result.bottleneck}, {slowest:.4g} queries/s)")
+    lines.append(f"leakage ({d.leakage}, arrays only, not in the W column): "
+                 f"SA {result.sa['total'].leakage:.4g} W, HAD {result.had['total'].leakage:.4g} W")
+    return "\n".join(lines)
+
+
+def format_phases(result: Result) -> str:
+    """Decode and prefill per token, side by side: energy by component (nJ), cycles,
+    latency and tokens/s (:mod:`hadref.hw.phases`)."""
+    ph = phases(result)
+    dec, pre = ph["decode"], ph["prefill"]
+    n = result.design.seq
+    lines = [f"per token at n={n}: decode (1 query against {n} keys, batch 1) | "
+             f"prefill ({n} queries against {n} keys, pipelined)",
+             f"{'component':<10} {'dec SA nJ':>11} {'dec HAD nJ':>11} {'pre SA nJ':>11} "
+             f"{'pre HAD nJ':>11}   {'dec SA cyc':>10} {'dec HAD cyc':>11}"]
+    for c in PHASE_ROWS:
+        if c == "storage" and not result.design.storage:
+            continue
+        vals = [units.to_nj(p_.sa.energy[c]) if u == "sa" else units.to_nj(p_.had.energy[c])
+                for p_ in (dec, pre) for u in ("sa", "had")]
+        lines.append(f"{c:<10} " + " ".join(f"{v:>11.4g}" for v in vals) +
+                     f"   {dec.sa.cycles[c]:>10} {dec.had.cycles[c]:>11}")
+    lines.append(f"decode: SA {dec.latency('sa') * 1e6:.4g} us/token "
+                 f"({dec.sa.max_rate:.4g} tokens/s), HAD {dec.latency('had') * 1e6:.4g} us/token "
+                 f"({dec.had.max_rate:.4g} tokens/s); leakage charged at "
+                 f"{dec.token_rate:.4g} tokens/s; HAD {_less(dec.energy_reduction)} energy "
+                 "per token")
+    lines.append(f"prefill: SA {pre.sa.max_rate:.4g} tokens/s "
+                 f"({pre.latency('sa') * 1e3:.4g} ms for {n} tokens), HAD "
+                 f"{pre.had.max_rate:.4g} tokens/s ({pre.latency('had') * 1e3:.4g} ms); "
+                 f"leakage charged at {pre.token_rate:.4g} tokens/s; HAD "
+                 f"{_less(pre.energy_reduction)} energy per token")
     return "\n".join(lines)
 
 
@@ -155,13 +249,14 @@ def sweep(design: Design, seqs: list[int], top_n_mode: str = "proportional") -> 
     return out
 
 
-def sweep_dict(results: list[Result]) -> list[dict]:
+def sweep_dict(results: list[Result], extra_settings: dict | None = None) -> list[dict]:
     """One :func:`to_dict` per context length."""
-    return [to_dict(r) for r in results]
+    return [to_dict(r, extra_settings) for r in results]
 
 
 def format_sweep(results: list[Result]) -> str:
-    """Energy per query (nJ) and area (mm2) of every block against context length."""
+    """Energy per query (nJ), decode energy per token (nJ, with the write and leakage) and
+    area (mm2) of every block against context length, then where HAD's advantage ends."""
     blocks = [b for b in ROWS if b != "storage" or results[0].design.storage]
     out = []
     for title, get, fmt in (
@@ -177,13 +272,107 @@ def format_sweep(results: list[Result]) -> str:
             row += " ".join(fmt.format(get(r.had[b])) for b in blocks)
             out.append(row)
         out.append("")
+    comps = [c for c in PHASE_ROWS if c != "storage" or results[0].design.storage]
+    out.append("decode energy per token, nJ, with the key/value write and leakage (SA | HAD)")
+    out.append(f"{'n':>7} {'N':>6} " + " ".join(f"{'SA ' + c:>10}" for c in comps) + " | " +
+               " ".join(f"{'HAD ' + c:>10}" for c in comps))
+    for r in results:
+        dec = phases(r)["decode"]
+        out.append(f"{r.design.seq:>7} {r.design.top_n:>6} " +
+                   " ".join(f"{units.to_nj(dec.sa.energy[c]):>10.4g}" for c in comps) + " | " +
+                   " ".join(f"{units.to_nj(dec.had.energy[c]):>10.4g}" for c in comps))
+    out.append("")
     out.append("HAD vs SA energy per query: " + ", ".join(
         f"n={r.design.seq}: {_less(r.energy_reduction)}" for r in results))
+    out.append("")
+    out.extend(advantage_lines(results))
     return "\n".join(out)
 
 
+# what makes each component grow with n (for the advantage lines)
+_GROWS = {
+    ("had", "qk"): "the CAM: d cells per key per key head and layer, plus one readout "
+                   "comparator per row",
+    ("had", "storage"): "the V SRAM: 16 d bits per key per key head and layer",
+    ("had", "leakage"): "the arrays' leakage (CAM cells + V bits) per token",
+    ("had", "av"): "A V over N rows (N grows with n)",
+    ("had", "softmax"): "softmax over N scores",
+    ("had", "topn"): "the top-N over n scores",
+    ("had", "write"): "the key and value writes",
+    ("sa", "qk"): "Q K^T MACs: n d h L",
+    ("sa", "av"): "A V MACs: n d h L",
+    ("sa", "softmax"): "softmax over n scores",
+    ("sa", "storage"): "the K and V SRAM: 2 x 16 d bits per key per key head and layer",
+    ("sa", "leakage"): "the arrays' leakage (K and V bits) per token",
+    ("sa", "write"): "the key and value writes",
+}
+
+
+def _measures(r: Result) -> dict:
+    """{"area": {unit: {component: m^2}}, "energy": {unit: {component: J per decoded token}}}."""
+    dec = phases(r)["decode"]
+    return {"area": {u: {b: getattr(r, u)[b].area for b in ROWS} for u in ("sa", "had")},
+            "energy": {u: dict(getattr(dec, u).energy) for u in ("sa", "had")}}
+
+
+def advantage_lines(results: list[Result]) -> list[str]:
+    """One line per context length and measure (area; decode energy per token with the
+    write and leakage): HAD's total against SA's, whether HAD still wins, and what grows:
+    each unit's cost per added key (from this length to the next one, or from the previous
+    one for the last) and the component that adds most of it. Then, per measure, the length
+    where HAD's advantage ends (interpolated between the two lengths that bracket it)."""
+    if not results:
+        return []
+    ms = [_measures(r) for r in results]
+    seqs = [r.design.seq for r in results]
+    lines = []
+    fmt = {"area": (units.to_mm2, "mm2", lambda x: f"{x / units.UM2:.4g} um2"),
+           "energy": (units.to_nj, "nJ/token", lambda x: f"{x / units.PJ:.4g} pJ")}
+    for measure, title in (("area", "area"), ("energy", "decode energy per token")):
+        conv, unit_s, per_key = fmt[measure]
+        lines.append(f"where HAD's {title} advantage ends:")
+        diffs = []
+        for i, r in enumerate(results):
+            sa, had = ms[i][measure]["sa"]["total"], ms[i][measure]["had"]["total"]
+            diffs.append(had - sa)
+            state = ("HAD smaller" if had < sa else "HAD larger: its advantage has ended")
+            line = (f"  n={seqs[i]}: HAD {conv(had):.4g} vs SA {conv(sa):.4g} {unit_s} "
+                    f"(HAD/SA {had / sa:.3g}, {state})")
+            if len(results) > 1:
+                j, k = (i, i + 1) if i + 1 < len(results) else (i - 1, i)
+                dn = seqs[k] - seqs[j]
+                parts = []
+                for u in ("had", "sa"):
+                    grow = {c: (ms[k][measure][u][c] - ms[j][measure][u][c]) / dn
+                            for c in ms[k][measure][u] if c != "total"}
+                    total = sum(grow.values())
+                    top = max(grow, key=grow.get)
+                    rising = sum(v for v in grow.values() if v > 0)
+                    share = grow[top] / rising if rising > 0 else 0.0
+                    parts.append(f"{u.upper()} {'+' if total >= 0 else '-'}"
+                                 f"{per_key(abs(total))} ({100 * share:.0f} % of what grows "
+                                 f"is {top}: {_GROWS.get((u, top), top)})")
+                line += f"; per added key {parts[0]}, {parts[1]}"
+            lines.append(line)
+        cross = [(i, i + 1) for i in range(len(diffs) - 1)
+                 if (diffs[i] < 0) != (diffs[i + 1] < 0)]
+        for i, k in cross:
+            t = diffs[i] / (diffs[i] - diffs[k])
+            n_star = seqs[i] + t * (seqs[k] - seqs[i])
+            verb = "ends" if diffs[i] < 0 else "begins"
+            lines.append(f"  HAD's {title} advantage {verb} between n={seqs[i]} and "
+                         f"n={seqs[k]}, at about n={n_star:.0f} (HAD - SA interpolated "
+                         "linearly)")
+        if not cross:
+            verdict = ("HAD keeps its advantage over the whole sweep" if diffs[-1] < 0
+                       else "HAD has no advantage at any length of the sweep")
+            lines.append(f"  {verdict}")
+    return lines
+
+
 def plot_sweep(results: list[Result], path) -> None:
-    """Save a two-panel log-log plot (energy per query, area vs n) to ``path``.
+    """Save a three-panel log-log plot against n to ``path``: prefill and decode energy
+    per token side by side (by component, with the key/value write and leakage), and area.
 
     Needs matplotlib (the ``plot`` extra); raises HadrefError if it is missing.
     """
@@ -194,25 +383,32 @@ def plot_sweep(results: list[Result], path) -> None:
     except ImportError:
         raise HadrefError("--plot needs matplotlib: pip install 'hadref[plot]'") from None
     seqs = [r.design.seq for r in results]
-    blocks = [b for b in BLOCKS if any(
-        getattr(r, u)[b].area > 0 for r in results for u in ("sa", "had"))]
-    colors = dict(zip(BLOCKS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
-    markers = dict(zip(BLOCKS, ("s", "^", "D", "o", "v")))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    for ax, (title, get) in zip(axes, (
-            ("energy per query (nJ)", lambda x: units.to_nj(x.energy_per_query)),
-            ("area (mm$^2$)", lambda x: units.to_mm2(x.area)))):
+    ph = [phases(r) for r in results]
+    names = PHASE_ROWS
+    colors = dict(zip(names, ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red",
+                              "tab:purple", "tab:brown", "black")))
+    markers = dict(zip(names, ("x", "s", "^", "D", "o", "v", "P", "o")))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+    panels = (
+        ("prefill: energy per token (nJ)",
+         lambda i, u, c: getattr(ph[i]["prefill"], u).energy.get(c, 0.0) / units.NJ),
+        ("decode: energy per token (nJ)",
+         lambda i, u, c: getattr(ph[i]["decode"], u).energy.get(c, 0.0) / units.NJ),
+        ("area (mm$^2$)",
+         lambda i, u, c: units.to_mm2(getattr(results[i], u)[c].area)
+         if c in ROWS else 0.0),
+    )
+    for ax, (title, get) in zip(axes, panels):
         for unit, style in (("sa", "--"), ("had", "-")):
-            for b in blocks + ["total"]:
-                ys = [get(getattr(r, unit)[b]) for r in results]
+            for c in names:
+                ys = [get(i, unit, c) for i in range(len(results))]
                 if not any(y > 0 for y in ys):
                     continue
                 # SA's qk and av coincide (same MAC count): distinct markers keep both visible
                 ax.plot(seqs, [y if y > 0 else math.nan for y in ys], style,
-                        marker=markers.get(b, "o"), ms=7 if b == "qk" else 4,
-                        mfc="none" if b == "qk" else None, color=colors.get(b, "black"),
-                        lw=2.2 if b == "total" else 1.3,
-                        label=f"{unit.upper()} {b}")
+                        marker=markers[c], ms=7 if c == "qk" else 4,
+                        mfc="none" if c == "qk" else None, color=colors[c],
+                        lw=2.2 if c == "total" else 1.3, label=f"{unit.upper()} {c}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("context length n (keys per query)")
@@ -224,12 +420,17 @@ def plot_sweep(results: list[Result], path) -> None:
     tops = [r.design.top_n for r in results]
     n_text = (f"N = {tops[0]} fixed" if len(set(tops)) == 1 and len(tops) > 1
               else "N = " + ", ".join(map(str, tops)))
-    fig.suptitle(f"preset {d.name}: d={d.dim}, heads={d.heads}, {d.node_nm:g} nm, "
-                 f"{d.clock_hz / units.GHZ:.3g} GHz, {d.mac_lanes} MAC lanes; {n_text} "
-                 "(SA dashed, HAD solid)", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 0.87, 1))
+    shape = f"d={d.dim}, heads={d.heads}"
+    if d.n_kv_heads != d.heads or d.layers != 1:
+        shape += f" ({d.n_kv_heads} key heads), {d.layers} layers"
+    rate = ("decode leakage at the slower unit's batch-1 rate" if d.token_rate is None
+            else f"decode leakage at {d.token_rate:g} tokens/s")
+    fig.suptitle(f"preset {d.name}: {shape}, {d.node_nm:g} nm, "
+                 f"{d.clock_hz / units.GHZ:.3g} GHz, {d.mac_lanes} MAC lanes, leakage "
+                 f"{d.leakage}; {n_text}; {rate} (SA dashed, HAD solid)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.89, 0.95))
     try:
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=110)
     except OSError as err:
         raise HadrefError(f"--plot {path}: cannot write ({err.strerror})") from None
     finally:

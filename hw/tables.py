@@ -35,6 +35,7 @@ _UNIT_SUFFIXES = {
     "energy_fj_per_bit": units.FJ,
     "area_um2": units.UM2,
     "area_um2_per_bit": units.UM2,
+    "power_nw_per_bit": units.NW,
 }
 
 
@@ -191,6 +192,17 @@ class TechLibrary:
             raise HadrefError(f"{path}: key '{entry}.{key}' = {value!r}: expected an area > 0")
         self.scaling.check(node, f"{path.name} node_nm")
         return value * _UNIT_SUFFIXES[key] * self.scaling.area(node, self.node_nm)
+
+    def leakage(self, entry: str, key: str = "power_nw_per_bit") -> float:
+        """Leakage power constant ``entry.key`` in W (per bit), scaled to this library's node
+        with the energy factor (hwcomponents' ``tech_node_leak`` is its ``tech_node_energy``)."""
+        value, node, path = self.raw(entry, key)
+        if key not in _UNIT_SUFFIXES or not key.startswith("power"):
+            raise HadrefError(f"{path}: key '{entry}.{key}' is not a power")
+        if value <= 0:
+            raise HadrefError(f"{path}: key '{entry}.{key}' = {value!r}: expected a power > 0")
+        self.scaling.check(node, f"{path.name} node_nm")
+        return value * _UNIT_SUFFIXES[key] * self.scaling.energy(node, self.node_nm)
 
     def cell_area_f2(self, entry: str) -> float:
         """A layout cell's area in F^2 (node-independent), from cells.toml."""

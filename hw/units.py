@@ -10,6 +10,10 @@ below to go from the named unit to SI (``1.1 * PJ`` is 1.1 pJ in J); divide to g
 NJ = 1e-9
 PJ = 1e-12
 FJ = 1e-15
+# power (W)
+NW = 1e-9
+UW = 1e-6
+MW = 1e-3
 # area (m^2)
 MM2 = 1e-6
 UM2 = 1e-12

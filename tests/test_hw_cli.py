@@ -9,39 +9,89 @@ from click.testing import CliRunner
 from hadref.cli import main
 
 COMPONENTS = {"qk", "topn", "softmax", "av", "storage", "total"}
+PHASE_COMPONENTS = {"write", "qk", "topn", "softmax", "av", "storage", "leakage", "total"}
+ENTRY_KEYS = {"area_m2", "power_w", "leakage_w", "energy_j_per_query", "cycles_per_query",
+              "latency_s", "throughput_queries_per_s"}
+PHASE_UNIT_KEYS = {"components", "leakage_w", "power_w", "latency_s", "throughput_tokens_per_s"}
 
 
 def run(*args):
     return CliRunner().invoke(main, ["hw", *args])
 
 
-def test_table_is_the_default():
-    res = run()
+def test_table_is_the_default_and_no_storage_is_the_papers_table():
+    res = run("--no-storage")
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
     assert lines[0].startswith("preset paper: n=256 keys, d=1024")
     qk = next(line for line in lines if line.startswith("qk"))
     assert qk.split()[1:3] == ["15.880", "12.730"] and qk.split()[4:6] == ["1.108", "0.127"]
     assert "78.9 % less area, 87.1 % less power" in res.output
+    assert not any(line.startswith("storage") for line in lines)
+
+
+def test_storage_is_on_by_default_in_hw_and_sweep():
+    res = run()
+    assert res.exit_code == 0, res.output
+    storage = next(line for line in res.output.splitlines() if line.startswith("storage"))
+    assert storage.split()[1] == "1.736"                 # SA K + V, n = 256, d = 1024
+    total = next(line for line in res.output.splitlines() if line.startswith("total"))
+    assert total.split()[1] == "33.532"
+    assert "decode" in res.output and "prefill" in res.output and "leakage" in res.output
+    hw_json = json.loads(run("--json").output)
+    sweep_json = json.loads(run("sweep", "--seq", "256", "--json").output)
+    assert hw_json["settings"]["storage"] is True and sweep_json[0]["settings"]["storage"] is True
+    assert hw_json["sa"]["total"] == sweep_json[0]["sa"]["total"]
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
 
 
 def test_json_schema():
-    res = run("--json")
+    res = run("--no-storage", "--json")
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
-    assert set(data) == {"sa", "had", "settings", "reductions"}
+    assert set(data) == {"schema", "units", "sa", "had", "settings", "decode", "prefill",
+                         "reductions"}
+    assert data["schema"] == "hadref.hw/2"
     for unit in ("sa", "had"):
         assert set(data[unit]) == COMPONENTS
         for comp in COMPONENTS:
             entry = data[unit][comp]
-            assert set(entry) == {"area_mm2", "power_w", "energy_nj_per_query"}
-            assert all(isinstance(v, float) and v >= 0 for v in entry.values())
+            assert set(entry) == ENTRY_KEYS
+            for key, v in entry.items():
+                # every key's unit is named by a suffix listed in "units"
+                assert any(key.endswith(suffix) for suffix in data["units"]), key
+                assert _is_number(v) or (v is None and key == "throughput_queries_per_s"), \
+                    (unit, comp, key, v)
+            if entry["cycles_per_query"]:
+                assert entry["latency_s"] == pytest.approx(
+                    entry["cycles_per_query"] / data["settings"]["clock_hz"])
+    assert data["sa"]["topn"]["throughput_queries_per_s"] is None    # SA has no top-N
+    for phase in ("decode", "prefill"):
+        ph = data[phase]
+        assert set(ph) == {"context", "tokens", "token_rate_per_s", "sa", "had",
+                           "energy_reduction"}
+        for unit in ("sa", "had"):
+            assert set(ph[unit]) == PHASE_UNIT_KEYS
+            assert set(ph[unit]["components"]) == PHASE_COMPONENTS
+            for c in ph[unit]["components"].values():
+                assert set(c) == {"energy_j_per_token", "cycles_per_token"}
+                assert _is_number(c["energy_j_per_token"])
+                assert isinstance(c["cycles_per_token"], int)
+    assert data["decode"]["tokens"] == 1 and data["prefill"]["tokens"] == 256
     s = data["settings"]
     assert s["preset"] == "paper" and s["seq"] == 256 and s["top_n"] == 63
     assert s["node_nm"] == 65 and s["clock_ghz"] == pytest.approx(1.93836)
+    assert s["clock_hz"] == pytest.approx(1.93836e9)
+    assert (s["layers"], s["kv_heads"], s["leakage"]) == (1, 1, "hp")
     assert (s["mac_lanes"], s["had_av_lanes_busy"], s["had_av_lanes_built"]) == (3529, 869, 1241)
     assert data["had"]["total"]["power_w"] == pytest.approx(3.301, rel=0.02)
+    assert data["had"]["qk"]["area_m2"] == pytest.approx(1.108e-6, rel=0.002)
     assert round(100 * data["reductions"]["area"]) == 79
+    assert set(data["reductions"]) == {"area", "power", "energy", "decode_energy",
+                                       "prefill_energy"}
 
 
 def test_overrides_reach_the_model():
@@ -52,7 +102,7 @@ def test_overrides_reach_the_model():
     assert (s["preset"], s["seq"], s["top_n"], s["dim"], s["heads"], s["node_nm"]) == \
         ("first-principles", 1024, 120, 64, 4, 16)
     assert s["clock_ghz"] == pytest.approx(1.2) and s["storage"] is True
-    assert data["sa"]["storage"]["area_mm2"] > 0
+    assert data["sa"]["storage"]["area_m2"] > 0
 
 
 def test_vs_paper():
@@ -66,7 +116,7 @@ def test_matched_power():
     data = json.loads(run("--power", "matched", "--json").output)
     rate = data["settings"]["query_rate_per_s"]
     qk = data["sa"]["qk"]
-    assert qk["power_w"] == pytest.approx(qk["energy_nj_per_query"] * 1e-9 * rate)
+    assert qk["power_w"] == pytest.approx(qk["energy_j_per_query"] * rate)
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -106,12 +156,12 @@ def test_sweep_table():
 def test_sweep_json_fixed_top_n():
     data = json.loads(run("sweep", "--seq", "256,4096", "--top-n-mode", "fixed", "--json").output)
     assert [d["settings"]["top_n"] for d in data] == [63, 63]
-    cam = [d["had"]["qk"]["energy_nj_per_query"] for d in data]
+    cam = [d["had"]["qk"]["energy_j_per_query"] for d in data]
     assert cam[1] == pytest.approx(16 * cam[0])            # CAM linear in n
-    av = [d["had"]["av"]["energy_nj_per_query"] for d in data]
+    av = [d["had"]["av"]["energy_j_per_query"] for d in data]
     assert av[1] == pytest.approx(av[0])                    # A V follows N, not n
-    assert data[1]["sa"]["storage"]["area_mm2"] == pytest.approx(
-        16 * data[0]["sa"]["storage"]["area_mm2"])
+    assert data[1]["sa"]["storage"]["area_m2"] == pytest.approx(
+        16 * data[0]["sa"]["storage"]["area_m2"])
 
 
 def test_sweep_plot(tmp_path):
