@@ -31,8 +31,8 @@ rate = min(evaluate(d).query_rate for d in variants.values())
 for label, design in variants.items():
     result = evaluate(design.replace(query_rate=rate))
     had = to_dict(result)["had"]
-    print(f"{label:<38} HAD qk {had['qk']['energy_nj_per_query']:8.3f} nJ/query, "
-          f"{had['qk']['area_mm2']:7.3f} mm2 | HAD total {had['total']['power_w']:6.3f} W, "
+    print(f"{label:<38} HAD qk {had['qk']['energy_j_per_query'] / units.NJ:8.3f} nJ/query, "
+          f"{had['qk']['area_m2'] / units.MM2:7.3f} mm2 | HAD total {had['total']['power_w']:6.3f} W, "
           f"{100 * result.energy_reduction:.1f} % less energy than SA")
 print()
 result = evaluate(base.replace(query_rate=rate))

@@ -10,11 +10,13 @@ import math
 
 from hadref.errors import HadrefError
 
+from . import components as C
 from . import units
 from .fit import compare, paper_table
 from .model import BLOCKS, Design, Result, evaluate
 from .phases import COMPONENTS as PHASE_ROWS
 from .phases import Phase, phases
+from .tables import library
 
 ROWS = BLOCKS + ("total",)
 SCHEMA = "hadref.hw/2"
@@ -141,8 +143,13 @@ def format_table(result: Result) -> str:
                  f"{_less(result.power_reduction)} power, "
                  f"{_less(result.energy_reduction)} energy per query "
                  f"(slowest block: {result.bottleneck}, {slowest:.4g} queries/s)")
-    lines.append(f"leakage ({d.leakage}, arrays only, not in the W column): "
-                 f"SA {result.sa['total'].leakage:.4g} W, HAD {result.had['total'].leakage:.4g} W")
+    other = "lp" if d.leakage == "hp" else "hp"
+    lib = library(d.node_nm)
+    k = C.sram_leakage_per_bit(lib, other) / C.sram_leakage_per_bit(lib, d.leakage)
+    lines.append(f"leakage ({d.leakage}; arrays only, not in the W column): "
+                 f"SA {result.sa['total'].leakage:.4g} W, HAD {result.had['total'].leakage:.4g} W "
+                 f"(--leakage {other}: SA {k * result.sa['total'].leakage:.4g} W, "
+                 f"HAD {k * result.had['total'].leakage:.4g} W)")
     return "\n".join(lines)
 
 
@@ -178,24 +185,32 @@ def format_phases(result: Result) -> str:
 
 def format_breakdown(result: Result) -> str:
     """Every part of every block: instances, action, count per query, energy per action,
-    area per instance, and the products, so each number can be checked by hand."""
+    area per instance, leakage, and the products, so each number can be checked by hand.
+    The ``write`` block (per decoded token) writes the arrays of qk / storage: its area and
+    leakage are theirs, shown as '-'."""
     lines = [f"{'block':<12} {'part':<14} {'inst':>6} {'busy':>6} {'action':<9} "
              f"{'count/query':>12} {'pJ/action':>11} {'um2/inst':>10} {'nJ/query':>10} "
-             f"{'mm2':>9} {'cycles':>7}"]
+             f"{'mm2':>9} {'leak W':>9} {'cycles':>7}"]
     for unit, blocks in result.units.items():
         for name, blk in blocks.items():
             for p in blk.parts:
                 busy = p.instances if p.busy is None else p.busy
+                if name == "write":
+                    area_s, inst_s, leak_s = f"{'-':>10}", f"{'-':>9}", f"{'-':>9}"
+                else:
+                    area_s = f"{units.to_um2(p.component.area):>10.4g}"
+                    inst_s = f"{units.to_mm2(p.area):>9.4g}"
+                    leak_s = f"{p.leakage:>9.4g}"
                 lines.append(
                     f"{unit + '.' + name:<12} {p.label:<14} {p.instances:>6} {busy:>6} "
                     f"{p.action:<9} {p.count:>12} "
                     f"{units.to_pj(p.component.energy(p.action)):>11.4g} "
-                    f"{units.to_um2(p.component.area):>10.4g} "
-                    f"{units.to_nj(p.energy_per_query):>10.4g} {units.to_mm2(p.area):>9.4g} "
+                    f"{area_s} {units.to_nj(p.energy_per_query):>10.4g} {inst_s} {leak_s} "
                     f"{p.cycles_per_query:>7}")
             if blk.parts and (blk.k_area != 1 or blk.k_energy != 1):
                 lines.append(f"{unit + '.' + name:<12} {'calibration':<14} x{blk.k_area:.4g} "
                              f"area, x{blk.k_energy:.4g} energy (fitted to the paper)")
+    lines.append("write: per decoded token (count/token); every other block per query")
     return "\n".join(lines)
 
 
