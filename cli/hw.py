@@ -164,16 +164,15 @@ def hw(ctx, as_json, breakdown, vs_paper, **options):
     result = evaluate(design)
     if as_json:
         click.echo(json.dumps(to_dict(result, extra), indent=2))
-    else:
-        click.echo(format_table(result))
-        click.echo("")
-        click.echo(format_phases(result))
-        if extra:
-            click.echo(f"shapes from {extra['model']} ({extra['model_family']}); N = "
-                       f"{design.top_n} from {extra['top_n_source']}")
-        if breakdown:
-            click.echo("")
-            click.echo(format_breakdown(result))
+        return
+    # everything is formatted before anything is printed: an error is the only output
+    text = [format_table(result), "", format_phases(result)]
+    if extra:
+        text.append(f"shapes from {extra['model']} ({extra['model_family']}); N = "
+                    f"{design.top_n} from {extra['top_n_source']}")
+    if breakdown:
+        text += ["", format_breakdown(result)]
+    click.echo("\n".join(text))
 
 
 @hw.command()

@@ -129,6 +129,10 @@ def test_matched_power():
     (["--power", "matched", "--rate", "1e12"], "--rate 1e+12 queries/s: exceeds"),
     (["--exp", "lut", "--lanes", "-1"], "--lanes -1: expected a positive integer"),
     (["--rate", "1e6"], "--rate 1e+06: applies only with --power matched"),
+    (["--token-rate", "1e12"], "--token-rate 1e+12 tokens/s: exceeds what"),
+    (["--token-rate", "0"], "--token-rate 0.0: expected a positive number"),
+    (["--kv-heads", "2"], "--kv-heads 2: expected a divisor of --heads (1)"),
+    (["--layers", "0"], "--layers 0: expected a positive integer"),
 ])
 def test_bad_options_exit_2_with_one_line(args, needle):
     res = run(*args)
@@ -142,6 +146,7 @@ def test_click_level_errors_exit_2():
     assert run("--preset", "nope").exit_code == 2
     assert run("sweep", "--seq", "256,abc").exit_code == 2
     assert run("sweep", "--seq", "0").exit_code == 2
+    assert run("--leakage", "medium").exit_code == 2
 
 
 def test_sweep_table():

@@ -4,6 +4,7 @@ each against a hand computation; linear scaling in tokens and in bits."""
 import math
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from hadref.errors import HadrefError
 from hadref.hw import Design, evaluate, preset
@@ -247,3 +248,22 @@ def test_paper_preset_single_layer_single_head_is_unchanged():
     assert r.sa["total"].cycles == 75 + 0 + 256 + 75 + 0
     ph = phases(evaluate(p.replace(storage=True)))
     assert ph["decode"].had.energy["write"] == pytest.approx(1024 * 17 * E_WRITE)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(8, 4096), d=st.sampled_from([16, 32, 64, 128]),
+       kv=st.integers(1, 4), g=st.integers(1, 4), layers=st.integers(1, 8),
+       leak=st.sampled_from(["hp", "lp"]))
+def test_write_and_leakage_formulas_hold_for_any_shape(n, d, kv, g, layers, leak):
+    design = Design(seq=n, dim=d, heads=kv * g, kv_heads=kv, layers=layers,
+                    top_n=max(1, n // 8), mac_lanes=256, clock_hz=1e9, node_nm=65,
+                    storage=True, leakage=leak)
+    r = evaluate(design)
+    p_bit = P_HP if leak == "hp" else P_LP
+    stores = kv * layers
+    assert r.write["had"].energy_per_query == pytest.approx(stores * d * 17 * E_WRITE)
+    assert r.write["sa"].energy_per_query == pytest.approx(stores * d * 32 * E_WRITE)
+    assert r.sa["total"].leakage == pytest.approx(n * d * stores * 32 * p_bit, rel=1e-4)
+    assert r.had["total"].leakage == pytest.approx(
+        n * d * stores * (16 + CAM_LEAK_RATIO) * p_bit, rel=1e-4)
+    assert r.had["qk"].cycles == max(g * layers, g * layers * C.score_bits(d))

@@ -163,3 +163,38 @@ def test_sweep_top_n_mode_not_with_model(tmp_path):
 def test_read_shapes_raises_hadref_error(tmp_path):
     with pytest.raises(HadrefError, match="no such file"):
         read_shapes(tmp_path / "nope.h5")
+
+
+@pytest.mark.parametrize("seq,figures", [
+    (2048, {"had_qk_mm2": 93.75, "sa_storage_mm2": 78.13, "sa_total_mm2": 111.52,
+            "had_total_mm2": 135.34, "sa_leak_w": 68.77, "had_leak_w": 38.68,
+            "sa_cycles": 39991, "had_cycles": 30164, "sa_mj": 1.665, "had_mj": 0.826,
+            "sa_dyn_uj": 246.1, "had_dyn_uj": 27.52}),
+    (8192, {"had_qk_mm2": 374.98, "sa_storage_mm2": 312.51, "sa_total_mm2": 345.90,
+            "had_total_mm2": 535.47, "sa_leak_w": 275.08, "had_leak_w": 154.73,
+            "sa_cycles": 159866, "had_cycles": 117988, "sa_mj": 23.67, "had_mj": 12.87,
+            "sa_dyn_uj": 984.3, "had_dyn_uj": 109.8}),
+])
+def test_smollm2_worked_example_in_docs(tmp_path, seq, figures):
+    """The figures of docs/hw.md section 11 (kept in step with the model by this test)."""
+    path = make(tmp_path / "smol.h5", SMOLLM2)
+    data = json.loads(run("--model", str(path), "--seq", str(seq), "--json").output)
+    dec = data["decode"]
+    got = {
+        "had_qk_mm2": data["had"]["qk"]["area_m2"] * 1e6,
+        "sa_storage_mm2": data["sa"]["storage"]["area_m2"] * 1e6,
+        "sa_total_mm2": data["sa"]["total"]["area_m2"] * 1e6,
+        "had_total_mm2": data["had"]["total"]["area_m2"] * 1e6,
+        "sa_leak_w": data["sa"]["total"]["leakage_w"],
+        "had_leak_w": data["had"]["total"]["leakage_w"],
+        "sa_cycles": dec["sa"]["components"]["total"]["cycles_per_token"],
+        "had_cycles": dec["had"]["components"]["total"]["cycles_per_token"],
+        "sa_mj": dec["sa"]["components"]["total"]["energy_j_per_token"] * 1e3,
+        "had_mj": dec["had"]["components"]["total"]["energy_j_per_token"] * 1e3,
+        "sa_dyn_uj": (dec["sa"]["components"]["total"]["energy_j_per_token"] -
+                      dec["sa"]["components"]["leakage"]["energy_j_per_token"]) * 1e6,
+        "had_dyn_uj": (dec["had"]["components"]["total"]["energy_j_per_token"] -
+                       dec["had"]["components"]["leakage"]["energy_j_per_token"]) * 1e6,
+    }
+    for key, value in figures.items():
+        assert got[key] == pytest.approx(value, rel=6e-4, abs=0), key
