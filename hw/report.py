@@ -65,7 +65,9 @@ def _phase_dict(ph: Phase) -> dict:
         u = getattr(ph, unit)
         out[unit] = {
             "components": {c: {"energy_j_per_token": u.energy[c],
-                               "cycles_per_token": u.cycles[c]} for c in PHASE_ROWS},
+                               "power_w": u.energy[c] * ph.token_rate,
+                               "cycles_per_token": u.cycles[c],
+                               "latency_s": u.cycles[c] / ph.clock_hz} for c in PHASE_ROWS},
             "leakage_w": u.leakage_w,
             "power_w": ph.power(unit),
             "latency_s": ph.latency(unit),
@@ -86,7 +88,8 @@ def to_dict(result: Result, extra_settings: dict | None = None) -> dict:
     slowest block's, while its cycles and latency are the sum over blocks). ``decode`` and
     ``prefill`` (:mod:`hadref.hw.phases`): ``context``, ``tokens``, ``token_rate_per_s`` and per
     unit ``components`` (write, the blocks, leakage, total: ``energy_j_per_token``,
-    ``cycles_per_token``), ``leakage_w``, ``power_w``, ``latency_s``,
+    ``power_w`` (energy x the token rate), ``cycles_per_token``, ``latency_s``),
+    ``leakage_w``, ``power_w``, ``latency_s`` (decode: one token; prefill: the prompt),
     ``throughput_tokens_per_s``; and ``energy_reduction``.
     """
     f = result.design.clock_hz

@@ -11,6 +11,7 @@ in a HAD student, the group ``/had`` (attribute ``top_n``, datasets ``sigma_q`` 
   query heads, as in LlamaConfig), ``head_dim`` (absent = hidden / heads), ``hidden_size``.
 - Both: ``max_position_embeddings`` (the longest context the model was built for).
 
+``format_version`` is not checked (only metadata is read; the loaders check it).
 A missing file, a file that is not HDF5, and a missing or ill-typed field are one-line
 :class:`~hadref.errors.HadrefError` naming the file and the field.
 

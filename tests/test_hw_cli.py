@@ -77,9 +77,14 @@ def test_json_schema():
             assert set(ph[unit]) == PHASE_UNIT_KEYS
             assert set(ph[unit]["components"]) == PHASE_COMPONENTS
             for c in ph[unit]["components"].values():
-                assert set(c) == {"energy_j_per_token", "cycles_per_token"}
-                assert _is_number(c["energy_j_per_token"])
+                assert set(c) == {"energy_j_per_token", "power_w", "cycles_per_token",
+                                  "latency_s"}
+                assert _is_number(c["energy_j_per_token"]) and _is_number(c["latency_s"])
                 assert isinstance(c["cycles_per_token"], int)
+                assert c["power_w"] == pytest.approx(c["energy_j_per_token"] *
+                                                     ph["token_rate_per_s"])
+                assert c["latency_s"] == pytest.approx(c["cycles_per_token"] /
+                                                       data["settings"]["clock_hz"])
     assert data["decode"]["tokens"] == 1 and data["prefill"]["tokens"] == 256
     s = data["settings"]
     assert s["preset"] == "paper" and s["seq"] == 256 and s["top_n"] == 63
