@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hadref.checks import is_int
 from hadref.errors import HadrefError
 
 FAMILIES = {None: "bert", "bert": "bert", "llama": "llama"}
@@ -56,7 +57,7 @@ def _int_field(config: dict, key: str, where: str, default=None) -> int:
             return default
         raise HadrefError(f"{where}: missing field '{key}'")
     value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value) or value < 1:
         raise HadrefError(f"{where}: field '{key}' = {value!r}: expected a positive integer")
     return value
 
@@ -69,7 +70,7 @@ def _read_had(f, path: Path, layers: int) -> int:
         raise HadrefError(f"{path}: group had: missing attribute 'top_n'")
     top_n = g.attrs["top_n"]
     top_n = top_n.item() if isinstance(top_n, np.generic) else top_n
-    if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 1:
+    if not is_int(top_n) or top_n < 1:
         raise HadrefError(f"{path}: attribute had/top_n = {top_n!r}: expected a positive integer")
     for name in ("sigma_q", "sigma_k"):
         if name not in g:

@@ -4,7 +4,8 @@ each against a hand computation; linear scaling in tokens and in bits."""
 import math
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hadref.errors import HadrefError
 from hadref.hw import Design, evaluate, preset
