@@ -70,7 +70,9 @@ def _design_options(storage_default: bool = STORAGE_DEFAULT):
             click.option("--token-rate", type=float,
                          help="decoded tokens/s at which leakage is charged per token "
                               "(default: the slower unit's batch-1 decode rate)."),
-            click.option("--json", "as_json", is_flag=True, help="print JSON instead."),
+            click.option("--json", "as_json", is_flag=True,
+                         help="print JSON instead (schema hadref.hw/2, SI units named by "
+                              "each key's suffix)."),
         ]
         for opt in reversed(opts):
             fn = opt(fn)
@@ -191,7 +193,7 @@ def sweep(seqs, top_n_mode, as_json, plot_path, **options):
     Energy per query, decode energy per token (with the key/value write and leakage) and
     area per block; per length, HAD against SA and what grows. The SA MAC lanes, softmax
     lanes and clock stay the preset's; the HAD A V lanes are re-sized to keep pace with the
-    SA at each n (docs/hw.md, section 7).
+    SA at each n (docs/hw.md, section 8).
     """
     from hadref.hw import evaluate
     from hadref.hw.report import format_sweep, plot_sweep, sweep_dict
