@@ -24,12 +24,15 @@ from hadref.train.jobs import (
     load_model_file,
     task_data,
 )
+from hadref.train.metrics import format_metrics
+
+_FT = "fine-tuned teacher "   # how messages name the files of a head-less encoder's fine-tune
 
 
 def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
                 allow_finetune: bool = True, data: DataSource = DataSource(), log=None,
                 checkpoint=None, checkpoint_every: float = 300.0, resume: bool = False,
-                progress: bool = True, notify=None) -> dict:
+                overwrite: bool = False, progress: bool = True, notify=None) -> dict:
     """Distill the teacher file ``teacher_path`` into a HAD student file.
 
     task: a GLUE task name or :class:`hadref.data.Task`; settings:
@@ -38,7 +41,10 @@ def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
     finetune: :class:`hadref.train.finetune.FinetuneSettings` of the teacher fine-tune a
     head-less encoder gets (its max_len and seed follow ``settings``); allow_finetune False
     makes a head-less teacher an error; notify: called with each one-line message about
-    what the job decided (the CLI prints them to stderr).
+    what the job decided (the CLI prints them to stderr). The files the job writes (the
+    student, its log and checkpoint, and a head-less encoder's ``OUT-teacher.h5`` with
+    its own) must differ from the teacher and each other; an existing one is replaced only
+    with ``overwrite`` or ``resume`` (:mod:`hadref.files`).
 
     Returns ``{"task", "teacher", "student", "teacher_metrics", "metrics" (the student's
     dev metrics, hard binarization), "stage_metrics" ({stage: metrics}, "0" = teacher
@@ -62,15 +68,20 @@ def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
     settings.check()
     t = get_task(task) if isinstance(task, str) else task
     files = RunFiles.beside(out or default_out(teacher_path, "had"), log, checkpoint)
+    # where a head-less encoder's teacher goes, with its own log and checkpoint
+    ft_files = RunFiles.beside(files.out.with_name(files.out.stem + "-teacher.h5"))
+    inputs = {"TEACHER.h5": teacher_path}
+    files.claim(inputs, overwrite=overwrite, resume=resume, notify=say,
+                siblings=ft_files.named(_FT))
     teacher = load_model_file(teacher_path, "teacher")
     if teacher.had is not None:
         raise HadrefError(f"{teacher_path} is already a HAD student; distill from a float teacher")
     headless = teacher.num_labels is None
-    # where a head-less encoder's teacher goes, with its own log and checkpoint
-    ft_files = RunFiles.beside(files.out.with_name(files.out.stem + "-teacher.h5"))
     if resume and not (files.checkpoint.is_file() or (
             headless and (ft_files.checkpoint.is_file() or ft_files.out.is_file()))):
         raise HadrefError(f"no checkpoint to resume from at {files.checkpoint} (--resume)")
+    if headless and allow_finetune:
+        ft_files.claim(inputs, overwrite=overwrite, resume=resume, notify=say, prefix=_FT)
     train, dev = task_data(t, teacher, settings.max_len, data)
     t0 = time.monotonic()
     teacher_file = Path(teacher_path)
@@ -91,24 +102,26 @@ def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
             ft_metrics = finetune_files(teacher, t, train, dev, ft, ft_files,
                                         checkpoint_every=checkpoint_every,
                                         resume=resume and ft_files.checkpoint.is_file(),
-                                        progress=progress)
-            say(f"teacher {teacher_file}: dev " + ", ".join(
-                f"{k} {100 * v:.2f}" for k, v in ft_metrics.items()))
+                                        progress=progress, data=data)
+            say(f"teacher {teacher_file}: dev {format_metrics(ft_metrics)}")
         teacher = load_model_file(teacher_file, "teacher")  # exactly what the file holds
     teacher_metrics, _ = evaluate(teacher, dev[0], t)
     resume_distill = resume and files.checkpoint.is_file()
     log_file = JsonLog(files.log, append=resume_distill)
+    shown = Progress(total=0, enabled=progress, label="distill ")
     try:
         log_file.write(event="start", job="distill", task=t.name, settings=settings.to_dict(),
-                       resume=resume, teacher=str(teacher_file), teacher_metrics=teacher_metrics)
+                       data=data.resume_settings(), resume=resume, teacher=str(teacher_file),
+                       teacher_metrics=teacher_metrics)
         student, stage_metrics = distill(
             teacher, train, dev[0], t, settings, checkpoint_path=files.checkpoint,
             checkpoint_every=checkpoint_every, resume=resume_distill, log=log_file,
-            progress=Progress(total=0, enabled=progress, label="distill "),
-            teacher_sha256=file_sha256(teacher_file))
+            progress=shown, teacher_sha256=file_sha256(teacher_file),
+            data_settings=data.resume_settings())
     except KeyboardInterrupt:
         raise interrupted(files.checkpoint) from None
     finally:
+        shown.close()
         log_file.close()
     save(student, files.out)
     files.checkpoint.unlink(missing_ok=True)  # the run is complete: its file replaces it

@@ -30,6 +30,7 @@ from hadref.engine.optim import Adam, clip_grad_norm
 from hadref.errors import HadrefError
 from hadref.train.evaluation import evaluate
 from hadref.train.loop import TrainLoop, dropout_scope
+from hadref.train.metrics import format_metrics
 
 
 def _had_core(sigma_q, sigma_k, settings: DistillSettings, transform: str = "tanh1", c: float = 5.0):
@@ -57,13 +58,14 @@ def _inference_core(sigma_q, sigma_k, settings: DistillSettings):
 def distill(teacher, train_data, dev_data, task, settings: DistillSettings, *,
             checkpoint_path=None, checkpoint_every: float = 300.0, resume: bool = False,
             log=None, progress=None, on_step=None, teacher_sha256: str = "",
-            eval_batch_size: int = 64):
+            eval_batch_size: int = 64, data_settings: dict | None = None):
     """Distill ``teacher`` (a model with a head for ``task``) into a HAD student.
 
     train_data, dev_data: Encoded sets tokenized with the teacher's tokenizer (dev_data
     None: no stage-end evaluation). Returns (student model with ``student.had`` set and
     the inference core attached, {stage number as str: dev metrics with hard binarization},
-    '0' being the teacher binarized without distillation).
+    '0' being the teacher binarized without distillation). ``data_settings`` (JSON-able,
+    e.g. the data limits) are checkpointed with the settings and must match on resume.
     """
     settings.check()
     if teacher.num_labels != task.num_labels:
@@ -77,14 +79,20 @@ def distill(teacher, train_data, dev_data, task, settings: DistillSettings, *,
     loop = TrainLoop(kind="distill", model=student, optimizer=optimizer, stream=stream, rng=rng,
                      total_steps=schedule.total_steps,
                      settings={"task": task.name, "teacher_sha256": teacher_sha256,
-                               **settings.to_dict()},
+                               **settings.to_dict(), **(data_settings or {})},
                      checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
-                     log=log, progress=progress, setting_defaults=DistillSettings().to_dict())
+                     log=log, progress=progress,
+                     setting_defaults={**DistillSettings().to_dict(), **(data_settings or {})})
     stage_metrics = loop.notes.setdefault("dev_metrics", {})  # {stage: metrics}, checkpointed
     last_preds: dict = {}   # "preds": the last stage evaluation's predictions (not checkpointed)
     if resume:
         extra = loop.restore()
         stage_metrics = loop.notes.setdefault("dev_metrics", {})
+        layers = teacher.config.num_hidden_layers
+        for key in ("sigma_q", "sigma_k"):
+            if key not in extra or np.shape(extra[key]) != (layers,):
+                raise HadrefError(f"{checkpoint_path}: checkpoint lacks extra/{key} "
+                                  f"({layers} values, one per layer)")
         sigma_q, sigma_k = extra["sigma_q"], extra["sigma_k"]
     else:
         sigma_q, sigma_k = estimate_sigma(teacher, train_data, n_batches=settings.sigma_batches,
@@ -160,7 +168,7 @@ def _stage_eval(model, sigma_q, sigma_k, settings, dev_data, task, number, step,
                   predictions_sha256=hashlib.sha256(np.ascontiguousarray(preds).tobytes()).hexdigest()[:16],
                   **metrics_)
     if progress is not None:
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics_.items())
+        shown = format_metrics(metrics_)
         what = (f"after stage {number}" if number else
                 "teacher binarized without distillation")
         progress.message(f"{what}: dev {shown} (hard binarization, N = {settings.effective_top_n})")

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hadref.checks import check_finite_fields, check_seed
 from hadref.data.batching import BatchStream
 from hadref.engine.layers.losses import mse, softmax_cross_entropy
 from hadref.engine.optim import Adam, clip_grad_norm
 from hadref.errors import HadrefError
 from hadref.train.evaluation import evaluate
 from hadref.train.loop import TrainLoop, dropout_scope
+from hadref.train.metrics import format_metrics
 
 
 @dataclass
@@ -43,7 +45,14 @@ class FinetuneSettings:
         return dataclasses.asdict(self)
 
     def check(self) -> None:
-        if self.epochs <= 0 and self.steps is None:
+        check_finite_fields(self)
+        check_seed(self.seed)
+        if self.batch_size < 1 or self.max_len < 1:
+            raise HadrefError(f"--batch-size and --max-len must be at least 1, got "
+                              f"{self.batch_size} and {self.max_len}")
+        if self.weight_decay < 0:
+            raise HadrefError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not self.epochs > 0:
             raise HadrefError(f"--epochs must be positive, got {self.epochs}")
         if self.steps is not None and self.steps < 1:
             raise HadrefError(f"--steps must be at least 1, got {self.steps}")
@@ -76,12 +85,13 @@ def ensure_head(model, task, seed: int = 0) -> bool:
 def finetune(model, train_data, dev_data, task, settings: FinetuneSettings, *,
              checkpoint_path=None, checkpoint_every: float = 300.0, resume: bool = False,
              log=None, progress=None, on_step=None, eval_batch_size: int = 64,
-             eval_every: int = 0) -> dict:
+             eval_every: int = 0, data_settings: dict | None = None) -> dict:
     """Fine-tune ``model`` in place on ``train_data`` (Encoded); return the dev metrics.
 
     The model must already have its head (see :func:`ensure_head`). ``eval_every`` > 0 also
     evaluates dev every that many steps (logged and shown, never used to pick weights:
-    the result is always the last step's model).
+    the result is always the last step's model). ``data_settings`` (JSON-able, e.g. the
+    data limits) are checkpointed with the settings and must match on resume.
     """
     settings.check()
     stream = BatchStream(train_data, settings.batch_size, settings.seed)
@@ -89,9 +99,10 @@ def finetune(model, train_data, dev_data, task, settings: FinetuneSettings, *,
     optimizer = Adam(model.params, lr=settings.lr, weight_decay=settings.weight_decay)
     rng = np.random.default_rng([settings.seed, 0xD0])
     loop = TrainLoop(kind="finetune", model=model, optimizer=optimizer, stream=stream, rng=rng,
-                     total_steps=total, settings={"task": task.name, **settings.to_dict()},
+                     total_steps=total,
+                     settings={"task": task.name, **settings.to_dict(), **(data_settings or {})},
                      checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
-                     log=log, progress=progress)
+                     log=log, progress=progress, setting_defaults=data_settings)
     if resume:
         loop.restore()
     if progress is not None:
@@ -117,8 +128,7 @@ def finetune(model, train_data, dev_data, task, settings: FinetuneSettings, *,
             if log is not None:
                 log.write(event="eval", split="dev", step=step, **metrics_)
             if progress is not None:
-                progress.message(f"step {step}: dev " + ", ".join(
-                    f"{k} {v:.4f}" for k, v in metrics_.items()))
+                progress.message(f"step {step}: dev {format_metrics(metrics_)}")
         if on_step is not None:
             on_step(step)
 

@@ -48,6 +48,12 @@ class DataSource:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def resume_settings(self) -> dict:
+        """The data settings a ``--resume`` must repeat (they change the run); the folder
+        itself may move."""
+        return {"train_limit": self.train_limit, "dev_limit": self.dev_limit,
+                "skip_bad_rows": self.skip_bad_rows}
+
 
 @dataclass(frozen=True)
 class RunFiles:
@@ -63,6 +69,27 @@ class RunFiles:
         out = Path(out)
         return cls(out, Path(log) if log else out.with_name(out.stem + ".log.jsonl"),
                    Path(checkpoint) if checkpoint else out.with_name(out.stem + ".ckpt.h5"))
+
+    def named(self, prefix: str = "") -> dict:
+        """{option: path} for messages (``prefix`` names the files of a nested run)."""
+        return {f"{prefix}-o": self.out, f"{prefix}--log": self.log,
+                f"{prefix}--checkpoint": self.checkpoint}
+
+    def claim(self, inputs: dict, *, overwrite: bool, resume: bool, notify=None,
+              prefix: str = "", siblings: dict | None = None) -> None:
+        """Apply :mod:`hadref.files`' rules before any work: distinct from ``inputs``
+        ({name: path}), from each other and from ``siblings`` (other files the job writes),
+        an existing file only with ``overwrite`` or ``resume``, writable folders; then
+        remove stale temporary files of interrupted writes of the output and the
+        checkpoint (``notify`` is told of each). ``prefix`` goes before the option names
+        in messages (the files of a nested run)."""
+        from hadref.files import check_distinct, claim_outputs, remove_stale_temps
+
+        check_distinct(inputs, {**self.named(prefix), **(siblings or {})})
+        claim_outputs(self.named(prefix), overwrite=overwrite, resume=resume)
+        for tmp, size in remove_stale_temps(self.out, self.checkpoint):
+            if notify is not None:
+                notify(f"removed {tmp} ({size / 2**20:.1f} MiB), left by an interrupted write")
 
 
 def default_out(src, suffix: str) -> Path:
@@ -139,7 +166,8 @@ def interrupted(checkpoint) -> HadrefError:
 
 def finetune_files(model, task, train, dev, settings, files: RunFiles, *,
                    checkpoint_every: float = 300.0, resume: bool = False,
-                   progress: bool = True, eval_every: int = 0) -> dict:
+                   progress: bool = True, eval_every: int = 0,
+                   data: DataSource = DataSource()) -> dict:
     """Fine-tune an in-memory ``model`` (a head is added when it has none) with its log and
     checkpoint, write it to ``files.out`` and remove the checkpoint; return dev metrics."""
     from hadref.engine.io import save
@@ -148,17 +176,18 @@ def finetune_files(model, task, train, dev, settings, files: RunFiles, *,
 
     added = ensure_head(model, task, seed=settings.seed)
     log = JsonLog(files.log, append=resume)
+    shown = Progress(total=0, enabled=progress, label="finetune ")
     try:
         log.write(event="start", job="finetune", task=task.name, settings=settings.to_dict(),
-                  resume=resume, head_added=added)
+                  data=data.resume_settings(), resume=resume, head_added=added)
         dev_metrics = finetune(model, train, dev[0], task, settings,
                                checkpoint_path=files.checkpoint, checkpoint_every=checkpoint_every,
-                               resume=resume, log=log,
-                               progress=Progress(total=0, enabled=progress, label="finetune "),
-                               eval_every=eval_every)
+                               resume=resume, log=log, progress=shown, eval_every=eval_every,
+                               data_settings=data.resume_settings())
     except KeyboardInterrupt:
         raise interrupted(files.checkpoint) from None
     finally:
+        shown.close()
         log.close()
     save(model, files.out)
     files.checkpoint.unlink(missing_ok=True)  # the run is complete: its file replaces it
@@ -167,12 +196,16 @@ def finetune_files(model, task, train, dev, settings, files: RunFiles, *,
 
 def run_finetune(model_path, task, settings=None, out=None, *, data: DataSource = DataSource(),
                  log=None, checkpoint=None, checkpoint_every: float = 300.0,
-                 resume: bool = False, progress: bool = True, eval_every: int = 0) -> dict:
+                 resume: bool = False, overwrite: bool = False, progress: bool = True,
+                 eval_every: int = 0, notify=None) -> dict:
     """Fine-tune the model file ``model_path`` on a GLUE task into a teacher file.
 
     task: a GLUE task name (``"sst2"``) or :class:`hadref.data.Task`; settings:
     :class:`hadref.train.finetune.FinetuneSettings` (default: its defaults); out: the
-    teacher file (default ``MODEL-TASK.h5`` beside the model). Returns ``{"task",
+    teacher file (default ``MODEL-TASK.h5`` beside the model). The output, log and
+    checkpoint must differ from the model file and each other, and an existing one is
+    replaced only with ``overwrite`` or ``resume`` (:mod:`hadref.files`); ``notify`` is
+    called with one-line messages (stale temporary files removed). Returns ``{"task",
     "metrics" (dev), "out", "wall_s"}``.
 
     >>> hadref.run_finetune("weights/bert.h5", "sst2", FinetuneSettings(max_len=64))
@@ -184,6 +217,9 @@ def run_finetune(model_path, task, settings=None, out=None, *, data: DataSource 
     settings.check()
     t = get_task(task) if isinstance(task, str) else task
     files = RunFiles.beside(out or default_out(model_path, t.name), log, checkpoint)
+    files.claim({"MODEL.h5": model_path}, overwrite=overwrite, resume=resume, notify=notify)
+    if resume and not files.checkpoint.is_file():
+        raise HadrefError(f"no checkpoint to resume from at {files.checkpoint} (--resume)")
     model = load_model_file(model_path)
     if model.had is not None:
         raise HadrefError(f"{model_path} is a HAD student; fine-tune a float model")
@@ -191,7 +227,7 @@ def run_finetune(model_path, task, settings=None, out=None, *, data: DataSource 
     t0 = time.monotonic()
     metrics = finetune_files(model, t, train, dev, settings, files,
                              checkpoint_every=checkpoint_every, resume=resume,
-                             progress=progress, eval_every=eval_every)
+                             progress=progress, eval_every=eval_every, data=data)
     return {"task": t.name, "metrics": metrics, "out": str(files.out),
             "wall_s": round(time.monotonic() - t0, 1)}
 

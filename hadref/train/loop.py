@@ -39,6 +39,8 @@ class TrainLoop:
         self.settings = settings
         self.setting_defaults = setting_defaults or {}
         self.path, self.every = checkpoint_path, float(checkpoint_every)
+        if not self.every >= 0:   # NaN too
+            raise HadrefError(f"--checkpoint-every: expected seconds >= 0, got {checkpoint_every}")
         self.log, self.progress = log, progress
         self.extra: dict = {}
         self.step = 0
@@ -76,18 +78,31 @@ class TrainLoop:
                               f"this run has {self.settings.get(k)!r}: resume with the same settings"
                               + (f" ({len(changed)} differ: {', '.join(changed)})"
                                  if len(changed) > 1 else ""))
-        params = arrays["params"]
+        if meta["total_steps"] != self.total:
+            raise HadrefError(f"{self.path}: checkpoint made for {meta['total_steps']} steps, "
+                              f"this run has {self.total}: resume with the same settings")
+        params = arrays.get("params", {})
         if set(params) != set(self.model.params):
             raise HadrefError(f"{self.path}: checkpoint parameters do not match the model")
         for name, value in params.items():
-            self.model.params[name][...] = value
+            if value.shape != self.model.params[name].shape:
+                raise HadrefError(f"{self.path}: checkpoint parameter {name} has shape "
+                                  f"{value.shape}, the model {self.model.params[name].shape}")
         optim = arrays.get("optim", {})
-        self.optimizer.load_state_dict({
-            "t": meta["optim_t"],
-            "m": {n[2:]: a for n, a in optim.items() if n.startswith("m.")},
-            "v": {n[2:]: a for n, a in optim.items() if n.startswith("v.")}})
-        self.rng.bit_generator.state = meta["rng"]
-        self.stream.restore(meta["data"])
+        try:
+            self.optimizer.load_state_dict({
+                "t": meta["optim_t"],
+                "m": {n[2:]: a for n, a in optim.items() if n.startswith("m.")},
+                "v": {n[2:]: a for n, a in optim.items() if n.startswith("v.")}})
+            self.stream.restore(meta["data"])
+            self.rng.bit_generator.state = meta["rng"]
+        except HadrefError as err:
+            raise HadrefError(f"{self.path}: {err}") from None
+        except (KeyError, TypeError, ValueError) as err:
+            raise HadrefError(f"{self.path}: malformed checkpoint state "
+                              f"({type(err).__name__}: {err})") from None
+        for name, value in params.items():
+            self.model.params[name][...] = value
         self.step = int(meta["step"])
         self.notes = meta.get("notes", {})
         self.extra = arrays.get("extra", {})
