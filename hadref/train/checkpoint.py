@@ -59,13 +59,14 @@ def load_checkpoint(path):
                 arrays[g] = {n: d[()] for n, d in f[g].items()}
     except OSError as err:
         raise HadrefError(f"{path}: unreadable checkpoint ({err})") from None
-    check_meta(meta, path)
+    if not isinstance(meta, dict):
+        raise HadrefError(f"{path}: checkpoint meta is not a JSON object")
     return arrays, meta
 
 
 def check_meta(meta, path) -> None:
-    """HadrefError naming ``path`` and the field when ``meta`` is not what
-    :func:`save_checkpoint` writes."""
+    """HadrefError naming ``path`` and the field when ``meta`` lacks what a training
+    loop's checkpoint holds (:class:`hadref.train.loop.TrainLoop`)."""
     if not isinstance(meta, dict):
         raise HadrefError(f"{path}: checkpoint meta is not a JSON object")
     for key, kind in _META_TYPES.items():

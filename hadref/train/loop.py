@@ -16,7 +16,7 @@ import threading
 import time
 
 from hadref.errors import HadrefError
-from hadref.train.checkpoint import load_checkpoint, save_checkpoint
+from hadref.train.checkpoint import check_meta, load_checkpoint, save_checkpoint
 
 
 class TrainLoop:
@@ -66,6 +66,7 @@ class TrainLoop:
         """Load the checkpoint at ``self.path`` into the model, optimizer, generator and
         stream; return its ``extra`` arrays."""
         arrays, meta = load_checkpoint(self.path)
+        check_meta(meta, self.path)
         if meta.get("kind") != self.kind:
             raise HadrefError(f"{self.path}: a {meta.get('kind')} checkpoint cannot resume {self.kind}")
         saved = {**{k: v for k, v in self.setting_defaults.items() if k not in meta["settings"]},
