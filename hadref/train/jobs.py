@@ -85,7 +85,7 @@ class RunFiles:
         in messages (the files of a nested run)."""
         from hadref.files import check_distinct, claim_outputs, remove_stale_temps
 
-        check_distinct(inputs, {**self.named(prefix), **(siblings or {})})
+        check_distinct(inputs, {**(siblings or {}), **self.named(prefix)})
         claim_outputs(self.named(prefix), overwrite=overwrite, resume=resume)
         for tmp, size in remove_stale_temps(self.out, self.checkpoint):
             if notify is not None:
