@@ -15,9 +15,9 @@ class Finite(click.ParamType):
         try:
             out = float(value)
         except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number", param, ctx)
+            self.fail(f"{value!r} is not a number.", param, ctx)
         if not math.isfinite(out):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
         return out
 
 

@@ -165,8 +165,8 @@ def claim_outputs(outputs: dict, *, overwrite: bool = False, resume: bool = Fals
                 how = "pass --resume to continue its run, or --overwrite to start again"
             elif name.endswith("--log"):
                 how = "pass --overwrite to replace it (--resume appends to it)"
-            else:
-                how = f"pass --overwrite to replace it, or choose another {name}"
+            else:   # the option to change: "-o" of "fine-tuned teacher -o" too
+                how = f"pass --overwrite to replace it, or choose another {name.split()[-1]}"
             raise HadrefError(f"{name} {path}: file exists; {how}")
     for name, path in outputs.items():
         if path is not None:

@@ -109,15 +109,15 @@ def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
     resume_distill = resume and files.checkpoint.is_file()
     log_file = JsonLog(files.log, append=resume_distill)
     shown = Progress(total=0, enabled=progress, label="distill ")
+    start = {"event": "start", "job": "distill", "task": t.name, "settings": settings.to_dict(),
+             "data": data.resume_settings(), "resume": resume, "teacher": str(teacher_file),
+             "teacher_metrics": teacher_metrics}
     try:
-        log_file.write(event="start", job="distill", task=t.name, settings=settings.to_dict(),
-                       data=data.resume_settings(), resume=resume, teacher=str(teacher_file),
-                       teacher_metrics=teacher_metrics)
         student, stage_metrics = distill(
             teacher, train, dev[0], t, settings, checkpoint_path=files.checkpoint,
             checkpoint_every=checkpoint_every, resume=resume_distill, log=log_file,
             progress=shown, teacher_sha256=file_sha256(teacher_file),
-            data_settings=data.resume_settings())
+            data_settings=data.resume_settings(), start_record=start)
     except KeyboardInterrupt:
         raise interrupted(files.checkpoint) from None
     finally:

@@ -58,14 +58,17 @@ def _inference_core(sigma_q, sigma_k, settings: DistillSettings):
 def distill(teacher, train_data, dev_data, task, settings: DistillSettings, *,
             checkpoint_path=None, checkpoint_every: float = 300.0, resume: bool = False,
             log=None, progress=None, on_step=None, teacher_sha256: str = "",
-            eval_batch_size: int = 64, data_settings: dict | None = None):
+            eval_batch_size: int = 64, data_settings: dict | None = None,
+            start_record: dict | None = None):
     """Distill ``teacher`` (a model with a head for ``task``) into a HAD student.
 
     train_data, dev_data: Encoded sets tokenized with the teacher's tokenizer (dev_data
     None: no stage-end evaluation). Returns (student model with ``student.had`` set and
     the inference core attached, {stage number as str: dev metrics with hard binarization},
     '0' being the teacher binarized without distillation). ``data_settings`` (JSON-able,
-    e.g. the data limits) are checkpointed with the settings and must match on resume.
+    e.g. the data limits) are checkpointed with the settings and must match on resume;
+    ``start_record`` is logged first, once a resume has been checked (a refused resume
+    writes nothing).
     """
     settings.check()
     if teacher.num_labels != task.num_labels:
@@ -94,7 +97,9 @@ def distill(teacher, train_data, dev_data, task, settings: DistillSettings, *,
                 raise HadrefError(f"{checkpoint_path}: checkpoint lacks extra/{key} "
                                   f"({layers} values, one per layer)")
         sigma_q, sigma_k = extra["sigma_q"], extra["sigma_k"]
-    else:
+    if log is not None and start_record is not None:   # after a resume is known to be valid
+        log.write(**start_record)
+    if not resume:
         sigma_q, sigma_k = estimate_sigma(teacher, train_data, n_batches=settings.sigma_batches,
                                           batch_size=settings.sigma_batch_size, seed=settings.seed)
         loop.extra = {"sigma_q": sigma_q, "sigma_k": sigma_k}

@@ -85,13 +85,16 @@ def ensure_head(model, task, seed: int = 0) -> bool:
 def finetune(model, train_data, dev_data, task, settings: FinetuneSettings, *,
              checkpoint_path=None, checkpoint_every: float = 300.0, resume: bool = False,
              log=None, progress=None, on_step=None, eval_batch_size: int = 64,
-             eval_every: int = 0, data_settings: dict | None = None) -> dict:
+             eval_every: int = 0, data_settings: dict | None = None,
+             start_record: dict | None = None) -> dict:
     """Fine-tune ``model`` in place on ``train_data`` (Encoded); return the dev metrics.
 
     The model must already have its head (see :func:`ensure_head`). ``eval_every`` > 0 also
     evaluates dev every that many steps (logged and shown, never used to pick weights:
     the result is always the last step's model). ``data_settings`` (JSON-able, e.g. the
-    data limits) are checkpointed with the settings and must match on resume.
+    data limits) are checkpointed with the settings and must match on resume;
+    ``start_record`` is logged first, once a resume has been checked (a refused resume
+    writes nothing).
     """
     settings.check()
     stream = BatchStream(train_data, settings.batch_size, settings.seed)
@@ -105,6 +108,8 @@ def finetune(model, train_data, dev_data, task, settings: FinetuneSettings, *,
                      log=log, progress=progress, setting_defaults=data_settings)
     if resume:
         loop.restore()
+    if log is not None and start_record is not None:
+        log.write(**start_record)
     if progress is not None:
         progress.start(total, loop.step)
 

@@ -177,13 +177,14 @@ def finetune_files(model, task, train, dev, settings, files: RunFiles, *,
     added = ensure_head(model, task, seed=settings.seed)
     log = JsonLog(files.log, append=resume)
     shown = Progress(total=0, enabled=progress, label="finetune ")
+    start = {"event": "start", "job": "finetune", "task": task.name,
+             "settings": settings.to_dict(), "data": data.resume_settings(), "resume": resume,
+             "head_added": added}
     try:
-        log.write(event="start", job="finetune", task=task.name, settings=settings.to_dict(),
-                  data=data.resume_settings(), resume=resume, head_added=added)
         dev_metrics = finetune(model, train, dev[0], task, settings,
                                checkpoint_path=files.checkpoint, checkpoint_every=checkpoint_every,
                                resume=resume, log=log, progress=shown, eval_every=eval_every,
-                               data_settings=data.resume_settings())
+                               data_settings=data.resume_settings(), start_record=start)
     except KeyboardInterrupt:
         raise interrupted(files.checkpoint) from None
     finally:

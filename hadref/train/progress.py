@@ -100,15 +100,20 @@ class Progress:
 
 
 class JsonLog:
-    """JSON-lines log (None path: no log): a new file, or appended to on a resume."""
+    """JSON-lines log (None path: no log): a new file, or appended to on a resume. The
+    file is opened at the first record, so a run refused before it starts writes nothing."""
 
     def __init__(self, path=None, append: bool = True):
-        self.handle = open(path, "a" if append else "w", encoding="utf-8") if path else None
+        self.path, self.append = path, append
+        self.handle = None
 
     def write(self, **record) -> None:
-        if self.handle is not None:
-            self.handle.write(json.dumps(record, sort_keys=False) + "\n")
-            self.handle.flush()
+        if self.path is None:
+            return
+        if self.handle is None:
+            self.handle = open(self.path, "a" if self.append else "w", encoding="utf-8")
+        self.handle.write(json.dumps(record, sort_keys=False) + "\n")
+        self.handle.flush()
 
     def close(self) -> None:
         if self.handle is not None:
