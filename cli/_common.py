@@ -11,6 +11,9 @@ class Finite(click.ParamType):
 
     name = "float"
 
+    def __init__(self, min: float | None = None):
+        self.min = min
+
     def convert(self, value, param, ctx):
         try:
             out = float(value)
@@ -18,6 +21,8 @@ class Finite(click.ParamType):
             self.fail(f"{value!r} is not a number.", param, ctx)
         if not math.isfinite(out):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
+        if self.min is not None and out < self.min:
+            self.fail(f"{out} is below {self.min}.", param, ctx)
         return out
 
 

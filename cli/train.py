@@ -13,7 +13,7 @@ import json
 
 import click
 
-from hadref.cli._common import FINITE, SEED
+from hadref.cli._common import FINITE, SEED, Finite
 from hadref.distill.settings import SCHEDULES, describe_schedule
 from hadref.errors import HadrefError
 from hadref.train.finetune import FinetuneSettings
@@ -45,7 +45,7 @@ def _run_options(f):
                      help="JSON-lines log of every step and evaluation (default: OUT.log.jsonl).")(f)
     f = click.option("--checkpoint", "ckpt_path", type=click.Path(dir_okay=False), default=None,
                      help="Checkpoint file (default: OUT.ckpt.h5).")(f)
-    f = click.option("--checkpoint-every", type=click.FloatRange(min=0, max=1e9), default=300.0,
+    f = click.option("--checkpoint-every", type=Finite(min=0), default=300.0,
                      show_default=True, help="Seconds between checkpoints (also at stage ends).")(f)
     f = click.option("--resume", is_flag=True,
                      help="Continue from the checkpoint (same settings and seed).")(f)

@@ -338,6 +338,11 @@ def _epochs_inf(ws):
         "Error: Invalid value for '--epochs': 'inf' is not a finite number.")
 
 
+def _checkpoint_every_nan(ws):
+    return ws.finetune("--checkpoint-every", "nan"), (
+        "Error: Invalid value for '--checkpoint-every': 'nan' is not a finite number.")
+
+
 def _bench_seq_beyond_memory(ws):
     return ["bench", "--seq", "100000000"], re.compile(
         r"hadref: error: --seq 100000000: needs about [\d.]+ GiB \(q, k, v and outputs [\d.]+ GiB, "
@@ -356,7 +361,7 @@ CASES = {f.__name__.lstrip("_"): f for f in (
     _had_ste_t_not_a_number, _checkpoint_meta_not_json, _checkpoint_meta_missing_field,
     _resume_with_another_train_limit, _resume_with_another_dev_limit, _data_header_only,
     _data_nul_byte, _data_unknown_label, _seed_negative, _bench_seed_negative, _lr_nan,
-    _epochs_inf, _bench_seq_beyond_memory,
+    _epochs_inf, _checkpoint_every_nan, _bench_seq_beyond_memory,
 )}
 
 
