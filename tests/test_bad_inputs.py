@@ -245,6 +245,16 @@ def _model_tokenizer_beyond_embeddings(ws):
                             f"up to {n - 1}, the embedding table only 100 rows (vocab_size)")
 
 
+def _model_config_out_of_range(ws):
+    import json
+
+    def edit(f):
+        f.attrs["config"] = json.dumps({**json.loads(f.attrs["config"]), "num_hidden_layers": -1})
+    path = ws.edit_model("m.h5", edit)
+    return ["info", path], (f"hadref: error: {path}: attribute config: field num_hidden_layers "
+                            "must be a positive integer, got -1")
+
+
 def _had_metadata(**attrs):
     def edit(f):
         g = f.create_group("had")
@@ -357,7 +367,8 @@ CASES = {f.__name__.lstrip("_"): f for f in (
     _fine_tuned_teacher_exists, _convert_output_exists, _convert_onto_its_source,
     _convert_onto_its_config, _convert_lone_safetensors_without_heads, _bench_plot_exists,
     _folder_is_a_file, _folder_read_only, _model_lacks_a_parameter, _model_wrong_shape,
-    _model_not_finite, _model_tokenizer_beyond_embeddings, _had_top_n_not_a_number,
+    _model_not_finite, _model_tokenizer_beyond_embeddings, _model_config_out_of_range,
+    _had_top_n_not_a_number,
     _had_ste_t_not_a_number, _checkpoint_meta_not_json, _checkpoint_meta_missing_field,
     _resume_with_another_train_limit, _resume_with_another_dev_limit, _data_header_only,
     _data_nul_byte, _data_unknown_label, _seed_negative, _bench_seed_negative, _lr_nan,
