@@ -49,10 +49,9 @@ class DataSource:
         return dataclasses.asdict(self)
 
     def resume_settings(self) -> dict:
-        """The data settings a ``--resume`` must repeat (they change the run); the folder
-        itself may move."""
-        return {"train_limit": self.train_limit, "dev_limit": self.dev_limit,
-                "skip_bad_rows": self.skip_bad_rows}
+        """The data settings a ``--resume`` must repeat (all but the folder, which may
+        move): limits, skipped rows, hold-out."""
+        return {k: v for k, v in self.to_dict().items() if k != "data_dir"}
 
 
 @dataclass(frozen=True)
