@@ -6,7 +6,7 @@ encoder without a head for the task (exactly as ``hadref finetune`` would, saved
 (:func:`hadref.distill.trainer.distill`) with its log and checkpoints, writes the student
 atomically and returns the result. ``--resume`` rules: a run resumes from its own
 checkpoint; a head-less run also resumes its teacher fine-tune, or reuses the teacher it
-already wrote.
+already wrote. Under mpiexec every rank runs the job and rank 0 alone writes files.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from hadref.train.jobs import (
     load_model_file,
     task_data,
 )
+from hadref.train.parallel import current_ranks
 
 
 def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
                 allow_finetune: bool = True, data: DataSource = DataSource(), log=None,
                 checkpoint=None, checkpoint_every: float = 300.0, resume: bool = False,
-                progress: bool = True, notify=None) -> dict:
+                progress: bool = True, notify=None, ranks=None) -> dict:
     """Distill the teacher file ``teacher_path`` into a HAD student file.
 
     task: a GLUE task name or :class:`hadref.data.Task`; settings:
@@ -38,7 +39,8 @@ def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
     finetune: :class:`hadref.train.finetune.FinetuneSettings` of the teacher fine-tune a
     head-less encoder gets (its max_len and seed follow ``settings``); allow_finetune False
     makes a head-less teacher an error; notify: called with each one-line message about
-    what the job decided (the CLI prints them to stderr).
+    what the job decided (the CLI prints them to stderr); ranks: the MPI ranks (default:
+    all of mpiexec's, else one process).
 
     Returns ``{"task", "teacher", "student", "teacher_metrics", "metrics" (the student's
     dev metrics, hard binarization), "stage_metrics" ({stage: metrics}, "0" = teacher
@@ -57,7 +59,8 @@ def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
     from hadref.train.finetune import FinetuneSettings
     from hadref.train.progress import JsonLog, Progress
 
-    say = notify or (lambda message: None)
+    ranks = ranks or current_ranks()
+    say = (notify if ranks.is_root else None) or (lambda message: None)
     settings = settings or DistillSettings()
     settings.check()
     t = get_task(task) if isinstance(task, str) else task
@@ -91,28 +94,31 @@ def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
             ft_metrics = finetune_files(teacher, t, train, dev, ft, ft_files,
                                         checkpoint_every=checkpoint_every,
                                         resume=resume and ft_files.checkpoint.is_file(),
-                                        progress=progress)
+                                        progress=progress, ranks=ranks)
             say(f"teacher {teacher_file}: dev " + ", ".join(
                 f"{k} {100 * v:.2f}" for k, v in ft_metrics.items()))
         teacher = load_model_file(teacher_file, "teacher")  # exactly what the file holds
-    teacher_metrics, _ = evaluate(teacher, dev[0], t)
+    teacher_metrics, _ = evaluate(teacher, dev[0], t, ranks=ranks)
     resume_distill = resume and files.checkpoint.is_file()
-    log_file = JsonLog(files.log, append=resume_distill)
+    log_file = JsonLog(files.log if ranks.is_root else None, append=resume_distill)
     try:
         log_file.write(event="start", job="distill", task=t.name, settings=settings.to_dict(),
                        resume=resume, teacher=str(teacher_file), teacher_metrics=teacher_metrics)
         student, stage_metrics = distill(
             teacher, train, dev[0], t, settings, checkpoint_path=files.checkpoint,
             checkpoint_every=checkpoint_every, resume=resume_distill, log=log_file,
-            progress=Progress(total=0, enabled=progress, label="distill "),
-            teacher_sha256=file_sha256(teacher_file))
+            progress=Progress(total=0, enabled=progress and ranks.is_root, label="distill "),
+            teacher_sha256=file_sha256(teacher_file), ranks=ranks)
     except KeyboardInterrupt:
         raise interrupted(files.checkpoint) from None
     finally:
         log_file.close()
-    save(student, files.out)
-    files.checkpoint.unlink(missing_ok=True)  # the run is complete: its file replaces it
-    metrics = stage_metrics.get(str(student.had["stage"])) or evaluate(student, dev[0], t)[0]
+    if ranks.is_root:
+        save(student, files.out)
+        files.checkpoint.unlink(missing_ok=True)  # the run is complete: its file replaces it
+    ranks.barrier()
+    metrics = (stage_metrics.get(str(student.had["stage"]))
+               or evaluate(student, dev[0], t, ranks=ranks)[0])
     return {"task": t.name, "teacher": str(teacher_file), "student": str(files.out),
             "teacher_metrics": teacher_metrics, "metrics": metrics,
             "stage_metrics": stage_metrics, "top_n": settings.effective_top_n,

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from hadref.data.batching import BatchStream
+from hadref.engine.layers.dropout import BatchRows
 from hadref.engine.layers.losses import mse, softmax_cross_entropy
 from hadref.engine.optim import Adam, clip_grad_norm
 from hadref.errors import HadrefError
 from hadref.train.evaluation import evaluate
 from hadref.train.loop import TrainLoop, dropout_scope
+from hadref.train.parallel import batch_share, current_ranks, scale
 
 
 @dataclass
@@ -76,14 +78,19 @@ def ensure_head(model, task, seed: int = 0) -> bool:
 def finetune(model, train_data, dev_data, task, settings: FinetuneSettings, *,
              checkpoint_path=None, checkpoint_every: float = 300.0, resume: bool = False,
              log=None, progress=None, on_step=None, eval_batch_size: int = 64,
-             eval_every: int = 0) -> dict:
+             eval_every: int = 0, ranks=None) -> dict:
     """Fine-tune ``model`` in place on ``train_data`` (Encoded); return the dev metrics.
 
     The model must already have its head (see :func:`ensure_head`). ``eval_every`` > 0 also
     evaluates dev every that many steps (logged and shown, never used to pick weights:
     the result is always the last step's model).
+
+    ranks (:mod:`hadref.train.parallel`; default: MPI.COMM_WORLD under mpiexec, else one
+    process): each rank computes its share of every minibatch and the gradients are summed;
+    the result is the same model on every rank. Only rank 0 writes the checkpoint and log.
     """
     settings.check()
+    ranks = ranks or current_ranks()
     stream = BatchStream(train_data, settings.batch_size, settings.seed)
     total = settings.steps or max(1, int(round(settings.epochs * stream.batches_per_epoch())))
     optimizer = Adam(model.params, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -91,21 +98,24 @@ def finetune(model, train_data, dev_data, task, settings: FinetuneSettings, *,
     loop = TrainLoop(kind="finetune", model=model, optimizer=optimizer, stream=stream, rng=rng,
                      total_steps=total, settings={"task": task.name, **settings.to_dict()},
                      checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
-                     log=log, progress=progress)
+                     log=log, progress=progress, ranks=ranks)
     if resume:
         loop.restore()
     if progress is not None:
         progress.start(total, loop.step)
 
     def step_fn(step, batch):
+        share = batch_share(batch, ranks)   # this rank's rows (all of them for one process)
+        b, weight = share.batch, share.example_weight
         with dropout_scope(model, settings.dropout):
-            out = model.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids,
-                                train=True, rng=rng)
+            out = model.forward(b.input_ids, b.attention_mask, b.token_type_ids, train=True,
+                                rng=BatchRows(rng, share.first_row) if share.first_row else rng)
         if task.is_regression:
-            loss, dlogits = mse(out.logits, batch.labels)
+            loss, dlogits = mse(out.logits, b.labels)
         else:
-            loss, dlogits = softmax_cross_entropy(out.logits, batch.labels)
-        grads = model.backward(dlogits=dlogits)
+            loss, dlogits = softmax_cross_entropy(out.logits, b.labels)
+        grads = model.backward(dlogits=scale(dlogits, weight))
+        grads, (loss,) = loop.reduce(grads, loss * weight)   # the whole batch's gradient
         norm = clip_grad_norm(grads, settings.clip)
         optimizer.lr = lr_at(step, total, settings.lr, settings.warmup_ratio)
         optimizer.step(grads)
@@ -113,7 +123,7 @@ def finetune(model, train_data, dev_data, task, settings: FinetuneSettings, *,
 
     def after_step(step):
         if eval_every and dev_data is not None and step % eval_every == 0 and step < total:
-            metrics_, _ = evaluate(model, dev_data, task, eval_batch_size)
+            metrics_, _ = evaluate(model, dev_data, task, eval_batch_size, ranks)
             if log is not None:
                 log.write(event="eval", split="dev", step=step, **metrics_)
             if progress is not None:
@@ -123,7 +133,7 @@ def finetune(model, train_data, dev_data, task, settings: FinetuneSettings, *,
             on_step(step)
 
     loop.run(step_fn, on_step=after_step)
-    dev_metrics, _ = evaluate(model, dev_data, task, eval_batch_size)
+    dev_metrics, _ = evaluate(model, dev_data, task, eval_batch_size, ranks)
     if log is not None:
         log.write(event="eval", split="dev", step=total, **dev_metrics)
     return dev_metrics
