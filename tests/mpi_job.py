@@ -4,7 +4,8 @@ Run as ``python tests/mpi_job.py ...`` (one process) or ``mpiexec -n P python
 tests/mpi_job.py ...`` (P ranks, MPI.COMM_WORLD found by hadref itself). Every rank writes
 ``OUT.rankR.npz``: its final parameters, the logged step losses and the dev metrics.
 ``--kill-rank R --kill-step S`` makes rank R kill itself (SIGKILL) after step S, as a
-crashed machine would.
+crashed machine would; ``--sigint-rank R --sigint-step S`` sends rank R alone a Ctrl-C
+(SIGINT) after step S.
 """
 
 import argparse
@@ -68,6 +69,8 @@ def main():
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--kill-rank", type=int, default=-1)
     ap.add_argument("--kill-step", type=int, default=-1)
+    ap.add_argument("--sigint-rank", type=int, default=-1)
+    ap.add_argument("--sigint-step", type=int, default=-1)
     args = ap.parse_args()
 
     ranks = current_ranks()
@@ -79,6 +82,8 @@ def main():
     def on_step(step):
         if ranks.rank == args.kill_rank and step == args.kill_step:
             os.kill(os.getpid(), signal.SIGKILL)
+        if ranks.rank == args.sigint_rank and step == args.sigint_step:
+            os.kill(os.getpid(), signal.SIGINT)
 
     common = dict(checkpoint_path=args.checkpoint, checkpoint_every=0.0, resume=args.resume,
                   log=log, on_step=on_step, eval_batch_size=8)

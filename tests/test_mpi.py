@@ -202,6 +202,18 @@ def test_killed_rank_leaves_checkpoint_that_one_or_two_ranks_resume(tmp_path):
     assert _max_diff(_load(tmp_path / "resumed2")[0], _load(tmp_path / "straight2")[0]) == 0.0
 
 
+def test_ctrl_c_on_one_rank_stops_all_after_the_same_step(tmp_path):
+    """SIGINT reaches rank 1 alone after step 3: the next step's Allreduce carries it, so
+    both ranks stop after step 4 and rank 0 checkpoints that step."""
+    _mpiexec()
+    ckpt = tmp_path / "int.ckpt.h5"
+    proc = _run(tmp_path / "int", "finetune", 2, "--steps", "40", "--checkpoint", str(ckpt),
+                "--sigint-rank", "1", "--sigint-step", "3", expect_ok=False, timeout=300)
+    # (had rank 1 stopped alone, rank 0 would wait in the next Allreduce: a timeout here)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr
+    assert load_checkpoint(ckpt)[1]["step"] == 4
+
+
 def test_cli_distill_under_mpiexec(encoder_file, glue_slice, tmp_path):
     """`mpiexec -n 2 hadref distill` of a head-less encoder: teacher fine-tune, then the
     four stages; rank 0 prints the one result and writes the files."""

@@ -154,6 +154,7 @@ class TrainLoop:
                     on_step(self.step)
                 if (self._stop if self.gradient_sum is not None else interrupt.requested):
                     self.save()
+                    self.ranks.barrier()   # no rank ends the job while rank 0 still writes
                     raise KeyboardInterrupt
         self.save()
 
