@@ -94,6 +94,41 @@ def test_attention_dropout_of_rows_equals_rows_of_batch():
     assert np.array_equal(part, whole[2:])
 
 
+class _GatherComm(_FakeComm):
+    """Rank 0 of 2 whose partner reports the given checksum offset."""
+
+    def __init__(self, offset):
+        super().__init__(0, 2)
+        self.offset = offset
+
+    def Allgather(self, mine, every):
+        every[0] = mine[0]
+        every[1] = mine[0] + np.uint64(self.offset)
+
+
+def test_parameter_check_stops_diverged_ranks():
+    params = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(4, np.float32)}
+    Ranks(_GatherComm(0)).check_same(params, 10)          # same bits: nothing happens
+    with pytest.raises(HadrefError, match="ranks diverged: after step 10 .* rank\\(s\\) 1"):
+        Ranks(_GatherComm(1)).check_same(params, 10)
+    # the checksum sees a change of one bit of one parameter
+    flipped = {k: v.copy() for k, v in params.items()}
+    flipped["b"].view(np.uint32)[2] ^= 1
+    assert _checksum(flipped) != _checksum(params)
+
+
+def _checksum(params):
+    seen = {}
+
+    class Comm(_FakeComm):
+        def Allgather(self, mine, every):
+            seen["sum"] = int(mine[0])
+            every[:] = mine[0]
+
+    Ranks(Comm(0, 2)).check_same(params, 0)
+    return seen["sum"]
+
+
 def test_mpiexec_without_mpi4py_is_a_one_line_error(monkeypatch):
     monkeypatch.setenv("PMI_SIZE", "2")
     monkeypatch.setitem(sys.modules, "mpi4py", None)   # import mpi4py -> ImportError
