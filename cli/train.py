@@ -57,6 +57,13 @@ def _run_options(f):
     return f
 
 
+def _is_root() -> bool:
+    """Whether this process prints results: always, except the MPI ranks other than 0."""
+    from hadref.train.parallel import current_ranks
+
+    return current_ranks().is_root
+
+
 def _fmt(metrics_: dict) -> str:
     from hadref.train.metrics import format_metrics
 
@@ -137,6 +144,8 @@ def finetune(model_path, task, out, max_len, epochs, steps, lr, batch_size, weig
                           log=log_path, checkpoint=ckpt_path, checkpoint_every=checkpoint_every,
                           resume=resume, overwrite=overwrite, progress=not quiet,
                           eval_every=eval_every, notify=lambda message: click.echo(message, err=True))
+    if not _is_root():
+        return
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -249,6 +258,8 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
                          log=log_path, checkpoint=ckpt_path, checkpoint_every=checkpoint_every,
                          resume=resume, overwrite=overwrite, progress=not quiet,
                          notify=lambda message: click.echo(message, err=True))
+    if not _is_root():
+        return
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -282,6 +293,8 @@ def evaluate(model_path, task, max_len, batch_size, check, as_json, data_dir, sk
 
     result = run_evaluate(model_path, task, max_len=max_len, batch_size=batch_size, check=check,
                           data=_data_source(data_dir, skip_bad_rows, dev_limit=dev_limit))
+    if not _is_root():
+        return
     if as_json:
         click.echo(json.dumps(result))
         return

@@ -6,7 +6,7 @@ encoder without a head for the task (exactly as ``hadref finetune`` would, saved
 (:func:`hadref.distill.trainer.distill`) with its log and checkpoints, writes the student
 atomically and returns the result. ``--resume`` rules: a run resumes from its own
 checkpoint; a head-less run also resumes its teacher fine-tune, or reuses the teacher it
-already wrote.
+already wrote. Under mpiexec every rank runs the job and rank 0 alone writes files.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from hadref.train.jobs import (
     task_data,
 )
 from hadref.train.metrics import format_metrics
+from hadref.train.parallel import current_ranks
 
 _FT = "fine-tuned teacher "   # how messages name the files of a head-less encoder's fine-tune
 
@@ -32,7 +33,8 @@ _FT = "fine-tuned teacher "   # how messages name the files of a head-less encod
 def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
                 allow_finetune: bool = True, data: DataSource = DataSource(), log=None,
                 checkpoint=None, checkpoint_every: float = 300.0, resume: bool = False,
-                overwrite: bool = False, progress: bool = True, notify=None) -> dict:
+                overwrite: bool = False, progress: bool = True, notify=None,
+                ranks=None) -> dict:
     """Distill the teacher file ``teacher_path`` into a HAD student file.
 
     task: a GLUE task name or :class:`hadref.data.Task`; settings:
@@ -41,10 +43,11 @@ def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
     finetune: :class:`hadref.train.finetune.FinetuneSettings` of the teacher fine-tune a
     head-less encoder gets (its max_len and seed follow ``settings``); allow_finetune False
     makes a head-less teacher an error; notify: called with each one-line message about
-    what the job decided (the CLI prints them to stderr). The files the job writes (the
-    student, its log and checkpoint, and a head-less encoder's ``OUT-teacher.h5`` with
-    its own) must differ from the teacher and each other; an existing one is replaced only
-    with ``overwrite`` or ``resume`` (:mod:`hadref.files`).
+    what the job decided (the CLI prints them to stderr); ranks: the MPI ranks (default:
+    all of mpiexec's, else one process). The files the job writes (the student, its log
+    and checkpoint, and a head-less encoder's ``OUT-teacher.h5`` with its own) must differ
+    from the teacher and each other; an existing one is replaced only with ``overwrite``
+    or ``resume`` (:mod:`hadref.files`).
 
     Returns ``{"task", "teacher", "student", "teacher_metrics", "metrics" (the student's
     dev metrics, hard binarization), "stage_metrics" ({stage: metrics}, "0" = teacher
@@ -63,7 +66,8 @@ def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
     from hadref.train.finetune import FinetuneSettings
     from hadref.train.progress import JsonLog, Progress
 
-    say = notify or (lambda message: None)
+    ranks = ranks or current_ranks()
+    say = (notify if ranks.is_root else None) or (lambda message: None)
     settings = settings or DistillSettings()
     settings.check()
     t = get_task(task) if isinstance(task, str) else task
@@ -102,13 +106,13 @@ def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
             ft_metrics = finetune_files(teacher, t, train, dev, ft, ft_files,
                                         checkpoint_every=checkpoint_every,
                                         resume=resume and ft_files.checkpoint.is_file(),
-                                        progress=progress, data=data)
+                                        progress=progress, data=data, ranks=ranks)
             say(f"teacher {teacher_file}: dev {format_metrics(ft_metrics)}")
         teacher = load_model_file(teacher_file, "teacher")  # exactly what the file holds
-    teacher_metrics, _ = evaluate(teacher, dev[0], t)
+    teacher_metrics, _ = evaluate(teacher, dev[0], t, ranks=ranks)
     resume_distill = resume and files.checkpoint.is_file()
-    log_file = JsonLog(files.log, append=resume_distill)
-    shown = Progress(total=0, enabled=progress, label="distill ")
+    log_file = JsonLog(files.log if ranks.is_root else None, append=resume_distill)
+    shown = Progress(total=0, enabled=progress and ranks.is_root, label="distill ")
     start = {"event": "start", "job": "distill", "task": t.name, "settings": settings.to_dict(),
              "data": data.resume_settings(), "resume": resume, "teacher": str(teacher_file),
              "teacher_metrics": teacher_metrics}
@@ -117,15 +121,18 @@ def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
             teacher, train, dev[0], t, settings, checkpoint_path=files.checkpoint,
             checkpoint_every=checkpoint_every, resume=resume_distill, log=log_file,
             progress=shown, teacher_sha256=file_sha256(teacher_file),
-            data_settings=data.resume_settings(), start_record=start)
+            data_settings=data.resume_settings(), start_record=start, ranks=ranks)
     except KeyboardInterrupt:
         raise interrupted(files.checkpoint) from None
     finally:
         shown.close()
         log_file.close()
-    save(student, files.out)
-    files.checkpoint.unlink(missing_ok=True)  # the run is complete: its file replaces it
-    metrics = stage_metrics.get(str(student.had["stage"])) or evaluate(student, dev[0], t)[0]
+    if ranks.is_root:
+        save(student, files.out)
+        files.checkpoint.unlink(missing_ok=True)  # the run is complete: its file replaces it
+    ranks.barrier()
+    metrics = (stage_metrics.get(str(student.had["stage"]))
+               or evaluate(student, dev[0], t, ranks=ranks)[0])
     return {"task": t.name, "teacher": str(teacher_file), "student": str(files.out),
             "teacher_metrics": teacher_metrics, "metrics": metrics,
             "stage_metrics": stage_metrics, "top_n": settings.effective_top_n,

@@ -18,12 +18,14 @@ import numpy as np
 
 from hadref.checks import check_finite_fields, check_seed
 from hadref.data.batching import BatchStream
+from hadref.engine.layers.dropout import BatchRows
 from hadref.engine.layers.losses import mse, softmax_cross_entropy
 from hadref.engine.optim import Adam, clip_grad_norm
 from hadref.errors import HadrefError
 from hadref.train.evaluation import evaluate
 from hadref.train.loop import TrainLoop, dropout_scope
 from hadref.train.metrics import format_metrics
+from hadref.train.parallel import batch_share, current_ranks, scale
 
 
 @dataclass
@@ -86,7 +88,7 @@ def finetune(model, train_data, dev_data, task, settings: FinetuneSettings, *,
              checkpoint_path=None, checkpoint_every: float = 300.0, resume: bool = False,
              log=None, progress=None, on_step=None, eval_batch_size: int = 64,
              eval_every: int = 0, data_settings: dict | None = None,
-             start_record: dict | None = None) -> dict:
+             start_record: dict | None = None, ranks=None) -> dict:
     """Fine-tune ``model`` in place on ``train_data`` (Encoded); return the dev metrics.
 
     The model must already have its head (see :func:`ensure_head`). ``eval_every`` > 0 also
@@ -95,8 +97,13 @@ def finetune(model, train_data, dev_data, task, settings: FinetuneSettings, *,
     data limits) are checkpointed with the settings and must match on resume;
     ``start_record`` is logged first, once a resume has been checked (a refused resume
     writes nothing).
+
+    ranks (:mod:`hadref.train.parallel`; default: MPI.COMM_WORLD under mpiexec, else one
+    process): each rank computes its share of every minibatch and the gradients are summed;
+    the result is the same model on every rank. Only rank 0 writes the checkpoint and log.
     """
     settings.check()
+    ranks = ranks or current_ranks()
     stream = BatchStream(train_data, settings.batch_size, settings.seed)
     total = settings.steps or max(1, int(round(settings.epochs * stream.batches_per_epoch())))
     optimizer = Adam(model.params, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -105,7 +112,7 @@ def finetune(model, train_data, dev_data, task, settings: FinetuneSettings, *,
                      total_steps=total,
                      settings={"task": task.name, **settings.to_dict(), **(data_settings or {})},
                      checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
-                     log=log, progress=progress, setting_defaults=data_settings)
+                     log=log, progress=progress, setting_defaults=data_settings, ranks=ranks)
     if resume:
         loop.restore()
     if log is not None and start_record is not None:
@@ -114,14 +121,17 @@ def finetune(model, train_data, dev_data, task, settings: FinetuneSettings, *,
         progress.start(total, loop.step)
 
     def step_fn(step, batch):
+        share = batch_share(batch, ranks)   # this rank's rows (all of them for one process)
+        b, weight = share.batch, share.example_weight
         with dropout_scope(model, settings.dropout):
-            out = model.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids,
-                                train=True, rng=rng)
+            out = model.forward(b.input_ids, b.attention_mask, b.token_type_ids, train=True,
+                                rng=BatchRows(rng, share.first_row) if share.first_row else rng)
         if task.is_regression:
-            loss, dlogits = mse(out.logits, batch.labels)
+            loss, dlogits = mse(out.logits, b.labels)
         else:
-            loss, dlogits = softmax_cross_entropy(out.logits, batch.labels)
-        grads = model.backward(dlogits=dlogits)
+            loss, dlogits = softmax_cross_entropy(out.logits, b.labels)
+        grads = model.backward(dlogits=scale(dlogits, weight))
+        grads, (loss,) = loop.reduce(grads, loss * weight)   # the whole batch's gradient
         norm = clip_grad_norm(grads, settings.clip)
         optimizer.lr = lr_at(step, total, settings.lr, settings.warmup_ratio)
         optimizer.step(grads)
@@ -129,7 +139,7 @@ def finetune(model, train_data, dev_data, task, settings: FinetuneSettings, *,
 
     def after_step(step):
         if eval_every and dev_data is not None and step % eval_every == 0 and step < total:
-            metrics_, _ = evaluate(model, dev_data, task, eval_batch_size)
+            metrics_, _ = evaluate(model, dev_data, task, eval_batch_size, ranks)
             if log is not None:
                 log.write(event="eval", split="dev", step=step, **metrics_)
             if progress is not None:
@@ -138,7 +148,7 @@ def finetune(model, train_data, dev_data, task, settings: FinetuneSettings, *,
             on_step(step)
 
     loop.run(step_fn, on_step=after_step)
-    dev_metrics, _ = evaluate(model, dev_data, task, eval_batch_size)
+    dev_metrics, _ = evaluate(model, dev_data, task, eval_batch_size, ranks)
     if log is not None:
         log.write(event="eval", split="dev", step=total, **dev_metrics)
     return dev_metrics

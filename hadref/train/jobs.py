@@ -7,6 +7,10 @@ resume, write the output file atomically) and returns the result as a JSON-able 
 CLI only turns options into these arguments and prints the dict. The pieces the jobs share
 (:class:`DataSource`, :class:`RunFiles`, :func:`load_model_file`, :func:`task_data`) live
 here too.
+
+Under mpiexec (:mod:`hadref.train.parallel`) every rank runs the same job; rank 0 alone
+writes the log, the checkpoint, the progress display and the output file, and every rank
+returns the same result.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from hadref.errors import HadrefError
+from hadref.train.parallel import current_ranks
 
 
 @dataclass(frozen=True)
@@ -166,16 +171,18 @@ def interrupted(checkpoint) -> HadrefError:
 def finetune_files(model, task, train, dev, settings, files: RunFiles, *,
                    checkpoint_every: float = 300.0, resume: bool = False,
                    progress: bool = True, eval_every: int = 0,
-                   data: DataSource = DataSource()) -> dict:
+                   data: DataSource = DataSource(), ranks=None) -> dict:
     """Fine-tune an in-memory ``model`` (a head is added when it has none) with its log and
-    checkpoint, write it to ``files.out`` and remove the checkpoint; return dev metrics."""
+    checkpoint, write it to ``files.out`` and remove the checkpoint; return dev metrics.
+    Under MPI rank 0 writes the files, and every rank returns once ``files.out`` exists."""
     from hadref.engine.io import save
     from hadref.train.finetune import ensure_head, finetune
     from hadref.train.progress import JsonLog, Progress
 
+    ranks = ranks or current_ranks()
     added = ensure_head(model, task, seed=settings.seed)
-    log = JsonLog(files.log, append=resume)
-    shown = Progress(total=0, enabled=progress, label="finetune ")
+    log = JsonLog(files.log if ranks.is_root else None, append=resume)
+    shown = Progress(total=0, enabled=progress and ranks.is_root, label="finetune ")
     start = {"event": "start", "job": "finetune", "task": task.name,
              "settings": settings.to_dict(), "data": data.resume_settings(), "resume": resume,
              "head_added": added}
@@ -183,30 +190,34 @@ def finetune_files(model, task, train, dev, settings, files: RunFiles, *,
         dev_metrics = finetune(model, train, dev[0], task, settings,
                                checkpoint_path=files.checkpoint, checkpoint_every=checkpoint_every,
                                resume=resume, log=log, progress=shown, eval_every=eval_every,
-                               data_settings=data.resume_settings(), start_record=start)
+                               data_settings=data.resume_settings(), start_record=start,
+                               ranks=ranks)
     except KeyboardInterrupt:
         raise interrupted(files.checkpoint) from None
     finally:
         shown.close()
         log.close()
-    save(model, files.out)
-    files.checkpoint.unlink(missing_ok=True)  # the run is complete: its file replaces it
+    if ranks.is_root:
+        save(model, files.out)
+        files.checkpoint.unlink(missing_ok=True)  # the run is complete: its file replaces it
+    ranks.barrier()   # other ranks may read files.out next (run_distill)
     return dev_metrics
 
 
 def run_finetune(model_path, task, settings=None, out=None, *, data: DataSource = DataSource(),
                  log=None, checkpoint=None, checkpoint_every: float = 300.0,
                  resume: bool = False, overwrite: bool = False, progress: bool = True,
-                 eval_every: int = 0, notify=None) -> dict:
+                 eval_every: int = 0, notify=None, ranks=None) -> dict:
     """Fine-tune the model file ``model_path`` on a GLUE task into a teacher file.
 
     task: a GLUE task name (``"sst2"``) or :class:`hadref.data.Task`; settings:
     :class:`hadref.train.finetune.FinetuneSettings` (default: its defaults); out: the
-    teacher file (default ``MODEL-TASK.h5`` beside the model). The output, log and
-    checkpoint must differ from the model file and each other, and an existing one is
-    replaced only with ``overwrite`` or ``resume`` (:mod:`hadref.files`); ``notify`` is
-    called with one-line messages (stale temporary files removed). Returns ``{"task",
-    "metrics" (dev), "out", "wall_s"}``.
+    teacher file (default ``MODEL-TASK.h5`` beside the model); ranks: the MPI ranks
+    (default: all of mpiexec's, else one process). The output, log and checkpoint must
+    differ from the model file and each other, and an existing one is replaced only with
+    ``overwrite`` or ``resume`` (:mod:`hadref.files`); ``notify`` is called with one-line
+    messages (stale temporary files removed). Returns ``{"task", "metrics" (dev), "out",
+    "wall_s"}``.
 
     >>> hadref.run_finetune("weights/bert.h5", "sst2", FinetuneSettings(max_len=64))
     """
@@ -227,13 +238,14 @@ def run_finetune(model_path, task, settings=None, out=None, *, data: DataSource 
     t0 = time.monotonic()
     metrics = finetune_files(model, t, train, dev, settings, files,
                              checkpoint_every=checkpoint_every, resume=resume,
-                             progress=progress, eval_every=eval_every, data=data)
+                             progress=progress, eval_every=eval_every, data=data,
+                             ranks=ranks)
     return {"task": t.name, "metrics": metrics, "out": str(files.out),
             "wall_s": round(time.monotonic() - t0, 1)}
 
 
 def run_evaluate(model_path, task, *, max_len: int | None = None, batch_size: int = 64,
-                 check: bool = False, data: DataSource = DataSource()) -> dict:
+                 check: bool = False, data: DataSource = DataSource(), ranks=None) -> dict:
     """The GLUE metric of a model file on the task's dev set (MNLI: matched, mismatched).
 
     A HAD student runs through the packed Numba kernels. ``check`` (students only) also
@@ -241,13 +253,14 @@ def run_evaluate(model_path, task, *, max_len: int | None = None, batch_size: in
     differs. max_len default: a student's training length, else 128 (or the model's
     position table if shorter). Returns ``{"task", "model", "max_len", "had", "top_n" (None
     for a float model), "metrics", "examples", "wall_s"}`` plus ``"check": {split: {"agree",
-    "max_logit_diff"}}``.
+    "max_logit_diff"}}``. Under mpiexec the batches are split over the ranks (ranks).
     """
     from hadref.data import get_task
     from hadref.train import metrics
     from hadref.train.evaluation import predict
 
     t = get_task(task) if isinstance(task, str) else task
+    ranks = ranks or current_ranks()
     model = load_model_file(model_path)
     if model.num_labels is None:
         raise HadrefError(f"{model_path} has no classifier head: fine-tune it first (hadref finetune)")
@@ -267,7 +280,7 @@ def run_evaluate(model_path, task, *, max_len: int | None = None, batch_size: in
     names = ["dev"] if len(devs) == 1 else ["matched", "mismatched"]
     t0 = time.monotonic()
     for name, dev in zip(names, devs):
-        logits = predict(model, dev, batch_size)
+        logits = predict(model, dev, batch_size, ranks)
         preds = metrics.predictions(logits, t.is_regression)
         values = metrics.compute(t.metrics, preds, dev.labels)
         suffix = "" if name in ("dev", "matched") else f"_{name}"
@@ -275,12 +288,12 @@ def run_evaluate(model_path, task, *, max_len: int | None = None, batch_size: in
         result["examples"][name] = len(dev)
         if check:
             result.setdefault("check", {})[name] = _check_against_training_path(
-                model, dev, batch_size, logits, preds, t, name)
+                model, dev, batch_size, logits, preds, t, name, ranks)
     result["wall_s"] = round(time.monotonic() - t0, 2)
     return result
 
 
-def _check_against_training_path(model, dev, batch_size, logits, preds, task, name) -> dict:
+def _check_against_training_path(model, dev, batch_size, logits, preds, task, name, ranks) -> dict:
     """Run the student's training path (hard stage, NumPy) on ``dev`` and compare its
     predictions with the packed kernels' ``preds``; raise when any differs."""
     from hadref.had.core import HADAttentionCore
@@ -291,7 +304,7 @@ def _check_against_training_path(model, dev, batch_size, logits, preds, task, na
     model.attention_core = HADAttentionCore(packed.sigma_q, packed.sigma_k, packed.top_n,
                                             transform="hard", use_kernels=False)
     try:
-        ref = predict(model, dev, batch_size)
+        ref = predict(model, dev, batch_size, ranks)
     finally:
         model.attention_core = packed
     ref_preds = metrics.predictions(ref, task.is_regression)

@@ -6,6 +6,13 @@ data position and the step; :class:`TrainLoop` saves it atomically every
 restores it on ``--resume``. Everything a step uses is a function of that state (c and
 the stage come from the step in closed form), so a resumed run ends with the same
 weights, bit for bit, as an uninterrupted one with the same seed and thread count.
+
+Under MPI (``ranks``, :mod:`hadref.train.parallel`) every rank runs the same loop: a step
+function sums its rank's gradients with :meth:`TrainLoop.reduce` (one Allreduce, which also
+carries Ctrl-C so that all ranks stop after the same step), the parameters are compared
+across ranks every ``CHECK_EVERY`` steps, at stage ends and at the end, and rank 0 alone
+writes the checkpoint. The checkpoint holds nothing rank-specific: any number of ranks
+resumes it.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import time
 
 from hadref.errors import HadrefError
 from hadref.train.checkpoint import check_meta, load_checkpoint, save_checkpoint
+from hadref.train.parallel import CHECK_EVERY, SINGLE, GradientSum
 
 
 class TrainLoop:
@@ -28,12 +36,12 @@ class TrainLoop:
     in ``setting_defaults``. ``extra`` ({name: array}, e.g. sigma) and ``notes``
     (JSON-able) are saved and restored with the state; ``stage_end(step) -> bool`` marks
     the steps after which ``on_stage_end(step)`` runs (evaluation) and a checkpoint is
-    written.
+    written. ``ranks``: the MPI ranks of a data-parallel run (default: one process).
     """
 
     def __init__(self, *, kind, model, optimizer, stream, rng, total_steps, settings,
                  checkpoint_path=None, checkpoint_every: float = 300.0, log=None,
-                 progress=None, setting_defaults=None):
+                 progress=None, setting_defaults=None, ranks=None):
         self.kind, self.model, self.optimizer = kind, model, optimizer
         self.stream, self.rng, self.total = stream, rng, int(total_steps)
         self.settings = settings
@@ -45,11 +53,30 @@ class TrainLoop:
         self.extra: dict = {}
         self.step = 0
         self.notes: dict = {}   # JSON-able run facts saved with the checkpoint (dev metrics)
+        self.ranks = ranks or SINGLE
+        self.gradient_sum: GradientSum | None = None   # sized on the first reduce (MPI only)
+        self._interrupt = None
+        self._stop = False   # Ctrl-C agreed by all ranks in the last reduce
+
+    def reduce(self, grads: dict, *scalars):
+        """(gradients, scalars) summed over the ranks: one Allreduce of one flat buffer
+        (the step function has weighted its share); also tells every rank whether any got
+        Ctrl-C. One process: returned as given."""
+        if not self.ranks.parallel:
+            return grads, scalars
+        if self.gradient_sum is None:
+            self.gradient_sum = GradientSum(self.model.params, self.ranks, len(scalars))
+        requested = self._interrupt is not None and self._interrupt.requested
+        grads, values, stop = self.gradient_sum(grads, scalars, requested)
+        self._stop = self._stop or stop
+        if self.ranks.size == 1:   # the sum of one: keep the numbers unrounded (exact logs)
+            return grads, scalars
+        return grads, tuple(float(v) for v in values)
 
     # --- state -----------------------------------------------------------------------------
 
     def save(self) -> None:
-        if self.path is None:
+        if self.path is None or not self.ranks.is_root:
             return
         state = self.optimizer.state_dict()
         optim = {f"m.{n}": a for n, a in state["m"].items()}
@@ -119,16 +146,21 @@ class TrainLoop:
         propagates at once and keeps the last checkpoint, as a real crash would."""
         self._saved_at = start = time.monotonic()
         with _DeferredInterrupt() as interrupt:
+            self._interrupt = interrupt
             while self.step < self.total:
                 step = self.step
                 fields = step_fn(step, self.stream.next())
                 self.step = step + 1
+                ends_stage = stage_end is not None and stage_end(step)
+                if self.ranks.parallel and (ends_stage or self.step % CHECK_EVERY == 0
+                                            or self.step == self.total):
+                    self.ranks.check_same(self.model.params, self.step)
                 if self.log is not None:
                     self.log.write(step=self.step, **fields,
                                    time_s=round(time.monotonic() - start, 3))
                 if self.progress is not None:
                     self.progress.update(self.step, fields)
-                if stage_end is not None and stage_end(step):
+                if ends_stage:
                     if on_stage_end is not None:
                         on_stage_end(step)
                     self.save()
@@ -136,8 +168,9 @@ class TrainLoop:
                     self.save()
                 if on_step is not None:
                     on_step(self.step)
-                if interrupt.requested:
+                if (self._stop if self.gradient_sum is not None else interrupt.requested):
                     self.save()
+                    self.ranks.barrier()   # no rank ends the job while rank 0 still writes
                     raise KeyboardInterrupt
         self.save()
 
