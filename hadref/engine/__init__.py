@@ -5,4 +5,7 @@ layers, the optimizer, the tokenizer and the model files.
 forward/backward pair per module), :mod:`.elementwise` (the Numba-fused elementwise kernels
 the layers call: LayerNorm, GELU, softmax and their backwards), :mod:`.optim` (Adam(W),
 global-norm clipping), :mod:`.tokenizer`, :mod:`.io` (``load``, ``save``, ``convert``).
+
+The decoder family: :mod:`.llama` (``LlamaModel``, with ``LlamaConfig`` in :mod:`.config`),
+:mod:`.bpe_tokenizer` (byte-level BPE), :mod:`.gguf` (GGUF files -> LlamaModel).
 """

@@ -18,4 +18,10 @@ H hidden, h heads, d = H / h.
 | pooler | tanh(dense(hidden[:, 0])) |
 | classifier | dropout -> dense on the pooled output |
 | losses | softmax cross-entropy and MSE (value and gradient) |
+| rmsnorm | RMSNorm over the last axis (Llama) |
+| rope | rotary position embedding (Hugging Face's rotate-half layout) |
+| swiglu | silu(gate) * up and the Llama feed-forward block down(swiglu(x)) |
+| causal_attention | grouped-query causal self-attention, its float core and KV cache |
+
+The decoder layers name what a forward saves for its backward (NamedTuple caches).
 """
