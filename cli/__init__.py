@@ -17,6 +17,8 @@ from hadref.errors import HadrefError
 _COMMANDS = {
     "convert": "convert:convert",
     "info": "convert:info",
+    "generate": "decoder:generate",
+    "perplexity": "decoder:perplexity",
     "bench": "bench:bench",
     "finetune": "train:finetune",
     "distill": "train:distill",
@@ -69,7 +71,8 @@ class _LazyGroup(click.Group):
 def main():
     """hadref: Hamming Attention Distillation in NumPy and Numba.
 
-    Convert real BERT weights to our HDF5 file, fine-tune a teacher, distill it into a
-    HAD student, evaluate it, time the packed kernels, or model the CAM accelerator.
+    Convert real BERT or Llama weights to our HDF5 file, run a decoder, fine-tune a
+    teacher, distill it into a HAD student, evaluate it, time the packed kernels, or model
+    the CAM accelerator.
     `hadref COMMAND --help` says how to use each command.
     """

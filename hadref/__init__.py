@@ -7,6 +7,12 @@ Models (hand-written NumPy BERT engine)::
     model = hadref.load("weights/bert.h5")          # encoder (+ head), config, tokenizer
     out = model.forward(input_ids, attention_mask)  # out.last_hidden_state (B, T, H) float32
 
+Decoder models (Llama family, e.g. SmolLM2 from GGUF)::
+
+    model = hadref.load("weights/smollm2.h5")       # a LlamaModel
+    out = model.forward(input_ids)                  # out.logits (B, T, V) float32
+    new = model.generate(model.tokenizer.encode("The capital of France is"), 16)
+
 HAD attention on plain arrays (Numba kernels on packed sign bits)::
 
     bits = hadref.pack_signs(q)                      # (..., d) float -> (..., ceil(d/64)) uint64
@@ -36,6 +42,8 @@ _PUBLIC = {
     "HadrefError": "hadref.errors",
     "BertConfig": "hadref.engine.config",
     "BertModel": "hadref.engine.bert",
+    "LlamaConfig": "hadref.engine.llama_config",
+    "LlamaModel": "hadref.engine.llama",
     "load": "hadref.engine.io",
     "save": "hadref.engine.io",
     "pack_signs": "hadref.had.attention",

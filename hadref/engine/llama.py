@@ -26,6 +26,7 @@ is kept once the next one runs.
 from __future__ import annotations
 
 import copy as _copy
+import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -354,13 +355,15 @@ class LlamaModel:
         return self.logits_of(normed)
 
     def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 0.0,
-                 top_k: int | None = None, seed: int = 0, stop_at_eos: bool = True):
+                 top_k: int | None = None, seed: int = 0, stop_at_eos: bool = True,
+                 stats: dict | None = None):
         """Continue prompt_ids (t,) int with up to max_new_tokens tokens, using a KV cache.
 
         temperature 0: greedy (argmax); otherwise sample from softmax(logits / temperature),
         restricted to the top_k most likely tokens when given, drawn with
         ``np.random.default_rng(seed)``. Stops after eos_token_id when stop_at_eos.
-        Returns the new tokens, (n,) int64.
+        Returns the new tokens, (n,) int64. ``stats``, a dict, receives prefill_s and
+        decode_s (seconds) and prompt_tokens, new_tokens.
         """
         prompt = np.asarray(prompt_ids)
         if prompt.ndim != 1 or prompt.size == 0:
@@ -377,17 +380,22 @@ class LlamaModel:
             raise HadrefError(f"prompt: {prompt.size} tokens + {max_new_tokens} new ones exceed "
                               f"the context length ({self.config.max_position_embeddings})")
         rng = np.random.default_rng(seed)
-        cache = self.new_kv_cache(total)
-        out = []
         if max_new_tokens == 0:
             return np.zeros(0, np.int64)
+        cache = self.new_kv_cache(total)
+        out = []
+        began = time.perf_counter()
         logits = self.step(prompt[None], cache)[0]
+        prefilled = time.perf_counter()
         while True:
             token = _pick(logits, temperature, top_k, rng)
             out.append(token)
             if len(out) == max_new_tokens or (stop_at_eos and token == self.config.eos_token_id):
                 break
             logits = self.step(np.array([[token]]), cache)[0]
+        if stats is not None:
+            stats.update(prefill_s=prefilled - began, decode_s=time.perf_counter() - prefilled,
+                         prompt_tokens=int(prompt.size), new_tokens=len(out))
         return np.array(out, np.int64)
 
     def __repr__(self):
