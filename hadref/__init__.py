@@ -42,7 +42,7 @@ _PUBLIC = {
     "HadrefError": "hadref.errors",
     "BertConfig": "hadref.engine.config",
     "BertModel": "hadref.engine.bert",
-    "LlamaConfig": "hadref.engine.llama_config",
+    "LlamaConfig": "hadref.engine.config",
     "LlamaModel": "hadref.engine.llama",
     "load": "hadref.engine.io",
     "save": "hadref.engine.io",

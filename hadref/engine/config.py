@@ -1,8 +1,10 @@
-"""The BERT model configuration, with the Hugging Face ``config.json`` field names.
+"""Model configurations (BERT encoder, Llama decoder), with the Hugging Face ``config.json``
+field names.
 
 ``BertConfig.from_dict(json.load(open("config.json")))`` reads a Hugging Face BERT config
 (unknown fields are ignored); ``to_dict()`` writes the fields hadref uses, and the model
-file stores that dict as JSON.
+file stores that dict as JSON. ``LlamaConfig`` does the same for Llama decoders; its dict
+carries ``"model_type": "llama"``, which tells the two kinds of model file apart.
 """
 
 from __future__ import annotations
@@ -111,3 +113,107 @@ def _checked_types(kwargs: dict, where: str) -> dict:
         elif not isinstance(value, int) or isinstance(value, bool):
             raise HadrefError(f"{where}: field {name} must be an integer, got {value!r}")
     return kwargs
+
+
+# --- the Llama decoder ---------------------------------------------------------------------
+
+_LLAMA_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+         "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings")
+
+
+@dataclass
+class LlamaConfig:
+    """Sizes and settings of a Llama decoder (defaults: SmolLM2-135M).
+
+    ``head_dim`` None means hidden_size / num_attention_heads. RoPE rotates all head_dim
+    dimensions (HF's "default" rope type); the FFN is SwiGLU (hidden_act "silu").
+    """
+
+    vocab_size: int = 49152
+    hidden_size: int = 576
+    intermediate_size: int = 1536
+    num_hidden_layers: int = 30
+    num_attention_heads: int = 9
+    num_key_value_heads: int = 3
+    head_dim: int | None = 64
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 100000.0
+    max_position_embeddings: int = 8192
+    tie_word_embeddings: bool = True
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    model_type: str = "llama"
+
+    def __post_init__(self):
+        if self.head_dim is None and isinstance(self.hidden_size, int) \
+                and isinstance(self.num_attention_heads, int) and self.num_attention_heads > 0:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        self.validate()
+
+    @property
+    def num_groups(self) -> int:
+        """Query heads per key/value head."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    def validate(self, where: str = "config") -> None:
+        """Raise HadrefError naming the first bad field."""
+        for name in _LLAMA_INTS:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise HadrefError(f"{where}: field {name} must be a positive integer, got {value!r}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise HadrefError(f"{where}: num_attention_heads {self.num_attention_heads} is not a "
+                              f"multiple of num_key_value_heads {self.num_key_value_heads}")
+        if self.head_dim % 2:
+            raise HadrefError(f"{where}: field head_dim must be even (RoPE rotates pairs), "
+                              f"got {self.head_dim}")
+        for name in ("rms_norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise HadrefError(f"{where}: field {name} must be a number > 0, got {value!r}")
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise HadrefError(f"{where}: field tie_word_embeddings must be true or false, "
+                              f"got {self.tie_word_embeddings!r}")
+        for name in ("bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or not 0 <= value < self.vocab_size):
+                raise HadrefError(f"{where}: field {name} must be a token id in "
+                                  f"[0, {self.vocab_size}) or null, got {value!r}")
+        if self.model_type != "llama":
+            raise HadrefError(f"{where}: model_type must be 'llama', got {self.model_type!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "config") -> "LlamaConfig":
+        """Build from a (Hugging Face or hadref) config dict; unknown fields are ignored."""
+        if not isinstance(data, dict):
+            raise HadrefError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        if data.get("model_type") != "llama":
+            raise HadrefError(f"{where}: model_type must be 'llama', got {data.get('model_type')!r}")
+        if data.get("hidden_act", "silu") != "silu":
+            raise HadrefError(f"{where}: field hidden_act must be 'silu' (SwiGLU), "
+                              f"got {data.get('hidden_act')!r}")
+        for flag in ("attention_bias", "mlp_bias"):
+            if data.get(flag):
+                raise HadrefError(f"{where}: field {flag} must be false (hadref's Llama has no biases)")
+        rope = data.get("rope_parameters") or data.get("rope_scaling") or {}
+        if isinstance(rope, dict):
+            if rope.get("rope_type", rope.get("type", "default")) != "default":
+                raise HadrefError(f"{where}: only the default RoPE is supported, got rope_type "
+                                  f"{rope.get('rope_type', rope.get('type'))!r}")
+            if "rope_theta" not in data and "rope_theta" in rope:
+                data = {**data, "rope_theta": rope["rope_theta"]}
+        if isinstance(data.get("eos_token_id"), list):  # HF allows a list; the first stops
+            eos = data["eos_token_id"]
+            data = {**data, "eos_token_id": eos[0] if eos else None}
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        for name in set(_LLAMA_INTS) & kwargs.keys():
+            value = kwargs[name]
+            if isinstance(value, float) and value.is_integer():
+                kwargs[name] = int(value)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict:
+        """All fields as a JSON-ready dict (model_type "llama" included)."""
+        return dataclasses.asdict(self)

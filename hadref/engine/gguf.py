@@ -91,7 +91,7 @@ def read_gguf(path):
     """A GGUF Llama file -> LlamaModel (float32, tokenizer and chat template attached)."""
     from hadref.engine.bpe_tokenizer import BPETokenizer, tokenizer_json_from_vocab
     from hadref.engine.llama import LlamaModel
-    from hadref.engine.llama_config import LlamaConfig
+    from hadref.engine.config import LlamaConfig
 
     path = Path(path)
     reader = _open(path)

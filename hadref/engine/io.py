@@ -9,8 +9,15 @@ Layout (format_version 1; weights/README.md has the full description)::
     /had                   HAD student only: datasets sigma_q (L,), sigma_k (L,);
                            attrs top_n, ste_t, stage, settings (JSON), teacher_sha256
 
-Decoder files (``"model_type": "llama"`` in config) are described in
-:mod:`hadref.engine.llama_io`; ``load`` returns a LlamaModel for them.
+Decoder files (LlamaModel, :mod:`hadref.engine.llama`) share that root and say
+``"model_type": "llama"`` in config (BERT files have no model_type and read as before)::
+
+    /                      attrs: format_version = 1, config = JSON (LlamaConfig fields),
+                           chat_template = str (optional)
+    /params/<name>         float32, Hugging Face LlamaModel names without "model."
+                           (embed_tokens.weight, layers.{i}.self_attn.q_proj.weight, ...,
+                           norm.weight); a tied LM head stores nothing extra
+    /tokenizer.json        the byte-level BPE tokenizer.json
 
 A file is self-contained. Writing goes through a temporary file in the same folder and
 ``os.replace``, so a failed save or convert never leaves a half-written file.
@@ -46,11 +53,9 @@ def save(model: BertModel, path, had: dict | None = None) -> Path:
     """
     path = Path(path)
     if getattr(model, "family", None) == "llama":
-        from hadref.engine.llama_io import save_llama
-
         if had is not None:
             raise HadrefError("had: HAD metadata for a decoder file is not supported yet")
-        return save_llama(model, path, _atomic_h5)
+        return _save_llama(model, path)
     if had is None:
         had = model.had
     if had is not None:
@@ -94,9 +99,7 @@ def load(path, dtype=np.float32) -> BertModel:
     with _open_h5(path) as f:
         data = _read_config_dict(f, path)
         if data.get("model_type") == "llama":  # a decoder file (BERT files have no model_type)
-            from hadref.engine.llama_io import load_llama
-
-            return load_llama(f, path, data, dtype)
+            return _load_llama(f, path, data, dtype)
         config = BertConfig.from_dict(data, where=f"{path}: attribute config")
         if "params" not in f or not isinstance(f["params"], h5py.Group):
             raise HadrefError(f"{path}: no 'params' group (not a hadref model file)")
@@ -369,9 +372,7 @@ def _read_decoder(src):
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise HadrefError(f"{config_path}: not valid JSON") from None
         if isinstance(data, dict) and data.get("model_type") == "llama":
-            from hadref.engine.llama_io import read_hf_llama
-
-            return read_hf_llama(path, data)
+            return _read_hf_llama(path, data)
     return None
 
 
@@ -447,6 +448,108 @@ def _config_from_shapes(params: dict, where, num_heads: int | None) -> BertConfi
     return BertConfig(vocab_size=int(vocab), hidden_size=int(hidden), num_hidden_layers=layers,
                       num_attention_heads=int(num_heads), intermediate_size=int(inner),
                       max_position_embeddings=int(max_pos), type_vocab_size=int(types))
+
+
+# --- decoder files (config model_type "llama") ----------------------------------------------
+
+
+def _save_llama(model, path) -> Path:
+    """Write a LlamaModel to path (.h5), atomically (the layout: the module docstring)."""
+    from hadref.engine.llama import check_params as check_llama_params
+
+    path = Path(path)
+    check_llama_params(model.params, model.config)
+
+    def write(f):
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["config"] = json.dumps(model.config.to_dict(), sort_keys=True)
+        if model.chat_template is not None:
+            f.attrs["chat_template"] = model.chat_template
+        group = f.create_group("params")
+        for name in sorted(model.params):
+            group.create_dataset(name, data=np.asarray(model.params[name], dtype=np.float32),
+                                 track_times=False)
+        if model.tokenizer is not None:
+            f.create_dataset("tokenizer.json", track_times=False,
+                             data=np.frombuffer(model.tokenizer.json.encode("utf-8"), np.uint8))
+
+    _atomic_h5(path, write)
+    return path
+
+
+def _load_llama(f: h5py.File, path, data: dict, dtype=np.float32):
+    """The LlamaModel of an open file whose config dict (data) says model_type llama."""
+    from hadref.engine.bpe_tokenizer import BPETokenizer
+    from hadref.engine.config import LlamaConfig
+    from hadref.engine.llama import LlamaModel, check_params as check_llama_params
+
+    config = LlamaConfig.from_dict(data, where=f"{path}: attribute config")
+    if "params" not in f or not isinstance(f["params"], h5py.Group):
+        raise HadrefError(f"{path}: no 'params' group (not a hadref model file)")
+    params = {}
+    for name, ds in _datasets(f["params"]):
+        if not np.issubdtype(ds.dtype, np.floating):
+            raise HadrefError(f"{path}: dataset params/{name} is not a float array")
+        params[name] = np.asarray(ds[()], dtype=dtype)
+    check_llama_params(params, config, where=str(path), kind="dataset", prefix="params/")
+    tokenizer = None
+    if "tokenizer.json" in f:
+        try:
+            text = np.asarray(f["tokenizer.json"][()], dtype=np.uint8).tobytes().decode("utf-8")
+        except (UnicodeDecodeError, ValueError, TypeError):
+            raise HadrefError(f"{path}: dataset tokenizer.json is not UTF-8 bytes") from None
+        tokenizer = BPETokenizer(text, where=f"{path}: dataset tokenizer.json")
+    template = f.attrs.get("chat_template")
+    if isinstance(template, bytes):
+        template = template.decode("utf-8")
+    return LlamaModel(config, params, tokenizer, None if template is None else str(template))
+
+
+def _datasets(group, prefix=""):
+    """(name, dataset) for every dataset under group; names joined with '/' (HDF5 keeps
+    'layers.0.x' flat, so this is one level in our files)."""
+    for key, item in group.items():
+        if isinstance(item, h5py.Dataset):
+            yield prefix + key, item
+        else:
+            yield from _datasets(item, prefix + key + "/")
+
+
+def _read_hf_llama(folder: Path, data: dict):
+    """A Hugging Face LlamaForCausalLM folder (config.json already parsed into data,
+    model.safetensors, tokenizer.json, tokenizer_config.json) -> LlamaModel (float32)."""
+    from hadref.engine.bpe_tokenizer import BPETokenizer
+    from hadref.engine.config import LlamaConfig
+    from hadref.engine.llama import LlamaModel, check_params as check_llama_params
+
+    config = LlamaConfig.from_dict(data, where=str(folder / "config.json"))
+    weights = folder / "model.safetensors"
+    if not weights.exists():
+        raise HadrefError(f"{folder}: no model.safetensors in this folder")
+    params = {}
+    for name, value in _read_safetensors(weights).items():
+        short = name[len("model."):] if name.startswith("model.") else name
+        if short.endswith("rotary_emb.inv_freq"):
+            continue  # a buffer of old checkpoints
+        if short == "lm_head.weight" and config.tie_word_embeddings:
+            continue  # the tied head is the embedding
+        if not np.issubdtype(value.dtype, np.floating):
+            raise HadrefError(f"{weights}: tensor {name!r} has dtype {value.dtype}, expected float")
+        params[short] = np.ascontiguousarray(value, dtype=np.float32)
+    check_llama_params(params, config, where=str(weights), kind="tensor")
+    tokenizer = template = None
+    if (folder / "tokenizer.json").exists():
+        tokenizer = BPETokenizer((folder / "tokenizer.json").read_text(encoding="utf-8"),
+                                 where=str(folder / "tokenizer.json"))
+    tok_config = folder / "tokenizer_config.json"
+    if tok_config.exists():
+        try:
+            template = json.loads(tok_config.read_text()).get("chat_template")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise HadrefError(f"{tok_config}: not valid JSON") from None
+        if not isinstance(template, str):
+            template = None
+    return LlamaModel(config, params, tokenizer, template)
 
 
 __all__ = ["load", "save", "convert", "describe", "read_pretrained", "expected_shapes"]

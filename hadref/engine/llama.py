@@ -39,7 +39,7 @@ from hadref.engine.layers.causal_attention import (CausalFloatAttentionCore,
 from hadref.engine.layers.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from hadref.engine.layers.rope import rope_tables
 from hadref.engine.layers.swiglu import mlp_backward, mlp_forward
-from hadref.engine.llama_config import LlamaConfig
+from hadref.engine.config import LlamaConfig
 from hadref.errors import HadrefError
 
 EMBED = "embed_tokens.weight"
