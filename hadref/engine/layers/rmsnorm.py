@@ -35,8 +35,8 @@ def rmsnorm_backward(dy, cache: RMSNormCache):
     x, rstd, weight = cache
     xhat = x * rstd
     h = x.shape[-1]
-    dweight = np.einsum("...h,...h->h", dy, xhat) if dy.ndim > 1 else dy * xhat
+    dweight = (dy * xhat).reshape(-1, h).sum(axis=0)
     g = dy * weight
-    dot = np.einsum("...h,...h->...", g, xhat)[..., None] / h
+    dot = np.einsum("...h,...h->...", g, xhat)[..., None] / x.dtype.type(h)
     dx = (g - xhat * dot) * rstd
     return dx, dweight.astype(x.dtype, copy=False)
