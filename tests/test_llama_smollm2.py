@@ -92,3 +92,37 @@ def test_cached_decoding_equals_full_forward(smollm2, smollm2_fixture):
         logits.append(smollm2.step(seq[None, t:t + 1], cache)[0])
     full = smollm2.forward(seq[None]).logits[0, 4:]
     assert np.abs(np.stack(logits) - full).max() <= 1e-3
+
+
+def test_generate_and_perplexity_commands(smollm2_h5, smollm2_fixture, smollm2, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from hadref.cli import main
+
+    runner = CliRunner()
+    meta = smollm2_fixture["meta"]
+    result = runner.invoke(main, ["generate", str(smollm2_h5), "--prompt", meta["texts"][0],
+                                  "--max-new-tokens", "16"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(meta["texts"][0] + meta["greedy_text"] + "\n")
+    assert "tokens/s decoding" in result.output
+    result = runner.invoke(main, ["generate", str(smollm2_h5), "--prompt",
+                                  "What is the capital of France?", "--chat",
+                                  "--max-new-tokens", "8"])
+    assert result.exit_code == 0, result.output
+    text = tmp_path / "start.txt"  # the first 1,100 tokens of the fixture's long text
+    text.write_text(smollm2.tokenizer.decode(smollm2_fixture["long_input_ids"][:1100]))
+    result = runner.invoke(main, ["perplexity", str(smollm2_h5), "--text", str(text), "--seq",
+                                  "512", "--json"])
+    assert result.exit_code == 0, result.output
+    first = json.loads(result.output)["lengths"][0]
+    assert first["seq"] == 512 and first["windows"] == 2 and first["scored"] == 2 * 511
+    # window 0 is the fixture's first 512 tokens
+    ref = smollm2_fixture["long_token_nll"].astype(np.float64)
+    window1 = smollm2.token_nll(smollm2_fixture["long_input_ids"][512:1024])
+    assert first["nll"] == pytest.approx((ref[:511].sum() + window1.sum()) / 1022, abs=1e-3)
+    result = runner.invoke(main, ["perplexity", str(smollm2_h5), "--text", str(text), "--seq",
+                                  "9000"])
+    assert result.exit_code == 2 and "exceed the model's context length (8192)" in result.output
