@@ -269,3 +269,25 @@ def test_input_errors():
         model.forward(np.array([[1, 23]]))
     with pytest.raises(HadrefError, match="no cache"):
         model.backward(np.zeros((1, 1, 23)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_causal_softmax_kernel_matches_numpy(dtype):
+    from hadref.engine import elementwise
+
+    rng = np.random.default_rng(9)
+    nb, nh, per, nk, first = 2, 3, 5, 40, 30  # 2 query heads of 5 rows at positions 30..34
+    scores = (rng.standard_normal((nb, nh, 2 * per, nk)) * 4).astype(dtype)
+    mask = rng.random((nb, nk)) < 0.8
+    mask[1] = False  # no valid key: all-zero rows
+    mask[1, 33] = True  # ... except the rows at positions >= 33
+    pos = first + np.arange(2 * per) % per
+    allowed = (np.arange(nk)[None, :] <= pos[:, None])[None, None] & mask[:, None, None, :]
+    z = np.where(allowed, scores.astype(np.float64), -np.inf)
+    with np.errstate(invalid="ignore"):
+        ref = np.exp(z - z.max(-1, keepdims=True))
+        ref = np.nan_to_num(ref / ref.sum(-1, keepdims=True))
+    out = scores.copy()
+    elementwise.causal_softmax(out, mask, first, per)
+    np.testing.assert_allclose(out, ref, rtol=2e-6 if dtype == np.float32 else 1e-12, atol=1e-7)
+    assert (out[~np.broadcast_to(allowed, out.shape)] == 0).all()

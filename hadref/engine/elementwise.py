@@ -279,6 +279,77 @@ def _softmax_backward_any(probs, dprobs, dscores):
                     ds[j] = p[j] * (g[j] - dot)
 
 
+# --- causal softmax (decoder attention, rows of grouped query heads) -------------------------
+
+@njit(cache=True, error_model="numpy")
+def _causal_softmax_exact(scores, key_mask, first_pos, rows_per_group):
+    nb, nh, nr, nk = scores.shape
+    for b in range(nb):
+        for hh in range(nh):
+            for r in range(nr):
+                row = scores[b, hh, r]
+                last = min(first_pos + r % rows_per_group + 1, nk)
+                row_max = -np.inf
+                for j in range(last):
+                    if key_mask[b, j] and row[j] > row_max:
+                        row_max = row[j]
+                total = 0.0
+                for j in range(last):
+                    if key_mask[b, j] and row_max > -np.inf:
+                        e = math.exp(row[j] - row_max)
+                        row[j] = e
+                        total += e
+                    else:
+                        row[j] = 0.0
+                for j in range(last, nk):
+                    row[j] = 0.0
+                if total > 0.0:
+                    inv = 1.0 / total
+                    for j in range(last):
+                        row[j] *= inv
+
+
+@njit(cache=True, error_model="numpy", fastmath=True)
+def _causal_softmax_f32(scores, key_mask, first_pos, rows_per_group):
+    # fastmath as in _masked_softmax_f32: finite sentinel, clamped exp arguments, rows
+    # without a valid key decided before any arithmetic. The exp row goes to a scratch row
+    # (in place, LLVM's overlap check would keep the loop scalar).
+    nb, nh, nr, nk = scores.shape
+    keep_f = np.empty(nk, dtype=np.float32)
+    tmp = np.empty(nk, dtype=np.float32)
+    valid_upto = np.empty(nk + 1, dtype=np.int64)  # valid keys among the first j
+    for b in range(nb):
+        keep = key_mask[b, :nk]
+        _key_weights_f32(keep, keep_f)
+        valid_upto[0] = 0
+        for j in range(nk):
+            valid_upto[j + 1] = valid_upto[j] + (1 if keep[j] else 0)
+        for hh in range(nh):
+            for r in range(nr):
+                row = scores[b, hh, r]
+                last = min(first_pos + r % rows_per_group + 1, nk)
+                if valid_upto[last] == 0:
+                    row[:] = 0.0
+                    continue
+                inv = _F32(1.0) / _masked_exp_row_f32(row[:last], keep[:last], keep_f[:last],
+                                                      tmp[:last])
+                for j in range(last):
+                    row[j] = tmp[j] * inv
+                for j in range(last, nk):
+                    row[j] = 0.0
+
+
+def causal_softmax(scores, key_mask, first_pos, rows_per_group):
+    """In place: scores (B, h, R, K) -> causal probabilities over keys.
+
+    Row r is query position first_pos + r % rows_per_group (grouped query heads stacked
+    along the rows); it attends keys j <= that position with key_mask[b, j] (key_mask
+    (B, >= K) bool). Other keys get exactly 0; a row without a valid key is all zeros.
+    """
+    (_causal_softmax_f32 if scores.dtype == np.float32 else _causal_softmax_exact)(
+        scores, key_mask, int(first_pos), int(rows_per_group))
+
+
 def masked_softmax(scores, key_mask, out):
     """scores (B, h, T, S), key_mask (B, S) bool -> out (B, h, T, S) probabilities.
 

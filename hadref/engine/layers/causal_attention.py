@@ -25,53 +25,11 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
 
+from hadref.engine import elementwise
 from hadref.engine.layers.rope import RopeTables, rope_backward, rope_forward
 from hadref.errors import HadrefError
 from hadref.engine.layers.linear import linear_backward, linear_forward
-
-
-# --- the causal softmax kernel ----------------------------------------------------------------
-
-@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract", "nsz", "arcp"})
-def _causal_softmax(scores, first_pos, rows_per_group, key_mask, use_mask):
-    """In place: scores (B, h, R, K) -> probabilities over keys j <= pos(r) (and valid).
-
-    Row r of a (b, h) block is query position first_pos + r % rows_per_group (the rows hold
-    the query heads of one key/value head one after another). key_mask (B, >= K) bool is
-    read only when use_mask. A row with no valid key is all zeros.
-    """
-    nb, nh, nr, nk = scores.shape
-    for b in range(nb):
-        for h in range(nh):
-            for r in range(nr):
-                row = scores[b, h, r]
-                last = min(first_pos + r % rows_per_group + 1, nk)
-                m = -np.inf
-                for j in range(last):
-                    if (not use_mask or key_mask[b, j]) and row[j] > m:
-                        m = row[j]
-                total = 0.0
-                if use_mask:
-                    for j in range(last):
-                        if key_mask[b, j]:
-                            e = math.exp(row[j] - m)
-                            row[j] = e
-                            total += e
-                        else:
-                            row[j] = 0.0
-                else:
-                    for j in range(last):
-                        e = math.exp(row[j] - m)
-                        row[j] = e
-                        total += e
-                for j in range(last, nk):
-                    row[j] = 0.0
-                if total > 0.0:
-                    inv = 1.0 / total
-                    for j in range(last):
-                        row[j] *= inv
 
 
 # --- the float core and its key/value cache ---------------------------------------------------
@@ -157,8 +115,8 @@ class CausalFloatAttentionCore:
         scale = 1.0 / math.sqrt(d)
         qg = np.ascontiguousarray(q).reshape(nb, hkv, g * nt, d) * q.dtype.type(scale)
         probs = np.matmul(qg, k.swapaxes(-1, -2))
-        mask = np.ones((nb, nt), bool) if key_mask is None else key_mask
-        _causal_softmax(probs, 0, nt, mask, key_mask is not None)
+        elementwise.causal_softmax(probs, _all_valid(nb, nt) if key_mask is None else key_mask,
+                                   0, nt)
         ctx = np.matmul(probs, v).reshape(nb, hq, nt, d)
         return ctx, CoreCache(qg, k, v, probs, scale)
 
@@ -177,6 +135,10 @@ class CausalFloatAttentionCore:
         return dq.reshape(dctx.shape), dk, dv
 
 
+def _all_valid(nb, nkeys):
+    return np.ones((nb, nkeys), dtype=bool)
+
+
 def _attend_blocked(q, k, v, first_pos, key_mask, core):
     """Inference attention in query blocks. q (B, h_q, t, d) at positions first_pos + i;
     k, v (B, h_kv, n, d) at positions 0..n-1 (n >= first_pos + t) -> ctx (B, h_q, t, d)."""
@@ -188,13 +150,13 @@ def _attend_blocked(q, k, v, first_pos, key_mask, core):
     ctx_g = ctx.reshape(nb, hkv, g, nt, d)
     scale = q.dtype.type(1.0 / math.sqrt(d))
     block = core.query_block_rows(nb, hq, nkeys)
-    mask = np.ones((nb, 1), bool) if key_mask is None else key_mask
+    mask = _all_valid(nb, nkeys) if key_mask is None else key_mask
     for s in range(0, nt, block):
         e = min(nt, s + block)
         keys_used = min(nkeys, first_pos + e)  # causal: later keys are never read
         qb = (qg[:, :, :, s:e] * scale).reshape(nb, hkv, g * (e - s), d)
         scores = np.matmul(qb, k[:, :, :keys_used].swapaxes(-1, -2))
-        _causal_softmax(scores, first_pos + s, e - s, mask, key_mask is not None)
+        elementwise.causal_softmax(scores, mask, first_pos + s, e - s)
         out = np.matmul(scores, v[:, :, :keys_used])
         ctx_g[:, :, :, s:e] = out.reshape(nb, hkv, g, e - s, d)
     return ctx
