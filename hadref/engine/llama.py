@@ -272,7 +272,6 @@ class LlamaModel:
         ids, caches, norm_cache, normed = self._cache
         self._cache = None
         cfg, dtype = self.config, self.dtype
-        head_name = EMBED if cfg.tie_word_embeddings else LM_HEAD
         grads = {name: None for name in self.params}
         dnormed = np.zeros(normed.shape, dtype)
         head_grad = np.zeros(self.lm_head.shape, dtype)
