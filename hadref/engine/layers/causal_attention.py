@@ -89,11 +89,13 @@ class CausalFloatAttentionCore:
     """
 
     score_budget = 1 << 24  # scores held at once per layer in inference (64 MB in float32)
+    max_block_rows = 256  # smaller blocks read fewer keys past the diagonal (causal waste)
 
     def query_block_rows(self, batch, num_heads, num_keys) -> int:
-        """Query positions per block so that batch * num_heads * rows * num_keys stays
-        within score_budget (at least one)."""
-        return max(1, self.score_budget // max(1, batch * num_heads * num_keys))
+        """Query positions per block: at most max_block_rows, and few enough that
+        batch * num_heads * rows * num_keys stays within score_budget (at least one)."""
+        return max(1, min(self.max_block_rows,
+                          self.score_budget // max(1, batch * num_heads * num_keys)))
 
     def new_kv_cache(self, num_layers, batch, num_kv_heads, capacity, head_dim, dtype):
         return FloatKVCache(num_layers, batch, num_kv_heads, capacity, head_dim, dtype)
