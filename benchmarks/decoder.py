@@ -227,7 +227,8 @@ def main(argv=None):
                   f"decoding at {r['decode_context']} {r['decode_tok_s']:6.1f} tok/s = "
                   f"{r['decode_vs_bound']:.2f} x the "
                   f"bound {bound:.1f} tok/s ({per_token / 1e6:.0f} MB/token)")
-        print(f"# process peak resident size {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+        print(f"# process peak resident size {rss:.2f} GiB")
         result = {"engine": "hadref", "rows": rows, "copy_bandwidth": bandwidth}
     if args.json:
         with open(args.json, "w") as f:

@@ -9,8 +9,8 @@ from hadref.cli._common import parse_int_list
 
 
 def _load_decoder(path):
-    from hadref.errors import HadrefError
     from hadref.engine.io import load
+    from hadref.errors import HadrefError
 
     model = load(path)
     if getattr(model, "family", None) != "llama":

