@@ -19,12 +19,14 @@ argument and what was expected.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
 from hadref.checks import check_positive, check_top_n, is_int, worker_chunks
 from hadref.errors import HadrefError
 from hadref.had.kernels import fused as _fused
+from hadref.had.kernels import simd as _simd
 from hadref.had.kernels import tile as _tile
 from hadref.had.kernels.finite import count_nonfinite_rows as _count_nonfinite_rows
 from hadref.had.kernels.pack import pack_rows as _pack_rows
@@ -210,6 +212,40 @@ _BLOCK_BYTES = 128 * 1024  # a block of V that stays in a core's L2 cache (row k
 # for 1 row as for 32 (measured break-even near 12 rows of 1024 keys), so decoding a few
 # tokens keeps the row kernel.
 _TILE_MIN_ROWS = 16
+# Tile kernel: the vector width it is compiled for (simd.Simd256() or simd.Simd512(); the
+# host's unless HADREF_SIMD says otherwise), levels in 8 bits up to this d (d + 1, the
+# level of a padding key, must fit), and the share of L1 a block of V may take.
+_SIMD = _simd.HOST
+_LEVELS8_MAX_D = 254
+_V_BLOCK_L1_SHARE = 2 / 3
+
+
+def _l1_data_bytes() -> int:
+    """Size of one core's L1 data cache (Linux sysfs), 32 KiB where it cannot be read."""
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for index in sorted(os.listdir(root)):
+            path = os.path.join(root, index)
+            with open(os.path.join(path, "level")) as f_level, \
+                    open(os.path.join(path, "type")) as f_type:
+                if f_level.read().strip() != "1" or f_type.read().strip() != "Data":
+                    continue
+            with open(os.path.join(path, "size")) as f_size:
+                text = f_size.read().strip().upper()
+            scale = {"K": 2**10, "M": 2**20}.get(text[-1:], 1)
+            return int(text.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return 32 * 2**10
+
+
+_L1_BYTES = _l1_data_bytes()
+
+
+def _v_block_words(dv: int, itemsize: int) -> int:
+    """64-key masks per block of V in the tile kernel: as many 64-key slices of V as fit
+    in ``_V_BLOCK_L1_SHARE`` of L1 (at least one; 2 at dv 64 float32 on a 48 KiB L1)."""
+    return max(1, int(_L1_BYTES * _V_BLOCK_L1_SHARE) // (_tile.BLOCK * dv * itemsize))
 
 
 def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal, last_stage=3):
@@ -225,14 +261,17 @@ def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal, last_stage
     if m >= _TILE_MIN_ROWS or last_stage != 3:
         lanes = _tile.LANES
         c = worker_chunks(groups * ((m + lanes - 1) // lanes))
+        lev_type = np.uint8 if d <= _LEVELS8_MAX_D else np.uint16
         _fused.attend_tiles(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale,
                             bool(causal), last_stage, out,
-                            np.empty((c, n + _tile.BLOCK, lanes), np.uint16),
+                            np.empty((c, n + _tile.BLOCK, lanes), lev_type),
                             np.empty((c, words, lanes), np.uint64),
                             np.empty((c, lanes), np.int32), np.empty((c, 8, lanes), np.int64),
-                            np.empty((c, 4, lanes), np.uint16), np.empty((c, lanes), np.uint64),
+                            np.empty((c, 4, lanes), np.uint16),
+                            np.empty((c, _v_block_words(dv, v.itemsize), lanes), np.uint64),
                             np.empty((c, lanes, d + 2), v.dtype),
-                            np.empty((c, lanes), np.float64), np.empty((c, lanes, dv), v.dtype))
+                            np.empty((c, lanes), np.float64), np.empty((c, lanes, dv), v.dtype),
+                            _SIMD)
         return out
     tile = min(_TILE_ROWS, m)
     c = worker_chunks(groups * ((m + tile - 1) // tile))

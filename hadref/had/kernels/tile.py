@@ -30,8 +30,6 @@ from hadref.had.kernels.softmax_av import finish, level_weights
 
 LANES = simd.LANES
 BLOCK = simd.BLOCK
-_PAD_LEVEL = 0x7FFF  # above every threshold: keys past the end are never taken
-_COUNT_SPAN = 65535  # keys per counting call (16-bit lane counts)
 
 # per-lane search state: rows of the int64 lane workspace
 _COUNT, _LO, _HI, _BELOW, _STEP, _MODE, _N_EFF, _TIES = range(8)
@@ -46,8 +44,9 @@ def _count(lev, stop, probe, count):
     """count[r] = #{j < stop : lev[j, r] <= probe[r]}."""
     for r in range(LANES):
         count[r] = 0
-    for start in range(0, stop, _COUNT_SPAN):
-        simd.count_at_most(lev, start, min(stop, start + _COUNT_SPAN), probe, count)
+    span = 255 if lev.itemsize == 1 else 65535  # keys per call: lane counts in lev's type
+    for start in range(0, stop, span):
+        simd.count_at_most(lev, start, min(stop, start + span), probe, count)
 
 
 @njit(cache=True, inline="always")
@@ -123,24 +122,25 @@ def _thresholds(lev, stop, d, guess, st, u16):
 
 
 @njit(cache=True, inline="always")
-def _block_sums(acc, r, v, start, picks, lev, weight):
-    """acc[r] += the weighted value rows of lane r's picks in one block; returns the
-    weights' sum. Columns in register-sized chunks: 256 bytes, then 32, then single."""
+def _block_sums(acc, r, v, start, picks, words, lev, weight, target):
+    """acc[r] += the weighted value rows of lane r's picks in one block of V (``words``
+    64-key masks); returns the weights' sum. Columns in register-sized chunks: 256 bytes,
+    then 32, then single."""
     dv = v.shape[1]
     wide = 256 // v.itemsize
     narrow = 32 // v.itemsize
     total = -1.0
     col = 0
     while col + wide <= dv:
-        s = simd.weighted_rows_sum_256(acc, r, col, v, start, picks, lev, weight)
+        s = simd.weighted_rows_sum_256(acc, r, col, v, start, picks, words, lev, weight, target)
         total = s if total < 0.0 else total
         col += wide
     while col + narrow <= dv:
-        s = simd.weighted_rows_sum_32(acc, r, col, v, start, picks, lev, weight)
+        s = simd.weighted_rows_sum_32(acc, r, col, v, start, picks, words, lev, weight, target)
         total = s if total < 0.0 else total
         col += narrow
     while col < dv:
-        s = simd.weighted_rows_sum_1(acc, r, col, v, start, picks, lev, weight)
+        s = simd.weighted_rows_sum_1(acc, r, col, v, start, picks, words, lev, weight, target)
         total = s if total < 0.0 else total
         col += 1
     return total
@@ -149,17 +149,19 @@ def _block_sums(acc, r, v, start, picks, lev, weight):
 @njit(cache=True)
 def attend_tile(q_bits, k_bits, v, valid, valid_before, i0, rows, m, n, d, top_n, decay,
                 causal, guess, last_stage, out, lev, q_lanes, limit, st, u16, picks, weight,
-                total, acc):
+                total, acc, target):
     """Rows ``i0 .. i0+rows-1`` (rows <= 32) of one group into ``out`` (rows, dv).
 
     q_bits (m, W), k_bits (>= n, W) uint64; v (>= n, dv); valid (>= n,) bool;
     valid_before (>= n+1,) int32 prefix counts; decay: ``softmax_av.level_decay``; guess:
     a likely threshold level (the last tile's); last_stage: 3 (the attention), or 1 / 2 to
     stop after the levels / after the selection (for the benchmark's split; out is then
-    not written). Workspaces: lev (>= n+64, 32) uint16;
+    not written). Workspaces: lev (>= n + 64 S, 32) uint8 (d <= 254) or uint16;
     q_lanes (W, 32) uint64; limit (32,) int32; st (8, 32) int64; u16 (4, 32) uint16;
-    picks (32,) uint64; weight (32, d+2) and acc (32, dv) of v's dtype; total (32,)
-    float64. Returns the last selecting lane's threshold (the next tile's guess).
+    picks (S, 32) uint64: S 64-key masks per row make one block of V (sized to L1 by the
+    caller); weight (32, d+2) and acc (32, dv) of v's dtype; total (32,) float64.
+    target: ``simd.Simd256()`` or ``simd.Simd512()``. Returns the last selecting lane's
+    threshold (the next tile's guess).
     """
     words = q_bits.shape[1]
     dv = v.shape[1]
@@ -170,7 +172,7 @@ def attend_tile(q_bits, k_bits, v, valid, valid_before, i0, rows, m, n, d, top_n
             i = i0 + r
             lim = n if not causal else max(0, min(n, i + n - m + 1))
         for w in range(words):
-            q_lanes[w, r] = q_bits[i0 + r, w] if r < rows else np.uint64(0)
+            q_lanes[w, simd.lane_slot(r)] = q_bits[i0 + r, w] if r < rows else np.uint64(0)
         limit[r] = lim
         stop = max(stop, lim)
         st[_N_EFF, r] = min(top_n, valid_before[lim])
@@ -199,23 +201,31 @@ def attend_tile(q_bits, k_bits, v, valid, valid_before, i0, rows, m, n, d, top_n
         else:
             u16[_THRESHOLD, r] = 0  # nothing is below level 0 and no tie place is left
             st[_TIES, r] = 0
+    pad = d + 1  # above every threshold: keys past the end are never taken
     for j in range(stop, (stop + BLOCK - 1) // BLOCK * BLOCK):
         for r in range(LANES):
-            lev[j, r] = _PAD_LEVEL
-    for start in range(0, stop, BLOCK):
-        # tie places in 16-bit lanes: hand out at most a block's worth, take back the rest
-        for r in range(LANES):
-            lent = min(st[_TIES, r], BLOCK)
-            st[_TIES, r] -= lent
-            u16[_TIES_BLOCK, r] = lent
-        simd.select_block(lev, start, u16[_THRESHOLD], u16[_TIES_BLOCK], picks)
-        for r in range(LANES):
-            st[_TIES, r] += u16[_TIES_BLOCK, r]
+            lev[j, r] = pad
+    span = BLOCK * picks.shape[0]  # keys per block of V
+    for start in range(0, stop, span):
+        words = min(picks.shape[0], (stop - start + BLOCK - 1) // BLOCK)
+        for s in range(words):
+            # tie places in small lanes: hand out at most a block's worth, take back the rest
+            for r in range(LANES):
+                lent = min(st[_TIES, r], BLOCK)
+                st[_TIES, r] -= lent
+                u16[_TIES_BLOCK, r] = lent
+            simd.select_block(lev, start + BLOCK * s, u16[_THRESHOLD], u16[_TIES_BLOCK],
+                              picks[s], target)
+            for r in range(LANES):
+                st[_TIES, r] += u16[_TIES_BLOCK, r]
         if last_stage == 2:
             continue
         for r in range(rows):
-            if picks[r] != 0:
-                total[r] += _block_sums(acc, r, v, start, picks[r], lev, weight)
+            taken = np.uint64(0)
+            for s in range(words):
+                taken |= picks[s, r]
+            if taken != 0:
+                total[r] += _block_sums(acc, r, v, start, picks, words, lev, weight, target)
     if last_stage == 2:
         return guess
     for r in range(rows):
