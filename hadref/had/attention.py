@@ -19,14 +19,12 @@ argument and what was expected.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
 from hadref.checks import check_positive, check_top_n, is_int, worker_chunks
 from hadref.errors import HadrefError
 from hadref.had.kernels import fused as _fused
-from hadref.had.kernels import simd as _simd
 from hadref.had.kernels import tile as _tile
 from hadref.had.kernels.finite import count_nonfinite_rows as _count_nonfinite_rows
 from hadref.had.kernels.pack import pack_rows as _pack_rows
@@ -39,7 +37,9 @@ _MAX_D = 32766  # popcount levels are stored as int16
 
 # ----------------------------------------------------------------------------- validation
 
-def _as_float(x, name: str, min_ndim: int = 2) -> np.ndarray:
+def _as_float(x, name: str, min_ndim: int = 2, finite: bool = True) -> np.ndarray:
+    """x as a C-contiguous float array; finite=False leaves the NaN/inf check to the
+    caller (``_pack`` with a name does it while packing)."""
     x = np.asarray(x)
     if x.dtype.type not in _FLOATS:
         raise HadrefError(f"{name}: expected float32 (or float64) array, got dtype {x.dtype}")
@@ -48,7 +48,7 @@ def _as_float(x, name: str, min_ndim: int = 2) -> np.ndarray:
     if 0 in x.shape:
         raise HadrefError(f"{name}: expected non-empty array, got shape {x.shape}")
     x = np.ascontiguousarray(x)
-    if not _all_finite(x):
+    if finite and not _all_finite(x):
         raise HadrefError(f"{name}: expected finite values, found NaN or inf")
     return x
 
@@ -110,15 +110,17 @@ def pack_signs(x) -> np.ndarray:
     >>> hadref.pack_signs(np.array([0.5, -1.0, 0.0], np.float32))
     array([5], dtype=uint64)
     """
-    return _pack(_as_float(x, "x", min_ndim=1))
+    return _pack(_as_float(x, "x", min_ndim=1, finite=False), "x")
 
 
-def _pack(x: np.ndarray) -> np.ndarray:
-    """``pack_signs`` of an already validated (finite, C-contiguous float) array."""
+def _pack(x: np.ndarray, name: str | None = None) -> np.ndarray:
+    """``pack_signs`` of a C-contiguous float array; with a name, raise ``HadrefError``
+    naming it when x holds a NaN or an infinity (checked in the packing pass)."""
     d = x.shape[-1]
     rows = x.reshape(-1, d)
     out = np.empty((rows.shape[0], (d + 63) // 64), dtype=np.uint64)
-    _pack_rows(rows, out)
+    if _pack_rows(rows, out) and name is not None:
+        raise HadrefError(f"{name}: expected finite values, found NaN or inf")
     return out.reshape(*x.shape[:-1], out.shape[1])
 
 
@@ -192,9 +194,10 @@ def hamming_topn(q_bits, k_bits, d, top_n, key_mask=None, causal=False):
     return idx.reshape(*lead, m, top_n), _scores(idx, lev, d).reshape(*lead, m, top_n)
 
 
-def _check_qkv(q, k, v):
-    q = _as_float(q, "q")
-    k = _as_float(k, "k")
+def _check_qkv(q, k, v, finite_qk: bool = True):
+    """finite_qk=False: q and k are checked for NaN/inf later, by ``_pack(x, name)``."""
+    q = _as_float(q, "q", finite=finite_qk)
+    k = _as_float(k, "k", finite=finite_qk)
     v = _as_float(v, "v")
     if q.shape[:-2] != k.shape[:-2] or v.shape[:-2] != k.shape[:-2]:
         raise HadrefError(f"q, k, v: expected the same leading dims, got shapes "
@@ -212,40 +215,8 @@ _BLOCK_BYTES = 128 * 1024  # a block of V that stays in a core's L2 cache (row k
 # for 1 row as for 32 (measured break-even near 12 rows of 1024 keys), so decoding a few
 # tokens keeps the row kernel.
 _TILE_MIN_ROWS = 16
-# Tile kernel: the vector width it is compiled for (simd.Simd256() or simd.Simd512(); the
-# host's unless HADREF_SIMD says otherwise), levels in 8 bits up to this d (d + 1, the
-# level of a padding key, must fit), and the share of L1 a block of V may take.
-_SIMD = _simd.HOST
+# Tile kernel: levels in 8 bits up to this d (d + 1, the level of a padding key, must fit)
 _LEVELS8_MAX_D = 254
-_V_BLOCK_L1_SHARE = 2 / 3
-
-
-def _l1_data_bytes() -> int:
-    """Size of one core's L1 data cache (Linux sysfs), 32 KiB where it cannot be read."""
-    root = "/sys/devices/system/cpu/cpu0/cache"
-    try:
-        for index in sorted(os.listdir(root)):
-            path = os.path.join(root, index)
-            with open(os.path.join(path, "level")) as f_level, \
-                    open(os.path.join(path, "type")) as f_type:
-                if f_level.read().strip() != "1" or f_type.read().strip() != "Data":
-                    continue
-            with open(os.path.join(path, "size")) as f_size:
-                text = f_size.read().strip().upper()
-            scale = {"K": 2**10, "M": 2**20}.get(text[-1:], 1)
-            return int(text.rstrip("KM")) * scale
-    except (OSError, ValueError):
-        pass
-    return 32 * 2**10
-
-
-_L1_BYTES = _l1_data_bytes()
-
-
-def _v_block_words(dv: int, itemsize: int) -> int:
-    """64-key masks per block of V in the tile kernel: as many 64-key slices of V as fit
-    in ``_V_BLOCK_L1_SHARE`` of L1 (at least one; 2 at dv 64 float32 on a 48 KiB L1)."""
-    return max(1, int(_L1_BYTES * _V_BLOCK_L1_SHARE) // (_tile.BLOCK * dv * itemsize))
 
 
 def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal, last_stage=3):
@@ -267,11 +238,9 @@ def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal, last_stage
                             np.empty((c, n + _tile.BLOCK, lanes), lev_type),
                             np.empty((c, words, lanes), np.uint64),
                             np.empty((c, lanes), np.int32), np.empty((c, 8, lanes), np.int64),
-                            np.empty((c, 4, lanes), np.uint16),
-                            np.empty((c, _v_block_words(dv, v.itemsize), lanes), np.uint64),
+                            np.empty((c, 4, lanes), np.uint16), np.empty((c, lanes), np.uint64),
                             np.empty((c, lanes, d + 2), v.dtype),
-                            np.empty((c, lanes), np.float64), np.empty((c, lanes, dv), v.dtype),
-                            _SIMD)
+                            np.empty((c, lanes), np.float64), np.empty((c, lanes, dv), v.dtype))
         return out
     tile = min(_TILE_ROWS, m)
     c = worker_chunks(groups * ((m + tile - 1) // tile))
@@ -301,17 +270,18 @@ def had_attention(q, k, v, top_n, sigma_q=1.0, sigma_k=1.0, key_mask=None, causa
     ``S = (sigma_q sign(q)) (sigma_k sign(k))^T``, computed on packed bits by a fused
     kernel: from 16 query rows on, tiles of 32 rows share every pass over the packed keys
     and over V (in 64-key blocks that stay in L1); fewer rows go one at a time. No (m, n)
-    matrix: extra memory about 4 * threads * 64 n bytes (the 16-bit levels of a tile).
+    matrix: extra memory about 4 * threads * 32 n bytes (the 8-bit levels of a tile; 64 n
+    for d > 254).
     """
     top_n = check_top_n(top_n)
     sigma_q = check_positive(sigma_q, "sigma_q")
     sigma_k = check_positive(sigma_k, "sigma_k")
-    q, k, v = _check_qkv(q, k, v)
+    q, k, v = _check_qkv(q, k, v, finite_qk=False)
     lead, (m, d), (n, dv) = q.shape[:-2], q.shape[-2:], v.shape[-2:]
     _check_d(d)
     valid = _key_valid(key_mask, lead, n)
-    q_bits = _pack(q).reshape(-1, m, (d + 63) // 64)   # q, k validated above
-    k_bits = _pack(k).reshape(-1, n, (d + 63) // 64)
+    q_bits = _pack(q, "q").reshape(-1, m, (d + 63) // 64)  # NaN/inf checked while packing
+    k_bits = _pack(k, "k").reshape(-1, n, (d + 63) // 64)
     out = _attend(q_bits, k_bits, v.reshape(-1, n, dv), valid, n, d, top_n,
                   _two_scale(sigma_q, sigma_k, d), causal)
     return out.reshape(*lead, m, dv)

@@ -5,7 +5,8 @@ code. The public, validated entry points are in :mod:`hadref.had.attention`; the
 their inputs (shapes, dtypes, contiguity are checked there).
 
 =================  ===========================================================================
-``pack``           ``pack_rows``: float (R, d) -> uint64 (R, ceil(d/64)), bit set iff x >= 0
+``pack``           ``pack_rows``: float (R, d) -> uint64 (R, ceil(d/64)), bit set iff x >= 0,
+                   and the NaN/inf check of the same rows (one read of q and k)
 ``finite``         ``count_nonfinite_rows``: the input check for NaN/inf, parallel
 ``popcount``       ``ctpop64`` (LLVM ``ctpop``: one POPCNT instruction), ``row_levels``
 ``select``         counting top-N over the d+1 popcount levels; float partial select

@@ -13,20 +13,14 @@ C-contiguous; the element type of ``lev`` selects the lane width of every primit
 16-bit levels are read as signed lanes where that lets AVX2 compare directly; 8-bit
 levels (up to 255) are compared unsigned.
 
-Vector width. LLVM legalizes any vector type on any x86 target, but the best shape of a
-loop depends on the register width, so the primitives take a *target* argument whose type
-(:class:`Simd256` or :class:`Simd512`, empty named tuples) fixes at compile time:
-whether a 32-lane mask of 16-bit lanes is built in two halves (256 bits: 32 lanes of
-``i1`` are legalized through bytes on AVX2, which more than doubles the selection's
-instructions; 512 bits: one ``k`` mask register) and how many independent sets of running
-sums the value sum keeps (two on 512 bits, where the sums' FMA latency, not the FMA units,
-bounds one set; one on 256 bits, where a second set of 8 registers would spill). Both are
-compiled and cached apart, so either can run (and is tested) on any machine;
-:data:`HOST` is the one for this machine (``HADREF_SIMD=256|512`` forces one).
+Vector width. The IR is the same for AVX2 and AVX-512 hosts: LLVM legalizes the 32-lane
+vectors to the host's registers (on AVX-512 one ``vpopcntq`` per 8 rows' words, 512-bit
+compares and FMAs; on AVX2 byte-table popcounts in 256-bit halves). Shapes written for 512-bit registers did not pay on AVX-512
+(``benchmarks/README.md``: whole 32-lane masks in the selection, two sets of running sums,
+V blocks of two masks), so lane masks stay in 16-lane halves: 32 lanes of ``i1`` are
+legalized through bytes on AVX2, which more than doubles the selection's instructions.
+``NUMBA_CPU_NAME=haswell`` compiles the AVX2 code on any x86-64 machine (the tests do).
 """
-
-import os
-from typing import NamedTuple
 
 from llvmlite import ir
 from numba import njit, types
@@ -35,62 +29,10 @@ from numba.extending import intrinsic
 
 LANES = 32  # query rows per tile: one lane each
 BLOCK = 64  # keys per selection block: one uint64 of picks per row
-
-
-class Simd256(NamedTuple):
-    """Target token: 256-bit registers (AVX2): 16-bit masks in halves, one set of sums."""
-
-    bits: int = 256
-    BITS = 256
-    SUMS = 1
-
-
-class Simd512(NamedTuple):
-    """Target token: 512-bit registers (AVX-512 F/BW): whole masks, two sets of sums."""
-
-    bits: int = 512
-    BITS = 512
-    SUMS = 2
-
-
-TARGETS = {256: Simd256(), 512: Simd512()}
-
-
-def _host_target():
-    """The target token for this machine: 512 bits when Numba compiles for the host and the
-    host has AVX-512 F and BW; ``HADREF_SIMD`` (256 or 512) overrides."""
-    forced = os.environ.get("HADREF_SIMD", "").strip()
-    if forced:
-        if forced not in ("256", "512"):
-            from hadref.errors import HadrefError
-
-            raise HadrefError(f"HADREF_SIMD: expected 256 or 512, got {forced!r}")
-        return TARGETS[int(forced)]
-    from numba.core import config
-
-    if config.CPU_NAME not in (None, "host"):  # a forced LLVM CPU (NUMBA_CPU_NAME)
-        features = config.CPU_FEATURES or ""
-        wide = "+avx512f" in features and "+avx512bw" in features
-    else:
-        import llvmlite.binding as llvm
-
-        host = llvm.get_host_cpu_features()
-        wide = bool(host.get("avx512f")) and bool(host.get("avx512bw"))
-    return TARGETS[512 if wide else 256]
-
-
-HOST = _host_target()
+_HALF = 16  # lanes per part of a lane mask
 
 _I1, _I8, _I16, _I32, _I64 = (ir.IntType(b) for b in (1, 8, 16, 32, 64))
 _F64 = ir.DoubleType()
-
-
-def _knob(target_type, name):
-    """A compile-time setting of a target token's type (``BITS``, ``SUMS``)."""
-    cls = getattr(target_type, "instance_class", None)
-    if cls is None or not hasattr(cls, "BITS"):
-        raise TypeError(f"simd: expected a Simd256 or Simd512 target, got {target_type}")
-    return getattr(cls, name)
 
 
 def _lane_type(lev_type):
@@ -323,7 +265,7 @@ def count_at_most(typingctx, lev, start, stop, probe, count):
 
 
 @intrinsic
-def select_block(typingctx, lev, start, threshold, ties_left, picks, target):
+def select_block(typingctx, lev, start, threshold, ties_left, picks):
     """Which of keys ``start .. start+63`` each lane takes, as one uint64 per lane.
 
     Lane r takes key j when ``lev[j, r] < threshold[r]``, or ``lev[j, r] == threshold[r]``
@@ -332,16 +274,16 @@ def select_block(typingctx, lev, start, threshold, ties_left, picks, target):
     updated ``ties_left``. All 64 rows of lev are read: rows past the real keys must hold
     a level above every threshold (the caller pads them). threshold: (32,) uint16 in lev's
     range; ties_left: (32,) uint16, at most 64 (127 for uint8 levels); picks: (32,)
-    uint64. The lanes are handled in one piece, or in two halves where 32 of them do not
-    fit one register of the target (16-bit lanes on 256 bits).
+    uint64. The lanes go in two halves of 16 (whole 32-lane masks measured slower, even
+    on AVX-512).
     """
-    sig = types.void(lev, start, threshold, ties_left, picks, target)
+    sig = types.void(lev, start, threshold, ties_left, picks)
     elem = _lane_type(lev)
-    parts = max(1, LANES * elem.width // _knob(target, "BITS"))
+    parts = LANES // _HALF
 
     def codegen(context, builder, signature, args):
-        a_lev, a_start, a_thr, a_ties, a_picks, _ = args
-        t_lev, _, t_thr, t_ties, t_picks, _ = signature.args
+        a_lev, a_start, a_thr, a_ties, a_picks = args
+        t_lev, _, t_thr, t_ties, t_picks = signature.args
         width = LANES // parts  # lanes per part
         per_word = elem.width  # keys per lane word
         n_words = BLOCK // per_word
@@ -395,23 +337,20 @@ def select_block(typingctx, lev, start, threshold, ties_left, picks, target):
 
 def _make_weighted_rows_sum(chunk_bytes):
     @intrinsic
-    def weighted_rows_sum(typingctx, acc, r, col, v, start, picks, words, lev, weight, target):
-        """``acc[r, col:col+L] += sum weight[r, lev[j, r]] * v[j, col:col+L]`` over the set
-        bits t of ``picks[s, r]`` for s < words (j = start + 64 s + t), with L =
-        chunk_bytes / itemsize lanes (at least one) held in registers for the whole sum.
-        Returns the sum of the weights (float64).
+    def weighted_rows_sum(typingctx, acc, r, col, v, start, picks, lev, weight):
+        """``acc[r, col:col+L] += sum_t weight[r, lev[j, r]] * v[j, col:col+L]`` over the
+        set bits t of ``picks`` (j = start + t), with L = chunk_bytes / itemsize lanes (at
+        least one) held in registers for the whole sum. Returns the sum of the weights
+        (float64).
 
-        acc: (R, >= col+L) and v: (n, dv) C-contiguous of one float dtype; picks (>= words,
-        32) uint64; weight: (R, d+2) of v's dtype; lev as the module. The bits are walked
-        lowest first (TZCNT); with the target's ``SUMS`` = 2, alternate survivors go to two
-        sets of running sums (two FMA chains), added at the end.
+        acc: (R, >= col+L) and v: (n, dv) C-contiguous of one float dtype; weight: (R, d+2)
+        of that dtype; lev as the module. The bits are walked lowest first (TZCNT).
         """
-        sig = types.float64(acc, r, col, v, start, picks, words, lev, weight, target)
-        sums = _knob(target, "SUMS")
+        sig = types.float64(acc, r, col, v, start, picks, lev, weight)
 
         def codegen(context, builder, signature, args):
-            a_acc, a_r, a_col, a_v, a_start, a_picks, a_words, a_lev, a_wt, _ = args
-            t_acc, _, _, t_v, _, t_picks, _, t_lev, t_wt, _ = signature.args
+            a_acc, a_r, a_col, a_v, a_start, a_picks, a_lev, a_wt = args
+            t_acc, _, _, t_v, _, _, t_lev, t_wt = signature.args
             flt = context.get_data_type(t_acc.dtype)
             single = flt == ir.FloatType()
             lanes = max(1, chunk_bytes // (4 if single else 8))
@@ -424,88 +363,45 @@ def _make_weighted_rows_sum(chunk_bytes):
             varr = context.make_array(t_v)(context, builder, a_v)
             wtarr = context.make_array(t_wt)(context, builder, a_wt)
             levp = _data(context, builder, t_lev, a_lev)
-            pickp = _data(context, builder, t_picks, a_picks)
             dv = builder.extract_value(varr.shape, 1)
             acc_row = builder.add(builder.mul(a_r, builder.extract_value(accarr.shape, 1)), a_col)
             ap = builder.bitcast(builder.gep(accarr.data, [acc_row]), vt.as_pointer())
             vcol = builder.gep(varr.data, [a_col])
             wstride = builder.extract_value(wtarr.shape, 1)
             wrow = builder.gep(wtarr.data, [builder.mul(a_r, wstride)])
-            zero = ir.Constant(_I64, 0)
-            one = ir.Constant(_I64, 1)
-            fzero = ir.Constant(vt, None) if lanes > 1 else ir.Constant(flt, 0.0)
-
-            def survivor(base, bits, a, total):
-                """One survivor (the lowest set bit of bits) into the sums a, total."""
-                j = builder.add(base, builder.call(cttz, [bits, ir.Constant(_I1, 1)]))
-                lane = builder.add(builder.mul(j, ir.Constant(_I64, LANES)), a_r)
-                level = builder.load(builder.gep(levp, [lane]))
-                w = builder.load(builder.gep(wrow, [builder.zext(level, _I64)]))
-                vrow = builder.bitcast(builder.gep(vcol, [builder.mul(j, dv)]), vt.as_pointer())
-                x = builder.load(vrow, align=4)
-                a = builder.call(fma, [_splat(builder, w, vt) if lanes > 1 else w, x, a])
-                total = builder.fadd(total, builder.fpext(w, _F64) if single else w)
-                return builder.and_(bits, builder.sub(bits, one)), a, total
-
-            def bit_loop(cond, body, state, name):
-                """while cond(state[0]): state = body(state); returns the final state."""
-                entry = builder.block
-                loop = builder.append_basic_block(name + ".loop")
-                done = builder.append_basic_block(name + ".done")
-                builder.cbranch(cond(state[0]), loop, done)
-                builder.position_at_end(loop)
-                phis = [builder.phi(x.type) for x in state]
-                for p, x in zip(phis, state):
-                    p.add_incoming(x, entry)
-                nxt = body(phis)
-                tail = builder.block
-                for p, x in zip(phis, nxt):
-                    p.add_incoming(x, tail)
-                builder.cbranch(cond(nxt[0]), loop, done)
-                builder.position_at_end(done)
-                finals = []
-                for x, y in zip(state, nxt):
-                    f = builder.phi(x.type)
-                    f.add_incoming(x, entry)
-                    f.add_incoming(y, tail)
-                    finals.append(f)
-                return finals
-
-            def any_bit(bits):
-                return builder.icmp_unsigned("!=", bits, zero)
-
-            def two_bits(bits):
-                return any_bit(builder.and_(bits, builder.sub(bits, one)))
-
-            def word_body(s, carried):
-                sets, totals = carried[:sums], carried[sums:]
-                slot = builder.add(builder.mul(s, ir.Constant(_I64, LANES)), a_r)
-                bits = builder.load(builder.gep(pickp, [slot]))
-                base = builder.add(a_start, builder.mul(s, ir.Constant(_I64, 64)))
-                if sums == 2:
-                    def pair(state):
-                        b, a0, a1, t0, t1 = state
-                        b, a0, t0 = survivor(base, b, a0, t0)
-                        b, a1, t1 = survivor(base, b, a1, t1)
-                        return [b, a0, a1, t0, t1]
-
-                    bits, sets[0], sets[1], totals[0], totals[1] = bit_loop(
-                        two_bits, pair, [bits, *sets, *totals], "wsum.pair")
-
-                def one_at_a_time(state):
-                    return list(survivor(base, *state))
-
-                bits, sets[0], totals[0] = bit_loop(any_bit, one_at_a_time,
-                                                    [bits, sets[0], totals[0]], "wsum.one")
-                return [*sets, *totals]
-
+            entry = builder.block
             a0 = builder.load(ap, align=4)
-            init = [a0] + [fzero] * (sums - 1) + [ir.Constant(_F64, 0.0)] * sums
-            finals = _counted_loop(builder, zero, a_words, init, word_body, "wsum.word")
-            a_fin, t_fin = finals[0], finals[sums]
-            for i in range(1, sums):
-                a_fin = builder.fadd(a_fin, finals[i])
-                t_fin = builder.fadd(t_fin, finals[sums + i])
+            loop = builder.append_basic_block("wsum.loop")
+            done = builder.append_basic_block("wsum.done")
+            zero = ir.Constant(_I64, 0)
+            builder.cbranch(builder.icmp_unsigned("!=", a_picks, zero), loop, done)
+            builder.position_at_end(loop)
+            bits = builder.phi(_I64)
+            a = builder.phi(vt)
+            total = builder.phi(_F64)
+            bits.add_incoming(a_picks, entry)
+            a.add_incoming(a0, entry)
+            total.add_incoming(ir.Constant(_F64, 0.0), entry)
+            j = builder.add(a_start, builder.call(cttz, [bits, ir.Constant(_I1, 1)]))
+            lane = builder.add(builder.mul(j, ir.Constant(_I64, LANES)), a_r)
+            level = builder.load(builder.gep(levp, [lane]))
+            w = builder.load(builder.gep(wrow, [builder.zext(level, _I64)]))
+            vrow = builder.bitcast(builder.gep(vcol, [builder.mul(j, dv)]), vt.as_pointer())
+            x = builder.load(vrow, align=4)
+            a_next = builder.call(fma, [_splat(builder, w, vt) if lanes > 1 else w, x, a])
+            total_next = builder.fadd(total, builder.fpext(w, _F64) if single else w)
+            bits_next = builder.and_(bits, builder.sub(bits, ir.Constant(_I64, 1)))
+            bits.add_incoming(bits_next, loop)
+            a.add_incoming(a_next, loop)
+            total.add_incoming(total_next, loop)
+            builder.cbranch(builder.icmp_unsigned("!=", bits_next, zero), loop, done)
+            builder.position_at_end(done)
+            a_fin = builder.phi(vt)
+            a_fin.add_incoming(a0, entry)
+            a_fin.add_incoming(a_next, loop)
+            t_fin = builder.phi(_F64)
+            t_fin.add_incoming(ir.Constant(_F64, 0.0), entry)
+            t_fin.add_incoming(total_next, loop)
             builder.store(a_fin, ap, align=4)
             return t_fin
 
@@ -519,3 +415,4 @@ def _make_weighted_rows_sum(chunk_bytes):
 weighted_rows_sum_256 = _make_weighted_rows_sum(256)
 weighted_rows_sum_32 = _make_weighted_rows_sum(32)
 weighted_rows_sum_1 = _make_weighted_rows_sum(1)
+
