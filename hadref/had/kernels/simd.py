@@ -15,9 +15,10 @@ levels (up to 255) are compared unsigned.
 
 Vector width. The IR is the same for AVX2 and AVX-512 hosts: LLVM legalizes the 32-lane
 vectors to the host's registers (on AVX-512 one ``vpopcntq`` per 8 rows' words, 512-bit
-compares and FMAs; on AVX2 byte-table popcounts in 256-bit halves). Shapes written for 512-bit registers did not pay on AVX-512
-(``benchmarks/README.md``: whole 32-lane masks in the selection, two sets of running sums,
-V blocks of two masks), so lane masks stay in 16-lane halves: 32 lanes of ``i1`` are
+compares and FMAs; on AVX2 byte-table popcounts in 256-bit halves). Shapes written for
+512-bit registers did not pay on AVX-512 (``benchmarks/README.md``: whole 32-lane masks
+in the selection, two sets of running sums, V blocks of two masks), so lane masks stay in
+16-lane halves: 32 lanes of ``i1`` are
 legalized through bytes on AVX2, which more than doubles the selection's instructions.
 ``NUMBA_CPU_NAME=haswell`` compiles the AVX2 code on any x86-64 machine (the tests do).
 """
