@@ -16,6 +16,8 @@ their inputs (shapes, dtypes, contiguity are checked there).
                    counting, block selection, register-held weighted sums of value rows
 ``tile``           the tile kernel: 32 query rows share every pass over the keys
                    (key-major levels, lockstep threshold search, V in L1-sized blocks)
+``rates``          calibration loops of ``hadref bench``: this core's XOR-popcount,
+                   counting and FMA rates, from which each fused stage's floor follows
 ``fused``          the drivers: ``attend_tiles`` and ``attend_rows`` (the fused kernels,
                    nothing of size n*N materialized), ``topn_packed`` and
                    ``attend_from_topn`` (the two stages apart, for the benchmark and
