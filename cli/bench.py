@@ -208,11 +208,80 @@ def check_memory(seq: int, heads: int, dim: int, batch: int) -> None:
                           "smaller --batch / --heads")
 
 
+CALIBRATION_ROUNDS = 5  # best of: the calibration loops' fastest round is the machine's rate
+
+
+def _best_rate(fn, units: float, rounds: int = CALIBRATION_ROUNDS) -> float:
+    """units / the fastest of ``rounds`` timed calls of fn (after one warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return units / best
+
+
+def calibrate(dim: int = 64) -> dict:
+    """This core's rates on L1-resident data (``hadref.had.kernels.rates``), one thread:
+    XOR-popcount word pairs/s, 32-lane counting keys/s (with the tile kernel's level type
+    for head size ``dim``) and float32 FMAs/s (8 independent chains of vector FMAs)."""
+    from hadref.had import attention as hamming
+    from hadref.had.kernels import rates, simd
+
+    rng = np.random.default_rng(0)
+    q_lanes = rng.integers(0, 2**63, simd.LANES, dtype=np.uint64)
+    keys = rng.integers(0, 2**63, 1024, dtype=np.uint64)
+    reps = 200
+    popcount = _best_rate(lambda: rates.xor_popcount_words(q_lanes, keys, reps),
+                          simd.LANES * keys.size * reps)
+    lev_type = np.uint8 if dim <= hamming._LEVELS8_MAX_D else np.uint16
+    lev = rng.integers(0, min(dim, 200) + 1, (255, simd.LANES)).astype(lev_type)
+    probe = np.full(simd.LANES, min(dim, 200) // 2, np.uint16)
+    count = np.zeros(simd.LANES, np.int64)
+    count_reps = 2000
+    counting = _best_rate(lambda: rates.count_keys(lev, probe, count, count_reps),
+                          lev.shape[0] * count_reps)
+    lanes = rates.fma_vector_lanes()
+    fma = rates.fma_loop_for(lanes)
+    start = rng.random(rates.chains() * lanes).astype(np.float32)
+    fma_reps = 200_000
+    fmas = _best_rate(lambda: fma(start, fma_reps), rates.chains() * lanes * fma_reps)
+    return {"xor_popcount_words_per_s": popcount, "count_keys_per_s": counting,
+            "fma_per_s": fmas, "fma_vector_lanes": lanes,
+            "level_bits": 8 * np.dtype(lev_type).itemsize}
+
+
+def stage_floors_ms(rates: dict, groups: int, seq: int, dim: int, top_n: int,
+                    threads: int) -> dict:
+    """The fused kernel's stages at this machine's calibrated rates, ``threads`` cores:
+
+    * levels: every (query, key) pair's ceil(d/64) words XOR-popcounted once;
+    * top-N selection: three 32-lane passes over each tile's levels (a counting probe at
+      the guessed threshold, one confirming probe, the pick pass) at the counting rate;
+    * softmax + AV: N_eff * dv FMAs per query row at the FMA units' throughput.
+    """
+    words = (dim + 63) // 64
+    tiles = (seq + 31) // 32
+    scale = 1e3 / threads
+    return {
+        "levels": groups * seq * seq * words / rates["xor_popcount_words_per_s"] * scale,
+        "topn": 3 * groups * tiles * seq / rates["count_keys_per_s"] * scale,
+        "softmax_av": groups * seq * min(top_n, seq) * dim / rates["fma_per_s"] * scale,
+    }
+
+
 def run_bench(seq: int, heads: int = 12, dim: int = 64, top_n: int | None = None,
               batch: int = 1, repeat: int = 5, recall_rows: int = 256, seed: int = 0,
-              progress=None) -> dict:
-    """Measure one sequence length; returns a dict of the figures (ms, bytes, ratios)."""
+              progress=None, rates: dict | None = None) -> dict:
+    """Measure one sequence length; returns a dict of the figures (ms, bytes, ratios).
+    rates: ``calibrate(dim)`` (measured here when not given), for the stages' floors."""
+    import numba
+
     from hadref.had import attention as hamming
+
+    if rates is None:
+        rates = calibrate(dim)
 
     n_sel = default_top_n(seq) if top_n is None else top_n
     rng = np.random.default_rng(seed)
@@ -278,6 +347,9 @@ def run_bench(seq: int, heads: int = 12, dim: int = 64, top_n: int | None = None
         "fused_ms": med["fused"], "fused_levels_ms": med["fused_levels"],
         "fused_topn_ms": med["fused_topn"], "fused_softmax_av_ms": med["fused_av"],
         "speedup": med["dense"] / med["had"],
+        "floor_ms": stage_floors_ms(rates, batch * heads, seq, dim, n_sel,
+                                    numba.get_num_threads()),
+        "rates": rates,
         "dense_extra_bytes": mem_dense, "had_extra_bytes": mem_had,
         "key_bytes_per_token_packed": heads * words * 8,
         "key_bytes_per_token_float32": heads * dim * 4,
@@ -289,6 +361,10 @@ def run_bench(seq: int, heads: int = 12, dim: int = 64, top_n: int | None = None
 
 def _mib(nbytes: int) -> str:
     return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
+
+
+def _floor(ms: float, floor: float) -> str:
+    return f"   floor {floor:6.2f} ms = {ms / floor:4.1f}x"
 
 
 def format_table(results: list[dict], threads: int) -> str:
@@ -304,15 +380,24 @@ def format_table(results: list[dict], threads: int) -> str:
             f"  {'HAD total (pack + fused kernel)':34}{r['had_ms']:11.2f}{r['speedup']:9.2f}x"
             f"{_mib(r['had_extra_bytes']):>15}",
             f"  {'  fused kernel (packed inputs)':34}{r['fused_ms']:11.2f}",
-            f"  {'    popcount levels':34}{r['fused_levels_ms']:11.2f}",
-            f"  {'    top-N selection':34}{r['fused_topn_ms']:11.2f}",
-            f"  {'    softmax + AV':34}{r['fused_softmax_av_ms']:11.2f}",
+            f"  {'    popcount levels':34}{r['fused_levels_ms']:11.2f}"
+            f"{_floor(r['fused_levels_ms'], r['floor_ms']['levels'])}",
+            f"  {'    top-N selection':34}{r['fused_topn_ms']:11.2f}"
+            f"{_floor(r['fused_topn_ms'], r['floor_ms']['topn'])}",
+            f"  {'    softmax + AV':34}{r['fused_softmax_av_ms']:11.2f}"
+            f"{_floor(r['fused_softmax_av_ms'], r['floor_ms']['softmax_av'])}",
             "    stages run apart:",
             f"  {'    pack q, k':34}{r['pack_ms']:11.2f}",
             f"  {'    popcount + top-N (indices)':34}{r['popcount_topn_ms']:11.2f}",
             f"  {'    softmax + AV from indices':34}{r['softmax_av_ms']:11.2f}",
             "  (fused split: runs stopped after each stage, median differences; apart: "
             "the ordered top-N indices of every row are materialized, as hamming_topn)",
+            f"  floors: the stage at this core's calibrated rates x {threads} thread(s) "
+            f"({r['rates']['xor_popcount_words_per_s'] / 1e9:.2f} G XOR-popcount words/s, "
+            f"{r['rates']['count_keys_per_s'] / 1e9:.2f} G keys/s counted in 32 "
+            f"{r['rates']['level_bits']}-bit lanes, "
+            f"{r['rates']['fma_per_s'] / 1e9:.1f} G float32 FMA/s); "
+            "levels: every pair once, top-N: 3 counting passes, AV: N dv FMAs per row",
             f"  key cache per token: {r['key_bytes_per_token_packed']} B packed vs "
             f"{r['key_bytes_per_token_float32']} B float32 "
             f"({r['key_bytes_per_token_float32'] / r['key_bytes_per_token_packed']:.0f}x smaller)",
@@ -414,10 +499,12 @@ def bench(seq_text, heads, dim, top_n, batch, repeat, threads, recall_rows, seed
         if not quiet:
             click.echo(f"  ... {message}", err=True)
 
+    progress("calibrating this core's XOR-popcount, counting and FMA rates")
+    rates = calibrate(dim)
     results = []
     for seq in seqs:
         results.append(run_bench(seq, heads, dim, top_n, batch, repeat, recall_rows, seed,
-                                 progress))
+                                 progress, rates))
         if not as_json:
             click.echo(format_table(results[-1:], used_threads))
     if as_json:
@@ -429,4 +516,5 @@ def bench(seq_text, heads, dim, top_n, batch, repeat, threads, recall_rows, seed
     sys.stdout.flush()
 
 
-__all__ = ["bench", "run_bench", "default_top_n", "format_table"]
+__all__ = ["bench", "run_bench", "calibrate", "stage_floors_ms", "default_top_n",
+           "format_table"]

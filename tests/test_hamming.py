@@ -55,24 +55,31 @@ def _dense_reference(q, k, v, valid, causal=False):
 
 
 @contextlib.contextmanager
-def _kernel(name):
-    """Force one of the two fused kernels: "tiles" (32 rows at a time) or "rows"."""
+def _kernel(name, levels8=True):
+    """Force one of the two fused kernels: "tiles" (32 rows at a time) or "rows"; for the
+    tile kernel, whether levels may be 8-bit (d <= 254) or are always 16-bit."""
     import hadref.had.attention as hamming
 
-    saved = hamming._TILE_MIN_ROWS
+    saved = hamming._TILE_MIN_ROWS, hamming._LEVELS8_MAX_D
     hamming._TILE_MIN_ROWS = 1 if name == "tiles" else 10**9
+    if not levels8:
+        hamming._LEVELS8_MAX_D = 0
     try:
         yield
     finally:
-        hamming._TILE_MIN_ROWS = saved
+        hamming._TILE_MIN_ROWS, hamming._LEVELS8_MAX_D = saved
 
 
-@settings(max_examples=60)
+# the tile kernel with both level types (tests/test_kernels_avx2.py: the same on AVX2 code)
+_TILE_VARIANTS = [("tiles", True), ("tiles", False)]
+
+
+@settings(max_examples=80)
 @given(data=st.data(), g=st.integers(1, 3), m=st.integers(1, 40), n=st.integers(1, 140),
        d=st.sampled_from([1, 5, 16, 64, 65, 100]), dv=st.sampled_from([1, 3, 8, 9, 33, 64, 70]),
        top_n=st.integers(1, 150), causal=st.booleans(),
        sigma=st.sampled_from([(1.0, 1.0), (0.3, 2.0), (4.0, 5.0), (1e3, 1e3)]),
-       kernel=st.sampled_from(["tiles", "rows"]))
+       kernel=st.sampled_from([("rows",)] + _TILE_VARIANTS))
 def test_had_attention_equals_float_attention_on_signs_with_topn(data, g, m, n, d, dv, top_n,
                                                                  causal, sigma, kernel):
     # m > 32 and n > 64 cross the tile kernel's tile (32 rows) and block (64 keys) edges
@@ -83,7 +90,7 @@ def test_had_attention_equals_float_attention_on_signs_with_topn(data, g, m, n, 
         k = k[:, rng.integers(0, max(1, n // 2), size=n)]
     v = rng.standard_normal((g, n, dv)).astype(np.float32)
     valid = rng.random((g, n)) < data.draw(st.sampled_from([0.0, 0.6, 1.0]))
-    with _kernel(kernel):
+    with _kernel(*kernel):
         out = hadref.had_attention(q, k, v, top_n, *sigma, key_mask=valid, causal=causal)
     assert out.dtype == np.float32 and out.shape == (g, m, dv)
     ref = _reference_had(q, k, v, top_n, *sigma, valid, causal)
@@ -242,8 +249,9 @@ def test_row_kernel_value_blocks_and_row_tiles_do_not_change_the_result(monkeypa
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("variant", _TILE_VARIANTS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_tile_and_row_kernels_agree_on_longer_rows(dtype):
+def test_tile_and_row_kernels_agree_on_longer_rows(dtype, variant):
     """Sizes the reference is too slow for: several tiles (m > 32), blocks (n > 64, not a
     multiple of 64), head sizes of several words, values wider than a register chunk."""
     rng = np.random.default_rng(7)
@@ -256,7 +264,7 @@ def test_tile_and_row_kernels_agree_on_longer_rows(dtype):
         k[:, ::7] = k[:, :1]  # many exact ties
         v = rng.standard_normal((g, n, dv)).astype(dtype)
         valid = rng.random((g, n)) < 0.9
-        with _kernel("tiles"):
+        with _kernel(*variant):
             tiles = hadref.had_attention(q, k, v, top_n, key_mask=valid, causal=causal)
         with _kernel("rows"):
             rows = hadref.had_attention(q, k, v, top_n, key_mask=valid, causal=causal)
@@ -264,15 +272,16 @@ def test_tile_and_row_kernels_agree_on_longer_rows(dtype):
         np.testing.assert_allclose(tiles, rows, rtol=1e-5, atol=1e-6)
 
 
-def test_tile_kernel_tie_places_beyond_16_bits():
-    """All keys tied and N > 32767: the tie places (16-bit lanes in the selection) are
-    handed out a block at a time; the first N keys must be taken, uniformly weighted."""
+@pytest.mark.parametrize("variant", _TILE_VARIANTS)
+def test_tile_kernel_tie_places_beyond_16_bits(variant):
+    """All keys tied and N > 32767: the tie places (8- or 16-bit lanes in the selection)
+    are handed out a block at a time; the first N keys must be taken, uniformly weighted."""
     rng = np.random.default_rng(3)
     n, top_n = 33_000, 32_800
     q = np.ones((1, 16, 1), np.float32)
     k = np.ones((1, n, 1), np.float32)
     v = rng.standard_normal((1, n, 4)).astype(np.float32)
-    with _kernel("tiles"):
+    with _kernel(*variant):
         out = hadref.had_attention(q, k, v, top_n)
     expected = v[0, :top_n].astype(np.float64).mean(axis=0)
     np.testing.assert_allclose(out[0], np.broadcast_to(expected, (16, 4)), rtol=1e-4, atol=1e-6)

@@ -37,7 +37,9 @@ _MAX_D = 32766  # popcount levels are stored as int16
 
 # ----------------------------------------------------------------------------- validation
 
-def _as_float(x, name: str, min_ndim: int = 2) -> np.ndarray:
+def _as_float(x, name: str, min_ndim: int = 2, finite: bool = True) -> np.ndarray:
+    """x as a C-contiguous float array; finite=False leaves the NaN/inf check to the
+    caller (``_pack`` with a name does it while packing)."""
     x = np.asarray(x)
     if x.dtype.type not in _FLOATS:
         raise HadrefError(f"{name}: expected float32 (or float64) array, got dtype {x.dtype}")
@@ -46,7 +48,7 @@ def _as_float(x, name: str, min_ndim: int = 2) -> np.ndarray:
     if 0 in x.shape:
         raise HadrefError(f"{name}: expected non-empty array, got shape {x.shape}")
     x = np.ascontiguousarray(x)
-    if not _all_finite(x):
+    if finite and not _all_finite(x):
         raise HadrefError(f"{name}: expected finite values, found NaN or inf")
     return x
 
@@ -108,15 +110,17 @@ def pack_signs(x) -> np.ndarray:
     >>> hadref.pack_signs(np.array([0.5, -1.0, 0.0], np.float32))
     array([5], dtype=uint64)
     """
-    return _pack(_as_float(x, "x", min_ndim=1))
+    return _pack(_as_float(x, "x", min_ndim=1, finite=False), "x")
 
 
-def _pack(x: np.ndarray) -> np.ndarray:
-    """``pack_signs`` of an already validated (finite, C-contiguous float) array."""
+def _pack(x: np.ndarray, name: str | None = None) -> np.ndarray:
+    """``pack_signs`` of a C-contiguous float array; with a name, raise ``HadrefError``
+    naming it when x holds a NaN or an infinity (checked in the packing pass)."""
     d = x.shape[-1]
     rows = x.reshape(-1, d)
     out = np.empty((rows.shape[0], (d + 63) // 64), dtype=np.uint64)
-    _pack_rows(rows, out)
+    if _pack_rows(rows, out) and name is not None:
+        raise HadrefError(f"{name}: expected finite values, found NaN or inf")
     return out.reshape(*x.shape[:-1], out.shape[1])
 
 
@@ -190,9 +194,10 @@ def hamming_topn(q_bits, k_bits, d, top_n, key_mask=None, causal=False):
     return idx.reshape(*lead, m, top_n), _scores(idx, lev, d).reshape(*lead, m, top_n)
 
 
-def _check_qkv(q, k, v):
-    q = _as_float(q, "q")
-    k = _as_float(k, "k")
+def _check_qkv(q, k, v, finite_qk: bool = True):
+    """finite_qk=False: q and k are checked for NaN/inf later, by ``_pack(x, name)``."""
+    q = _as_float(q, "q", finite=finite_qk)
+    k = _as_float(k, "k", finite=finite_qk)
     v = _as_float(v, "v")
     if q.shape[:-2] != k.shape[:-2] or v.shape[:-2] != k.shape[:-2]:
         raise HadrefError(f"q, k, v: expected the same leading dims, got shapes "
@@ -210,6 +215,8 @@ _BLOCK_BYTES = 128 * 1024  # a block of V that stays in a core's L2 cache (row k
 # for 1 row as for 32 (measured break-even near 12 rows of 1024 keys), so decoding a few
 # tokens keeps the row kernel.
 _TILE_MIN_ROWS = 16
+# Tile kernel: levels in 8 bits up to this d (d + 1, the level of a padding key, must fit)
+_LEVELS8_MAX_D = 254
 
 
 def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal, last_stage=3):
@@ -225,9 +232,10 @@ def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal, last_stage
     if m >= _TILE_MIN_ROWS or last_stage != 3:
         lanes = _tile.LANES
         c = worker_chunks(groups * ((m + lanes - 1) // lanes))
+        lev_type = np.uint8 if d <= _LEVELS8_MAX_D else np.uint16
         _fused.attend_tiles(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale,
                             bool(causal), last_stage, out,
-                            np.empty((c, n + _tile.BLOCK, lanes), np.uint16),
+                            np.empty((c, n + _tile.BLOCK, lanes), lev_type),
                             np.empty((c, words, lanes), np.uint64),
                             np.empty((c, lanes), np.int32), np.empty((c, 8, lanes), np.int64),
                             np.empty((c, 4, lanes), np.uint16), np.empty((c, lanes), np.uint64),
@@ -262,17 +270,18 @@ def had_attention(q, k, v, top_n, sigma_q=1.0, sigma_k=1.0, key_mask=None, causa
     ``S = (sigma_q sign(q)) (sigma_k sign(k))^T``, computed on packed bits by a fused
     kernel: from 16 query rows on, tiles of 32 rows share every pass over the packed keys
     and over V (in 64-key blocks that stay in L1); fewer rows go one at a time. No (m, n)
-    matrix: extra memory about 4 * threads * 64 n bytes (the 16-bit levels of a tile).
+    matrix: extra memory about 4 * threads * 32 n bytes (the 8-bit levels of a tile; 64 n
+    for d > 254).
     """
     top_n = check_top_n(top_n)
     sigma_q = check_positive(sigma_q, "sigma_q")
     sigma_k = check_positive(sigma_k, "sigma_k")
-    q, k, v = _check_qkv(q, k, v)
+    q, k, v = _check_qkv(q, k, v, finite_qk=False)
     lead, (m, d), (n, dv) = q.shape[:-2], q.shape[-2:], v.shape[-2:]
     _check_d(d)
     valid = _key_valid(key_mask, lead, n)
-    q_bits = _pack(q).reshape(-1, m, (d + 63) // 64)   # q, k validated above
-    k_bits = _pack(k).reshape(-1, n, (d + 63) // 64)
+    q_bits = _pack(q, "q").reshape(-1, m, (d + 63) // 64)  # NaN/inf checked while packing
+    k_bits = _pack(k, "k").reshape(-1, n, (d + 63) // 64)
     out = _attend(q_bits, k_bits, v.reshape(-1, n, dv), valid, n, d, top_n,
                   _two_scale(sigma_q, sigma_k, d), causal)
     return out.reshape(*lead, m, dv)

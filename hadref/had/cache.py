@@ -38,7 +38,7 @@ class PackedKeyCache:
     """
 
     def __init__(self, k, v, key_mask=None, sigma_k: float = 1.0):
-        k = _as_float(k, "k")
+        k = _as_float(k, "k", finite=False)
         v = _as_float(v, "v")
         if k.shape[:-2] != v.shape[:-2] or k.shape[-2] != v.shape[-2]:
             raise HadrefError(f"v: expected shape (..., {k.shape[-2]}, dv) matching k "
@@ -79,7 +79,7 @@ class PackedKeyCache:
 
     def append(self, k, v, key_mask=None) -> None:
         """Pack and add t new keys: k (..., t, d), v (..., t, dv) with the cache's leading dims."""
-        k = _as_float(k, "k")
+        k = _as_float(k, "k", finite=False)
         v = _as_float(v, "v")
         if k.shape[:-2] != self.lead or k.shape[-1] != self.d:
             raise HadrefError(f"k: expected shape {(*self.lead, 't', self.d)}, got {k.shape}")
@@ -88,7 +88,7 @@ class PackedKeyCache:
         t = k.shape[-2]
         self._grow(self._n + t)
         sl = slice(self._n, self._n + t)
-        self._bits[:, sl] = _pack(k).reshape(self._groups, t, self._words)
+        self._bits[:, sl] = _pack(k, "k").reshape(self._groups, t, self._words)
         self._v[:, sl] = v.reshape(self._groups, t, self.dv)
         self._valid[:, sl] = _key_valid(key_mask, self.lead, t)
         self._n += t
@@ -98,7 +98,7 @@ class PackedKeyCache:
         q = self._check_q(q)
         top_n = check_top_n(top_n)
         m, n = q.shape[-2], self._n
-        idx, lev, _ = _topn_groups(_pack(q).reshape(self._groups, m, self._words),
+        idx, lev, _ = _topn_groups(_pack(q, "q").reshape(self._groups, m, self._words),
                                    self._bits, self._valid, n, self.d, top_n, causal)
         return (idx.reshape(*self.lead, m, top_n),
                 _scores(idx, lev, self.d).reshape(*self.lead, m, top_n))
@@ -113,13 +113,13 @@ class PackedKeyCache:
         top_n = check_top_n(top_n)
         sigma_q = check_positive(sigma_q, "sigma_q")
         m, n = q.shape[-2], self._n
-        out = _attend(_pack(q).reshape(self._groups, m, self._words), self._bits,
+        out = _attend(_pack(q, "q").reshape(self._groups, m, self._words), self._bits,
                       self._v, self._valid, n, self.d, top_n,
                       _two_scale(sigma_q, self.sigma_k, self.d), causal)
         return out.reshape(*self.lead, m, self.dv)
 
     def _check_q(self, q):
-        q = _as_float(q, "q")
+        q = _as_float(q, "q", finite=False)
         if q.shape[:-2] != self.lead or q.shape[-1] != self.d:
             raise HadrefError(f"q: expected shape {(*self.lead, 'm', self.d)}, got {q.shape}")
         return q

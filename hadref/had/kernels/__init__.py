@@ -5,7 +5,8 @@ code. The public, validated entry points are in :mod:`hadref.had.attention`; the
 their inputs (shapes, dtypes, contiguity are checked there).
 
 =================  ===========================================================================
-``pack``           ``pack_rows``: float (R, d) -> uint64 (R, ceil(d/64)), bit set iff x >= 0
+``pack``           ``pack_rows``: float (R, d) -> uint64 (R, ceil(d/64)), bit set iff x >= 0,
+                   and the NaN/inf check of the same rows (one read of q and k)
 ``finite``         ``count_nonfinite_rows``: the input check for NaN/inf, parallel
 ``popcount``       ``ctpop64`` (LLVM ``ctpop``: one POPCNT instruction), ``row_levels``
 ``select``         counting top-N over the d+1 popcount levels; float partial select
@@ -15,6 +16,8 @@ their inputs (shapes, dtypes, contiguity are checked there).
                    counting, block selection, register-held weighted sums of value rows
 ``tile``           the tile kernel: 32 query rows share every pass over the keys
                    (key-major levels, lockstep threshold search, V in L1-sized blocks)
+``rates``          calibration loops of ``hadref bench``: this core's XOR-popcount,
+                   counting and FMA rates, from which each fused stage's floor follows
 ``fused``          the drivers: ``attend_tiles`` and ``attend_rows`` (the fused kernels,
                    nothing of size n*N materialized), ``topn_packed`` and
                    ``attend_from_topn`` (the two stages apart, for the benchmark and

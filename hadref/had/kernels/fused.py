@@ -71,9 +71,10 @@ def attend_tiles(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale,
 
     Arrays as the module docstring; out: (G, m, dv) written when last_stage is 3 (1 or 2
     stop after the levels or the selection, see ``attend_tile``). Workspaces (C chunks):
-    lev_ws (C, n + 64, 32) uint16; q_ws (C, W, 32) uint64; limit_ws (C, 32) int32;
-    st_ws (C, 8, 32) int64; u16_ws (C, 4, 32) uint16; picks_ws (C, 32) uint64;
-    weight_ws (C, 32, d + 2) and acc_ws (C, 32, dv) of v's dtype; total_ws (C, 32) float64.
+    lev_ws (C, n + 64, 32) uint8 (d <= 254) or uint16; q_ws (C, W, 32) uint64;
+    limit_ws (C, 32) int32; st_ws (C, 8, 32) int64; u16_ws (C, 4, 32) uint16;
+    picks_ws (C, 32) uint64; weight_ws (C, 32, d + 2) and acc_ws (C, 32, dv) of v's dtype;
+    total_ws (C, 32) float64.
     """
     chunks = lev_ws.shape[0]
     decay = level_decay(two_scale, d)

@@ -5,7 +5,9 @@ survivor it walks a bit mask and gathers a 256-byte value row from L2, which is 
 its time. Here the 32 rows of a tile share every pass over the keys, key-major:
 
 1. levels: ``lev[j, r] = popcount(q_r XOR k_j)`` for all keys j, one 32-lane vector per
-   key (``simd.tile_levels*``), with each row's best (smallest) level;
+   key (``simd.tile_levels*``: the 64-bit popcounts of four groups of 8 rows interleaved
+   into 16-bit lanes by shifts and ORs, then 8-bit lanes for d <= 254), with each row's
+   best (smallest) level;
 2. threshold search: the same rule and search as ``select.counting_topn`` (check the
    guess, gallop away from it, bisect), all 32 rows in lockstep: one vectorized counting
    pass (``simd.count_at_most``) answers every row's probe at once;
@@ -19,7 +21,9 @@ Measured on the 2-core AVX2 machine (12 heads, seq 1024, N = 120, one thread, pa
 1.95x faster than the row kernel; the value sum is then ~5 ns per survivor, near the
 8 FMA cycles per 64-float row this core needs. A tile costs the same for 1 row as for
 32, so short queries (decoding) keep the row kernel (``hamming._TILE_MIN_ROWS``).
-Limits: levels and tie places are 16-bit lanes (d <= 32766, guaranteed by the caller).
+Limits: levels are 8-bit lanes for d <= 254 (half the traffic of the counting passes and
+half the workspace) and 16-bit lanes up to d = 32766 (guaranteed by the caller); tie
+places are lent a block (64) at a time, so any N fits.
 """
 
 import numpy as np
@@ -30,8 +34,6 @@ from hadref.had.kernels.softmax_av import finish, level_weights
 
 LANES = simd.LANES
 BLOCK = simd.BLOCK
-_PAD_LEVEL = 0x7FFF  # above every threshold: keys past the end are never taken
-_COUNT_SPAN = 65535  # keys per counting call (16-bit lane counts)
 
 # per-lane search state: rows of the int64 lane workspace
 _COUNT, _LO, _HI, _BELOW, _STEP, _MODE, _N_EFF, _TIES = range(8)
@@ -46,8 +48,9 @@ def _count(lev, stop, probe, count):
     """count[r] = #{j < stop : lev[j, r] <= probe[r]}."""
     for r in range(LANES):
         count[r] = 0
-    for start in range(0, stop, _COUNT_SPAN):
-        simd.count_at_most(lev, start, min(stop, start + _COUNT_SPAN), probe, count)
+    span = 255 if lev.itemsize == 1 else 65535  # keys per call: lane counts in lev's type
+    for start in range(0, stop, span):
+        simd.count_at_most(lev, start, min(stop, start + span), probe, count)
 
 
 @njit(cache=True, inline="always")
@@ -123,24 +126,25 @@ def _thresholds(lev, stop, d, guess, st, u16):
 
 
 @njit(cache=True, inline="always")
-def _block_sums(acc, r, v, start, picks, lev, weight):
-    """acc[r] += the weighted value rows of lane r's picks in one block; returns the
-    weights' sum. Columns in register-sized chunks: 256 bytes, then 32, then single."""
+def _block_sums(acc, r, v, start, bits, lev, weight, wide, narrow):
+    """acc[r] += the weighted value rows of lane r's picks ``bits`` in one block; returns
+    the weights' sum. Columns in register-sized chunks: ``wide`` (256 bytes), then
+    ``narrow`` (32 bytes) elements, then single. The two are computed once per tile: an
+    integer division by the item size in here was not always hoisted (measured 2-3x slower
+    value sums when it was not)."""
     dv = v.shape[1]
-    wide = 256 // v.itemsize
-    narrow = 32 // v.itemsize
     total = -1.0
     col = 0
     while col + wide <= dv:
-        s = simd.weighted_rows_sum_256(acc, r, col, v, start, picks, lev, weight)
+        s = simd.weighted_rows_sum_256(acc, r, col, v, start, bits, lev, weight)
         total = s if total < 0.0 else total
         col += wide
     while col + narrow <= dv:
-        s = simd.weighted_rows_sum_32(acc, r, col, v, start, picks, lev, weight)
+        s = simd.weighted_rows_sum_32(acc, r, col, v, start, bits, lev, weight)
         total = s if total < 0.0 else total
         col += narrow
     while col < dv:
-        s = simd.weighted_rows_sum_1(acc, r, col, v, start, picks, lev, weight)
+        s = simd.weighted_rows_sum_1(acc, r, col, v, start, bits, lev, weight)
         total = s if total < 0.0 else total
         col += 1
     return total
@@ -156,7 +160,7 @@ def attend_tile(q_bits, k_bits, v, valid, valid_before, i0, rows, m, n, d, top_n
     valid_before (>= n+1,) int32 prefix counts; decay: ``softmax_av.level_decay``; guess:
     a likely threshold level (the last tile's); last_stage: 3 (the attention), or 1 / 2 to
     stop after the levels / after the selection (for the benchmark's split; out is then
-    not written). Workspaces: lev (>= n+64, 32) uint16;
+    not written). Workspaces: lev (>= n + 64, 32) uint8 (d <= 254) or uint16;
     q_lanes (W, 32) uint64; limit (32,) int32; st (8, 32) int64; u16 (4, 32) uint16;
     picks (32,) uint64; weight (32, d+2) and acc (32, dv) of v's dtype; total (32,)
     float64. Returns the last selecting lane's threshold (the next tile's guess).
@@ -170,7 +174,7 @@ def attend_tile(q_bits, k_bits, v, valid, valid_before, i0, rows, m, n, d, top_n
             i = i0 + r
             lim = n if not causal else max(0, min(n, i + n - m + 1))
         for w in range(words):
-            q_lanes[w, r] = q_bits[i0 + r, w] if r < rows else np.uint64(0)
+            q_lanes[w, simd.lane_slot(r)] = q_bits[i0 + r, w] if r < rows else np.uint64(0)
         limit[r] = lim
         stop = max(stop, lim)
         st[_N_EFF, r] = min(top_n, valid_before[lim])
@@ -199,11 +203,14 @@ def attend_tile(q_bits, k_bits, v, valid, valid_before, i0, rows, m, n, d, top_n
         else:
             u16[_THRESHOLD, r] = 0  # nothing is below level 0 and no tie place is left
             st[_TIES, r] = 0
+    pad = d + 1  # above every threshold (at most d): keys past the end are never taken
     for j in range(stop, (stop + BLOCK - 1) // BLOCK * BLOCK):
         for r in range(LANES):
-            lev[j, r] = _PAD_LEVEL
+            lev[j, r] = pad
+    wide = 256 // v.itemsize
+    narrow = 32 // v.itemsize
     for start in range(0, stop, BLOCK):
-        # tie places in 16-bit lanes: hand out at most a block's worth, take back the rest
+        # tie places in small lanes: hand out at most a block's worth, take back the rest
         for r in range(LANES):
             lent = min(st[_TIES, r], BLOCK)
             st[_TIES, r] -= lent
@@ -215,7 +222,7 @@ def attend_tile(q_bits, k_bits, v, valid, valid_before, i0, rows, m, n, d, top_n
             continue
         for r in range(rows):
             if picks[r] != 0:
-                total[r] += _block_sums(acc, r, v, start, picks[r], lev, weight)
+                total[r] += _block_sums(acc, r, v, start, picks[r], lev, weight, wide, narrow)
     if last_stage == 2:
         return guess
     for r in range(rows):
