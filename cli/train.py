@@ -252,6 +252,20 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
 
 # --- evaluate -----------------------------------------------------------------------------
 
+def _int_list(text: str | None, option: str) -> list[int] | None:
+    """'4,8,16' -> [4, 8, 16] (None stays None)."""
+    if text is None:
+        return None
+    try:
+        values = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise HadrefError(f"{option}: expected comma-separated integers such as 4,8,16, "
+                          f"got {text!r}") from None
+    if not values:
+        raise HadrefError(f"{option}: expected at least one integer, got {text!r}")
+    return values
+
+
 @click.command()
 @click.argument("model_path", metavar="MODEL.h5", type=click.Path(dir_okay=False))
 @click.option("--task", required=True, help=_task_help())
@@ -260,28 +274,93 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
                    "model's position table if shorter).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Examples per forward pass.")
+@click.option("--top-n", "top_n", default=None,
+              help="Keys kept per query row, one or several (4,8,16,30,64: one table, the "
+                   "accuracy-against-N curve). Default: a student's own N; 30 with --binarize.")
+@click.option("--binarize", is_flag=True,
+              help="Float teacher: hard-binarize Q and K with sigma estimated on training "
+                   "data (HAD.md), no distillation (the paper's baseline), and score it with "
+                   "the packed kernels; the float metric is shown beside it.")
+@click.option("--sigma-batches", type=click.IntRange(min=1), default=100, show_default=True,
+              help="--binarize: minibatches for sigma estimation.")
+@click.option("--sigma-batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="--binarize: examples per sigma minibatch.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="--binarize: seed of the sigma minibatches.")
+@click.option("--split", type=click.Choice(["dev", "test"]), default="dev", show_default=True,
+              help="test: the GLUE test files (no labels): writes the submission (--submission).")
+@click.option("--predictions", type=click.Path(dir_okay=False), default=None,
+              help="Write FILE.tsv: index, label, prediction, class probabilities (STS-B: "
+                   "the score) per example; MNLI: FILE-matched.tsv and FILE-mismatched.tsv.")
+@click.option("--submission", type=click.Path(file_okay=False), default=None,
+              help="--split test: folder for the GLUE server's files (SST-2.tsv, MNLI-m.tsv "
+                   "and MNLI-mm.tsv, ...: index<TAB>prediction with GLUE's label names).")
+@click.option("--results", type=click.Path(dir_okay=False), default=None,
+              help="Write the results with their settings as JSON (default: beside the "
+                   "predictions or submission file, NAME.metrics.json).")
+@click.option("--any-task", is_flag=True,
+              help="Score the head on a task other than the one it was trained on (I know).")
 @click.option("--check", is_flag=True,
               help="HAD student: also run the training path and require the same prediction "
                    "for every example as the packed kernels.")
 @click.option("--json", "as_json", is_flag=True, help="Print {task, metrics, ...} as JSON.")
-@(lambda f: _data_options(f, train=False))
-def evaluate(model_path, task, max_len, batch_size, check, as_json, data_dir, skip_bad_rows,
-             dev_limit):
+@_data_options
+def evaluate(model_path, task, max_len, batch_size, top_n, binarize, sigma_batches,
+             sigma_batch_size, seed, split, predictions, submission, results, any_task, check,
+             as_json, data_dir, skip_bad_rows, train_limit, dev_limit):
     """The GLUE metric of MODEL.h5 on the task's dev set (MNLI: matched and mismatched).
 
-    A HAD student runs through the packed Numba kernels (XNOR-popcount, counting top-N).
+    A HAD student runs through the packed Numba kernels (XNOR-popcount, counting top-N),
+    at its own N or at each --top-n. --binarize scores a float teacher binarized without
+    distillation. --train-limit only limits the rows sigma is estimated from (--binarize);
+    --dev-limit also limits the test rows.
+
+    \b
+    Examples:
+      hadref evaluate student.h5 --task sst2 --top-n 4,8,16,30,64 --results topn.json
+      hadref evaluate teacher.h5 --task sst2 --binarize --top-n 4,8,16,30,64
+      hadref evaluate student.h5 --task sst2 --predictions dev-preds.tsv
+      hadref evaluate student.h5 --task sst2 --split test --submission glue-submission/
     """
     from hadref.train.jobs import run_evaluate
 
     result = run_evaluate(model_path, task, max_len=max_len, batch_size=batch_size, check=check,
-                          data=_data_source(data_dir, skip_bad_rows, dev_limit=dev_limit))
+                          data=_data_source(data_dir, skip_bad_rows, train_limit, dev_limit),
+                          top_n=_int_list(top_n, "--top-n"), binarize=binarize, split=split,
+                          predictions=predictions, submission=submission, results=results,
+                          any_task=any_task, sigma_batches=sigma_batches,
+                          sigma_batch_size=sigma_batch_size, seed=seed)
     if as_json:
         click.echo(json.dumps(result))
         return
-    kind = (f"HAD student (N = {result['top_n']}, packed kernels)" if result["had"]
-            else "float model")
-    click.echo(f"{model_path} [{kind}] {result['task']} dev: {_fmt(result['metrics'])} "
-               f"({sum(result['examples'].values())} examples, {result['wall_s']:.1f} s)")
+    if result["binarized"]:
+        kind = "float teacher hard-binarized, no distillation (packed kernels)"
+    elif result["had"]:
+        kind = "HAD student (packed kernels)"
+    else:
+        kind = "float model"
+    n_examples = sum(result["examples"].values())
+    if split == "test":
+        click.echo(f"{model_path} [{kind}, N = {result['top_n']}] {result['task']} test: "
+                   f"{n_examples} examples predicted ({result['wall_s']:.1f} s)")
+    elif len(result["top_ns"]) > 1:
+        click.echo(f"{model_path} [{kind}] {result['task']} dev ({n_examples} examples, "
+                   f"{result['wall_s']:.1f} s):")
+        names = list(next(iter(result["by_top_n"].values())))
+        click.echo("  " + "N".rjust(5) + "".join(n.rjust(24) for n in names))
+        for n, values in result["by_top_n"].items():
+            click.echo("  " + n.rjust(5) + "".join(f"{100 * values[k]:24.2f}" for k in names))
+    else:
+        n_text = f", N = {result['top_n']}" if result["top_n"] else ""
+        click.echo(f"{model_path} [{kind}{n_text}] {result['task']} dev: {_fmt(result['metrics'])} "
+                   f"({n_examples} examples, {result['wall_s']:.1f} s)")
+    if result["reference"]:
+        click.echo(f"teacher (float{', from the provenance' if result['had'] else ''}): "
+                   f"{_fmt(result['reference'])}")
     for name, c in result.get("check", {}).items():
         click.echo(f"check {name}: packed kernels and training path agree on every prediction "
                    f"(max logit difference {c['max_logit_diff']:.3g})")
+    for path in result["files"]:
+        click.echo(f"wrote {path}")
+    if result.get("results_file"):
+        click.echo(f"wrote {result['results_file']}")

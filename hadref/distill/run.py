@@ -23,6 +23,7 @@ from hadref.train.jobs import (
     interrupted,
     load_model_file,
     task_data,
+    write_run_results,
 )
 
 
@@ -71,7 +72,10 @@ def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
     if resume and not (files.checkpoint.is_file() or (
             headless and (ft_files.checkpoint.is_file() or ft_files.out.is_file()))):
         raise HadrefError(f"no checkpoint to resume from at {files.checkpoint} (--resume)")
-    train, dev = task_data(t, teacher, settings.max_len, data)
+    from hadref.train import provenance
+
+    record = []
+    train, dev = task_data(t, teacher, settings.max_len, data, record=record)
     t0 = time.monotonic()
     teacher_file = Path(teacher_path)
     if headless:
@@ -88,14 +92,20 @@ def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
             ft.check()
             say(f"{teacher_path} has no head for {t.name}: fine-tuning a teacher first "
                 f"(as `hadref finetune` would), saved to {teacher_file}")
+            ft_prov = provenance.build("finetune", t, record, {"seed": ft.seed}, ft.to_dict())
+            ft_prov["base"] = {"file": str(teacher_path), "sha256": file_sha256(teacher_path)}
             ft_metrics = finetune_files(teacher, t, train, dev, ft, ft_files,
                                         checkpoint_every=checkpoint_every,
                                         resume=resume and ft_files.checkpoint.is_file(),
-                                        progress=progress)
+                                        progress=progress, provenance=ft_prov)
             say(f"teacher {teacher_file}: dev " + ", ".join(
                 f"{k} {100 * v:.2f}" for k, v in ft_metrics.items()))
         teacher = load_model_file(teacher_file, "teacher")  # exactly what the file holds
+    if provenance.head_task(teacher) not in (None, t.name):
+        raise HadrefError(f"{teacher_file}: its head was trained on {provenance.head_task(teacher)}, "
+                          f"not {t.name}: distill a teacher of {t.name}")
     teacher_metrics, _ = evaluate(teacher, dev[0], t)
+    teacher_sha256 = file_sha256(teacher_file)
     resume_distill = resume and files.checkpoint.is_file()
     log_file = JsonLog(files.log, append=resume_distill)
     try:
@@ -105,14 +115,22 @@ def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
             teacher, train, dev[0], t, settings, checkpoint_path=files.checkpoint,
             checkpoint_every=checkpoint_every, resume=resume_distill, log=log_file,
             progress=Progress(total=0, enabled=progress, label="distill "),
-            teacher_sha256=file_sha256(teacher_file))
+            teacher_sha256=teacher_sha256)
     except KeyboardInterrupt:
         raise interrupted(files.checkpoint) from None
     finally:
         log_file.close()
+    student.provenance = provenance.build(
+        "distill", t, record, {"seed": settings.seed}, settings.to_dict(),
+        teacher={"file": str(teacher_file), "sha256": teacher_sha256, "metrics": teacher_metrics,
+                 "provenance": teacher.provenance})
     save(student, files.out)
     files.checkpoint.unlink(missing_ok=True)  # the run is complete: its file replaces it
     metrics = stage_metrics.get(str(student.had["stage"])) or evaluate(student, dev[0], t)[0]
+    write_run_results(files.out, {"job": "distill", "task": t.name, "metrics": metrics,
+                                  "teacher_metrics": teacher_metrics,
+                                  "stage_metrics": stage_metrics, "top_n": settings.effective_top_n,
+                                  "settings": settings.to_dict(), "provenance": student.provenance})
     return {"task": t.name, "teacher": str(teacher_file), "student": str(files.out),
             "teacher_metrics": teacher_metrics, "metrics": metrics,
             "stage_metrics": stage_metrics, "top_n": settings.effective_top_n,

@@ -8,6 +8,8 @@ Layout (format_version 1; weights/README.md has the full description)::
     /tokenizer.json        uint8 bytes of the Hugging Face tokenizer.json (optional)
     /had                   HAD student only: datasets sigma_q (L,), sigma_k (L,);
                            attrs top_n, ste_t, stage, settings (JSON), teacher_sha256
+    / attr provenance      JSON: task, labels, data files, code, command, seeds (optional;
+                           hadref.train.provenance)
 
 A file is self-contained. Writing goes through a temporary file in the same folder and
 ``os.replace``, so a failed save or convert never leaves a half-written file.
@@ -49,9 +51,13 @@ def save(model: BertModel, path, had: dict | None = None) -> Path:
         had = _checked_had(had, model.config.num_hidden_layers, "had")
     check_params(model.params, model.config)
 
+    provenance = getattr(model, "provenance", None)
+
     def write(f):
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["config"] = json.dumps(model.config.to_dict(), sort_keys=True)
+        if provenance is not None:
+            f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
         group = f.create_group("params")
         for name in sorted(model.params):
             group.create_dataset(name, data=np.asarray(model.params[name], dtype=np.float32),
@@ -102,7 +108,9 @@ def load(path, dtype=np.float32) -> BertModel:
                 raise HadrefError(f"{path}: dataset tokenizer.json is not UTF-8 bytes") from None
             tokenizer = Tokenizer(text, where=f"{path}: dataset tokenizer.json")
         had = _read_had(f, path, config.num_hidden_layers) if "had" in f else None
+        provenance = _read_provenance(f, path)
     model = BertModel(config, params, tokenizer)
+    model.provenance = provenance
     if had is not None:
         model.had = had
         model.attention_core = _had_inference_core(had, path)
@@ -113,7 +121,8 @@ def describe(path) -> dict:
     """What a model file holds, without building the model (for ``hadref info``).
 
     Returns {"path", "format_version", "config" (dict), "parameters" (count), "head"
-    (num_labels or None), "pooler" (bool), "tokenizer" (bool), "had" (dict or None)}.
+    (num_labels or None), "pooler" (bool), "tokenizer" (bool), "had" (dict or None),
+    "provenance" (dict, None for files written before provenance)}.
     """
     path = Path(path)
     with _open_h5(path) as f:
@@ -125,7 +134,8 @@ def describe(path) -> dict:
         return {"path": str(path), "format_version": int(f.attrs["format_version"]),
                 "config": config.to_dict(), "parameters": count, "head": config.num_labels,
                 "pooler": "pooler.dense.weight" in f["params"],
-                "tokenizer": "tokenizer.json" in f, "had": had}
+                "tokenizer": "tokenizer.json" in f, "had": had,
+                "provenance": _read_provenance(f, path)}
 
 
 def _open_h5(path: Path):
@@ -201,6 +211,19 @@ def _read_had(f, path, num_layers) -> dict:
         except json.JSONDecodeError:
             raise HadrefError(f"{path}: attribute had/settings is not valid JSON") from None
     return _checked_had(had, num_layers, f"{path}: group had")
+
+
+def _read_provenance(f, path) -> dict | None:
+    """The root attribute ``provenance`` (JSON object) or None when the file has none."""
+    if "provenance" not in f.attrs:
+        return None
+    try:
+        value = json.loads(f.attrs["provenance"])
+    except (json.JSONDecodeError, TypeError):
+        raise HadrefError(f"{path}: attribute provenance is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise HadrefError(f"{path}: attribute provenance must be a JSON object")
+    return value
 
 
 def _had_inference_core(had: dict, path):
