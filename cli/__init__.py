@@ -23,6 +23,8 @@ _COMMANDS = {
     "evaluate": "train:evaluate",
     "glue": "glue:glue",
     "hw": "hw:hw",
+    "export": "export:export",
+    "plot": "plot:plot",
 }
 
 
@@ -54,6 +56,7 @@ def main():
     """hadref: Hamming Attention Distillation in NumPy and Numba.
 
     Convert real BERT weights to our HDF5 file, fine-tune a teacher, distill it into a
-    HAD student, evaluate it, time the packed kernels, or model the CAM accelerator.
+    HAD student, evaluate it (at any N), plot or export it, time the packed kernels, or
+    model the CAM accelerator.
     `hadref COMMAND --help` says how to use each command.
     """

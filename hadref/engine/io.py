@@ -277,6 +277,7 @@ def read_pretrained(src, num_heads: int | None = None) -> BertModel:
     tensors = _read_safetensors(weights)
     params, _dropped = _state_dict_to_params(tensors, weights)
     config_path = folder / "config.json"
+    data = {}
     if config_path.exists():
         try:
             data = json.loads(config_path.read_text())
@@ -302,7 +303,22 @@ def read_pretrained(src, num_heads: int | None = None) -> BertModel:
         if tok_config.exists():
             lowercase = bool(json.loads(tok_config.read_text()).get("do_lower_case", True))
         tokenizer = Tokenizer.from_vocab(folder / "vocab.txt", lowercase=lowercase)
-    return BertModel(config, params, tokenizer)
+    model = BertModel(config, params, tokenizer)
+    _restore_export_keys(model, data, config_path)
+    return model
+
+
+def _restore_export_keys(model: BertModel, data: dict, where) -> None:
+    """A folder written by ``hadref export``: its ``had`` key makes the model a HAD student
+    again and ``hadref_provenance`` restores the provenance (hadref.engine.export)."""
+    from hadref.engine.export import HAD_KEY, PROVENANCE_KEY
+
+    if isinstance(data.get(HAD_KEY), dict):
+        had = {k: v for k, v in data[HAD_KEY].items() if k != "binarization"}
+        model.had = _checked_had(had, model.config.num_hidden_layers, f"{where}: key {HAD_KEY}")
+        model.attention_core = _had_inference_core(model.had, where)
+    if isinstance(data.get(PROVENANCE_KEY), dict):
+        model.provenance = data[PROVENANCE_KEY]
 
 
 def _locate(src) -> tuple[Path, Path]:

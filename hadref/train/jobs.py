@@ -248,6 +248,7 @@ def run_evaluate(model_path, task, *, max_len: int | None = None, batch_size: in
     max_len default: a student's training length, else 128 (or the model's position table
     if shorter). Returns ``{"task", "model", "split", "max_len", "had", "binarized",
     "top_n" (the student's or the one N scored; None for a float model), "top_ns",
+    "student_top_n" (the N a student was trained at),
     "metrics" (at top_n; {} on test), "by_top_n" ({str(N): metrics}), "reference" (float
     teacher metrics: --binarize, or a student's teacher from its provenance; else None),
     "examples", "files", "settings", "provenance", "wall_s"}`` plus ``"check"`` and, with
@@ -286,7 +287,9 @@ def run_evaluate(model_path, task, *, max_len: int | None = None, batch_size: in
         main_n = int(model.had["top_n"])   # "metrics": the student at its own N
     result = {"task": t.name, "model": str(model_path), "split": split, "max_len": max_len,
               "had": model.had is not None, "binarized": bool(binarize),
-              "top_n": main_n, "top_ns": top_ns, "metrics": {},
+              "top_n": main_n, "top_ns": top_ns,
+              "student_top_n": int(model.had["top_n"]) if model.had is not None else None,
+              "metrics": {},
               "by_top_n": {}, "reference": None, "examples": {}, "files": []}
     sigma_q = sigma_k = None
     if model.had is not None:
