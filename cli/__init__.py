@@ -42,6 +42,11 @@ class _LazyGroup(click.Group):
         module, attr = target.split(":")
         return getattr(importlib.import_module(f"hadref.cli.{module}"), attr)
 
+    def parse_args(self, ctx, args):
+        # the command line as typed, for the provenance of the files a command writes
+        ctx.meta["hadref.command"] = ["hadref", *args]
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)

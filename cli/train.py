@@ -9,6 +9,7 @@ prints their results.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import click
@@ -17,6 +18,7 @@ from hadref.distill.settings import SCHEDULES, describe_schedule
 from hadref.errors import HadrefError
 from hadref.train.finetune import FinetuneSettings
 from hadref.train.memory import keep_freed_memory
+from hadref.train.seeds import parse_seeds
 
 # --- shared pieces ------------------------------------------------------------------------
 
@@ -55,6 +57,31 @@ def _run_options(f):
 
 def _fmt(metrics_: dict) -> str:
     return ", ".join(f"{k} {100 * v:.2f}" for k, v in metrics_.items())
+
+
+def _several_seeds(run, seeds, out, resume, log_path, ckpt_path) -> dict:
+    """One run per seed (hadref.train.seeds); explicit --log / --checkpoint would be shared."""
+    from hadref.train.jobs import RunFiles
+    from hadref.train.seeds import run_seeds
+
+    if log_path or ckpt_path:
+        raise HadrefError("--log and --checkpoint name one run's files: leave them out with "
+                          "several --seed values (each seed gets OUT-seedS.log.jsonl, ...)")
+    return run_seeds(run, seeds, out, resume=resume,
+                     checkpoint_of=lambda path: RunFiles.beside(path).checkpoint,
+                     notify=lambda message: click.echo(message, err=True))
+
+
+def _print_seeds(summary: dict, as_json: bool) -> None:
+    from hadref.train.seeds import format_summary
+
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    for r in summary["runs"]:
+        click.echo(f"seed {r['seed']}: {r['out']}: dev {_fmt(r['metrics'])}")
+    click.echo(f"dev over seeds: {format_summary(summary)}")
+    click.echo(f"wrote {summary['summary_file']}")
 
 
 def _task_help() -> str:
@@ -100,7 +127,9 @@ def _finetune_options(f, prefix=""):
               help="Tokens per example, special tokens included (the paper used 256).")
 @_finetune_options
 @click.option("--no-dropout", is_flag=True, help="Train without dropout.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Data order, head init, dropout.")
+@click.option("--seed", default="0", show_default=True,
+              help="Data order, head init, dropout; several (0,1,2): one run per seed, "
+                   "OUT-seedS.h5 each, mean +- std in OUT-seeds.json.")
 @click.option("--eval-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also log dev metrics every this many steps (0: at the end only); the "
                    "last step's model is always the one saved.")
@@ -122,14 +151,27 @@ def finetune(model_path, task, out, max_len, epochs, steps, lr, batch_size, weig
     from hadref.train.jobs import run_finetune
 
     keep_freed_memory()   # a training process: reuse freed arrays (see hadref.train.memory)
+    seeds = parse_seeds(seed)
     settings = FinetuneSettings(epochs=epochs, steps=steps, lr=lr, batch_size=batch_size,
                                 max_len=max_len, weight_decay=weight_decay,
                                 warmup_ratio=warmup_ratio, clip=clip, dropout=not no_dropout,
-                                seed=seed)
-    result = run_finetune(model_path, task, settings, out,
-                          data=_data_source(data_dir, skip_bad_rows, train_limit, dev_limit),
-                          log=log_path, checkpoint=ckpt_path, checkpoint_every=checkpoint_every,
-                          resume=resume, progress=not quiet, eval_every=eval_every)
+                                seed=seeds[0])
+    data = _data_source(data_dir, skip_bad_rows, train_limit, dev_limit)
+
+    def run(s, path, again):
+        return run_finetune(model_path, task, dataclasses.replace(settings, seed=s), path,
+                            data=data, log=log_path, checkpoint=ckpt_path,
+                            checkpoint_every=checkpoint_every, resume=again,
+                            progress=not quiet, eval_every=eval_every)
+
+    if len(seeds) > 1:
+        from hadref.data import get_task
+        from hadref.train.jobs import default_out
+
+        _print_seeds(_several_seeds(run, seeds, out or default_out(model_path, get_task(task).name),
+                                    resume, log_path, ckpt_path), as_json)
+        return
+    result = run(seeds[0], out, resume)
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -197,7 +239,9 @@ def _stage_list(text: str, option: str) -> list[int]:
 @click.option("--max-len", type=click.IntRange(min=8), default=None,
               help="Tokens per example (schedule's value).")
 @click.option("--no-dropout", is_flag=True, help="Train the student without dropout.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Data order, sigma batches, dropout.")
+@click.option("--seed", default="0", show_default=True,
+              help="Data order, sigma batches, dropout; several (0,1,2): one run per seed, "
+                   "OUT-seedS.h5 each, mean +- std in OUT-seeds.json.")
 @click.option("--no-finetune", is_flag=True,
               help="Fail if the teacher has no head for the task instead of fine-tuning one.")
 @(lambda f: _finetune_options(f, "ft-"))
@@ -226,6 +270,7 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
     from hadref.distill.settings import DistillSettings
 
     keep_freed_memory()   # a training process: reuse freed arrays (see hadref.train.memory)
+    seeds = parse_seeds(seed)
     settings = DistillSettings.from_schedule(
         schedule, gamma=gamma, c_start=c_start, c_mid=c_mid, c_end=c_end,
         stage3_steps=stage3_steps, stage4_steps=stage4_steps, batch_size=batch_size, lr=lr,
@@ -233,15 +278,25 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
         top_n_ratio=top_n_ratio, temperature=temperature, attn_loss=not no_attn_loss,
         attn_loss_stages=_stage_list(attn_loss_stages, "--attn-loss-stages"),
         tanh=not no_tanh, sigma_batches=sigma_batches, sigma_batch_size=sigma_batch_size,
-        max_len=max_len, dropout=not no_dropout, seed=seed)
+        max_len=max_len, dropout=not no_dropout, seed=seeds[0])
     ft = FinetuneSettings(epochs=ft_epochs, steps=ft_steps, lr=ft_lr, batch_size=ft_batch_size,
                           weight_decay=ft_weight_decay, warmup_ratio=ft_warmup_ratio, clip=ft_clip)
-    result = run_distill(teacher_path, task, settings, out, finetune=ft,
-                         allow_finetune=not no_finetune,
-                         data=_data_source(data_dir, skip_bad_rows, train_limit, dev_limit),
-                         log=log_path, checkpoint=ckpt_path, checkpoint_every=checkpoint_every,
-                         resume=resume, progress=not quiet,
-                         notify=lambda message: click.echo(message, err=True))
+    data = _data_source(data_dir, skip_bad_rows, train_limit, dev_limit)
+
+    def run(s, path, again):
+        return run_distill(teacher_path, task, dataclasses.replace(settings, seed=s), path,
+                           finetune=ft, allow_finetune=not no_finetune, data=data, log=log_path,
+                           checkpoint=ckpt_path, checkpoint_every=checkpoint_every,
+                           resume=again, progress=not quiet,
+                           notify=lambda message: click.echo(message, err=True))
+
+    if len(seeds) > 1:
+        from hadref.train.jobs import default_out
+
+        _print_seeds(_several_seeds(run, seeds, out or default_out(teacher_path, "had"), resume,
+                                    log_path, ckpt_path), as_json)
+        return
+    result = run(seeds[0], out, resume)
     if as_json:
         click.echo(json.dumps(result))
     else:

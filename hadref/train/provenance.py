@@ -53,7 +53,16 @@ def code_version() -> dict:
 
 
 def command_line() -> str:
-    """The command that runs now, as a shell line (``hadref ...`` for the CLI)."""
+    """The command that runs now, as a shell line: ``hadref ...`` as typed under the CLI
+    (recorded by hadref.cli), else the Python process's own ``sys.argv``."""
+    try:
+        import click
+
+        ctx = click.get_current_context(silent=True)
+    except ImportError:  # pragma: no cover - click is a dependency
+        ctx = None
+    if ctx is not None and ctx.meta.get("hadref.command"):
+        return shlex.join(ctx.meta["hadref.command"])
     argv = list(sys.argv) or ["python"]
     argv[0] = Path(argv[0]).name
     return shlex.join(argv)
