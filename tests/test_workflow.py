@@ -231,7 +231,8 @@ def test_glue_test_submission_sst2_and_mnli(models, glue_slice, encoder_file, tm
         ["\t".join(head + ["label1", "gold_label"])] + rows(24, lambda i: [labels[i % 3]] * 2)) + "\n")
     dev_head = "\t".join(head + [f"label{i}" for i in range(1, 6)] + ["gold_label"])
     for name in ("dev_matched.tsv", "dev_mismatched.tsv"):
-        (data / "MNLI" / name).write_text("\n".join([dev_head] + rows(5, lambda i: [labels[i % 3]] * 6)) + "\n")
+        dev_rows = rows(5, lambda i: [labels[i % 3]] * 6)
+        (data / "MNLI" / name).write_text("\n".join([dev_head] + dev_rows) + "\n")
     for name, n in (("test_matched.tsv", 7), ("test_mismatched.tsv", 4)):
         (data / "MNLI" / name).write_text("\n".join(["\t".join(head)] + rows(n, lambda i: [])) + "\n")
     mnli = tmp_path / "mnli.h5"
