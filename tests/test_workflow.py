@@ -325,3 +325,19 @@ def test_several_seeds_and_their_summary(glue_slice, encoder_file, tmp_path):
     _error(_run(*args, "--seed", "0,0"), "--seed: expected distinct integers")
     _error(_run(*args, "--seed", "0,1", "--log", tmp_path / "l.jsonl"),
            "--log and --checkpoint name one run's files")
+
+
+def test_export_names_the_labels_of_a_file_without_provenance(models, tmp_path):
+    teacher, _ = models
+    model = hadref.load(teacher)
+    model.provenance = None          # as a file from before provenance
+    old = hadref.save(model, tmp_path / "old.h5")
+    _ok(_run("export", old, "-o", tmp_path / "a"))
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert cfg["id2label"] == {"0": "LABEL_0", "1": "LABEL_1"} and "finetuning_task" not in cfg
+    _ok(_run("export", old, "-o", tmp_path / "b", "--task", "sst2"))
+    cfg = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert cfg["id2label"] == {"0": "0", "1": "1"} and cfg["finetuning_task"] == "sst2"
+    _error(_run("export", old, "-o", tmp_path / "c", "--task", "mnli"), "needs a 3-output head")
+    _error(_run("export", teacher, "-o", tmp_path / "d", "--task", "rte"),
+           "the file's head was trained on sst2")

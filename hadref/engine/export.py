@@ -46,11 +46,23 @@ BINARIZATION = ("per layer l: Q_b = sign(Q_c / sigma_q[l]), K_b = sign(K_c / sig
                 "(float); everything else unchanged")
 
 
-def hf_config(model) -> dict:
-    """The ``config.json`` dict of ``model`` (see the module docstring)."""
+def hf_config(model, task=None) -> dict:
+    """The ``config.json`` dict of ``model`` (see the module docstring). ``task`` (a GLUE
+    task name) names the labels of a file without provenance; it must agree with one
+    that has it."""
     cfg = model.config.to_dict()
     num_labels = cfg.pop("num_labels")
     prov = getattr(model, "provenance", None) or {}
+    if task is not None:
+        from hadref.data import get_task
+
+        t = get_task(task)
+        if prov.get("task") not in (None, t.name):
+            raise HadrefError(f"--task {t.name}: the file's head was trained on {prov['task']}")
+        if num_labels != t.num_labels:
+            raise HadrefError(f"--task {t.name} needs a {t.num_labels}-output head, the file "
+                              f"has {num_labels or 'none'}")
+        prov = {**prov, "task": t.name, "labels": None if t.labels is None else list(t.labels)}
     out = {"architectures": ["BertForSequenceClassification" if num_labels else "BertModel"],
            "model_type": "bert", "position_embedding_type": "absolute", **cfg}
     if num_labels:
@@ -72,8 +84,8 @@ def hf_config(model) -> dict:
                         "top_n": int(had["top_n"]), "ste_t": float(had["ste_t"]),
                         "stage": str(had["stage"]), "teacher_sha256": had["teacher_sha256"],
                         "settings": had["settings"], "binarization": BINARIZATION}
-    if prov:
-        out[PROVENANCE_KEY] = prov
+    if getattr(model, "provenance", None):
+        out[PROVENANCE_KEY] = model.provenance
     return out
 
 
@@ -89,8 +101,9 @@ def hf_tensors(model) -> dict:
     return tensors
 
 
-def export(path, out_dir) -> Path:
-    """Write the model file ``path`` as a Hugging Face folder ``out_dir``; returns it."""
+def export(path, out_dir, task=None) -> Path:
+    """Write the model file ``path`` as a Hugging Face folder ``out_dir``; returns it.
+    ``task``: the GLUE task of a head whose file has no provenance (for its label names)."""
     from safetensors.numpy import save_file
 
     from hadref.engine.io import load
@@ -100,10 +113,11 @@ def export(path, out_dir) -> Path:
         raise HadrefError(f"-o {out_dir}: exists and is not an empty folder (export never "
                           "overwrites; choose a new folder)")
     model = load(path)
+    config = hf_config(model, task)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        (tmp / "config.json").write_text(json.dumps(hf_config(model), indent=2, sort_keys=True)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True)
                                          + "\n", encoding="utf-8")
         save_file(hf_tensors(model), str(tmp / "model.safetensors"), metadata={"format": "np"})
         if model.tokenizer is not None:
