@@ -325,8 +325,9 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
 @click.argument("model_path", metavar="MODEL.h5", type=click.Path(dir_okay=False))
 @click.option("--task", required=True, help=_task_help())
 @click.option("--max-len", type=click.IntRange(min=8), default=None,
-              help="Tokens per example (default: a student's training length, else 128 or the "
-                   "model's position table if shorter).")
+              help="Tokens per example (default: the length the file was trained at, from "
+                   "its HAD settings or provenance, else 128 or the model's position table "
+                   "if shorter).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Examples per forward pass.")
 @click.option("--top-n", "top_n", default=None,

@@ -131,13 +131,14 @@ def test_evaluate_at_several_n_binarized_teacher_and_plot(models, glue_slice, tm
 
     bin_res = tmp_path / "bin.json"
     r = _ok(_run("evaluate", teacher, "--task", "sst2", "--data", glue_slice, "--binarize",
-                 "--top-n", "2,6", "--sigma-batches", "2", "--max-len", "24",
-                 "--results", bin_res))
+                 "--top-n", "2,6", "--sigma-batches", "2", "--results", bin_res))
     assert "hard-binarized, no distillation" in r.output and "teacher (float)" in r.output
     b = json.loads(bin_res.read_text())
     assert b["binarized"] and list(b["by_top_n"]) == ["2", "6"] and len(b["sigma_q"]) == 2
+    assert b["max_len"] == 24    # the teacher's training length, from its provenance
     float_eval = json.loads(_ok(_run("evaluate", teacher, "--task", "sst2", "--data", glue_slice,
-                                     "--max-len", "24", "--json")).output)
+                                     "--json")).output)
+    assert float_eval["max_len"] == 24
     assert b["reference"] == float_eval["metrics"]
     # the binarized teacher at the student's N with the student's sigma estimate settings is
     # the distillation run's stage-0 number

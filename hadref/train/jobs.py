@@ -245,8 +245,9 @@ def run_evaluate(model_path, task, *, max_len: int | None = None, batch_size: in
     ``any_task``; a head of the wrong size is always an error. ``results`` (default: beside
     the predictions or submission file when one is written) gets the returned dict as JSON.
 
-    max_len default: a student's training length, else 128 (or the model's position table
-    if shorter). Returns ``{"task", "model", "split", "max_len", "had", "binarized",
+    max_len default: the training length of a student or of a teacher with provenance, else
+    128 (or the model's position table if shorter). Returns ``{"task", "model", "split",
+    "max_len", "had", "binarized",
     "top_n" (the student's or the one N scored; None for a float model), "top_ns",
     "student_top_n" (the N a student was trained at),
     "metrics" (at top_n; {} on test), "by_top_n" ({str(N): metrics}), "reference" (float
@@ -278,9 +279,11 @@ def run_evaluate(model_path, task, *, max_len: int | None = None, batch_size: in
         raise HadrefError("--predictions and --split test score one N: give one --top-n value")
     if split == "test" and submission is None:
         raise HadrefError("--split test writes GLUE's submission files: give --submission DIR")
-    if max_len is None:
+    if max_len is None:   # the length the file was trained at, when it says so
         default = min(128, model.config.max_position_embeddings)
-        max_len = int((model.had or {}).get("settings", {}).get("max_len", default))
+        trained = ((model.had or {}).get("settings", {}).get("max_len")
+                   or ((model.provenance or {}).get("settings") or {}).get("max_len"))
+        max_len = int(trained or default)
     t_start = time.monotonic()
     main_n = top_ns[0] if top_ns else None
     if model.had is not None and int(model.had["top_n"]) in top_ns:
