@@ -51,8 +51,24 @@ class _LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except HadrefError as err:
-            click.echo(f"hadref: error: {err}", err=True)
+            from hadref.train.parallel import abort_if_parallel, rank_note
+
+            click.echo(f"hadref: error{rank_note()}: {err}", err=True)
+            abort_if_parallel(2)   # under mpiexec: stop every rank, none waits forever
             sys.exit(2)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort,
+                SystemExit):
+            raise
+        except BaseException:
+            # a bug on one MPI rank: show it, then stop every rank (the others would wait)
+            from hadref.train.parallel import abort_if_parallel
+
+            if "mpi4py.MPI" in sys.modules:
+                import traceback
+
+                traceback.print_exc()
+            abort_if_parallel(1)
+            raise
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

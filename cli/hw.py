@@ -187,7 +187,8 @@ def hw(ctx, as_json, breakdown, vs_paper, **options):
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="save a log-log plot: prefill and decode energy per token side by side, "
                    "and area (needs matplotlib: the 'plot' extra).")
-def sweep(seqs, top_n_mode, as_json, plot_path, **options):
+@click.option("--overwrite", is_flag=True, help="replace an existing --plot file.")
+def sweep(seqs, top_n_mode, as_json, plot_path, overwrite, **options):
     """How each block scales with context length, and where HAD's advantage ends.
 
     Energy per query, decode energy per token (with the key/value write and leakage) and
@@ -200,6 +201,10 @@ def sweep(seqs, top_n_mode, as_json, plot_path, **options):
     from hadref.hw.report import sweep as run_sweep
 
     seq_list = parse_int_list(seqs, "--seq")
+    if plot_path:
+        from hadref.files import claim_outputs
+
+        claim_outputs({"--plot": plot_path}, overwrite=overwrite)
     if options.get("model_path") is not None:
         if top_n_mode is not None:
             raise HadrefError("--top-n-mode: not with --model (N follows the file, or "

@@ -14,6 +14,7 @@ import json
 
 import click
 
+from hadref.cli._common import FINITE, SEED, Finite
 from hadref.distill.settings import SCHEDULES, describe_schedule
 from hadref.errors import HadrefError
 from hadref.train.finetune import FinetuneSettings
@@ -46,17 +47,47 @@ def _run_options(f):
                      help="JSON-lines log of every step and evaluation (default: OUT.log.jsonl).")(f)
     f = click.option("--checkpoint", "ckpt_path", type=click.Path(dir_okay=False), default=None,
                      help="Checkpoint file (default: OUT.ckpt.h5).")(f)
-    f = click.option("--checkpoint-every", type=click.FloatRange(min=0), default=300.0,
+    f = click.option("--checkpoint-every", type=Finite(min=0), default=300.0,
                      show_default=True, help="Seconds between checkpoints (also at stage ends).")(f)
     f = click.option("--resume", is_flag=True,
                      help="Continue from the checkpoint (same settings and seed).")(f)
-    f = click.option("--quiet", is_flag=True, help="No progress display.")(f)
+    f = click.option("--overwrite", is_flag=True,
+                     help="Replace an existing output, log or checkpoint (refused otherwise).")(f)
+    f = click.option("--quiet", is_flag=True,
+                     help="No progress display (off a terminal it is one line a minute).")(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")(f)
     return f
 
 
+def _is_root() -> bool:
+    """Whether this process prints results: always, except the MPI ranks other than 0."""
+    from hadref.train.parallel import current_ranks
+
+    return current_ranks().is_root
+
+
 def _fmt(metrics_: dict) -> str:
-    return ", ".join(f"{k} {100 * v:.2f}" for k, v in metrics_.items())
+    from hadref.train.metrics import format_metrics
+
+    return format_metrics(metrics_)
+
+
+class _Seeds(click.ParamType):
+    """One seed or several, comma-separated (each as the SEED type checks it)."""
+
+    name = "seed[,seed...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        seeds = [SEED.convert(part.strip(), param, ctx) for part in str(value).split(",")
+                 if part.strip()]
+        if not seeds or len(set(seeds)) != len(seeds):
+            self.fail(f"expected distinct integers such as 0,1,2, got {value!r}", param, ctx)
+        return seeds
+
+
+SEEDS = _Seeds()
 
 
 def _several_seeds(run, seeds, out, resume, log_path, ckpt_path) -> dict:
@@ -95,22 +126,22 @@ def _finetune_options(f, prefix=""):
     S = FinetuneSettings
     p = prefix
     opts = [
-        click.option(f"--{p}epochs", f"{p.replace('-', '_')}epochs", type=float, default=S.epochs,
+        click.option(f"--{p}epochs", f"{p.replace('-', '_')}epochs", type=FINITE, default=S.epochs,
                      show_default=True, help="Passes over the training set."),
         click.option(f"--{p}steps", f"{p.replace('-', '_')}steps", type=click.IntRange(min=1),
                      default=None, help="Training steps (overrides the epochs)."),
-        click.option(f"--{p}lr", f"{p.replace('-', '_')}lr", type=float, default=S.lr,
+        click.option(f"--{p}lr", f"{p.replace('-', '_')}lr", type=FINITE, default=S.lr,
                      show_default=True, help="AdamW peak learning rate (linear decay to 0)."),
         click.option(f"--{p}batch-size", f"{p.replace('-', '_')}batch_size",
                      type=click.IntRange(min=1), default=S.batch_size, show_default=True,
                      help="Examples per step."),
-        click.option(f"--{p}weight-decay", f"{p.replace('-', '_')}weight_decay", type=float,
+        click.option(f"--{p}weight-decay", f"{p.replace('-', '_')}weight_decay", type=FINITE,
                      default=S.weight_decay, show_default=True,
                      help="Decoupled weight decay (not on biases and LayerNorm)."),
-        click.option(f"--{p}warmup-ratio", f"{p.replace('-', '_')}warmup_ratio", type=float,
+        click.option(f"--{p}warmup-ratio", f"{p.replace('-', '_')}warmup_ratio", type=FINITE,
                      default=S.warmup_ratio, show_default=True,
                      help="Fraction of the steps with a linear warm-up."),
-        click.option(f"--{p}clip", f"{p.replace('-', '_')}clip", type=float, default=S.clip,
+        click.option(f"--{p}clip", f"{p.replace('-', '_')}clip", type=FINITE, default=S.clip,
                      show_default=True, help="Global gradient-norm clipping."),
     ]
     for opt in reversed(opts):
@@ -127,7 +158,7 @@ def _finetune_options(f, prefix=""):
               help="Tokens per example, special tokens included (the paper used 256).")
 @_finetune_options
 @click.option("--no-dropout", is_flag=True, help="Train without dropout.")
-@click.option("--seed", default="0", show_default=True,
+@click.option("--seed", type=SEEDS, default="0", show_default=True,
               help="Data order, head init, dropout; several (0,1,2): one run per seed, "
                    "OUT-seedS.h5 each, mean +- std in OUT-seeds.json.")
 @click.option("--eval-every", type=click.IntRange(min=0), default=0, show_default=True,
@@ -137,8 +168,8 @@ def _finetune_options(f, prefix=""):
 @_run_options
 def finetune(model_path, task, out, max_len, epochs, steps, lr, batch_size, weight_decay,
              warmup_ratio, clip, no_dropout, seed, eval_every, data_dir, skip_bad_rows,
-             train_limit, dev_limit, log_path, ckpt_path, checkpoint_every, resume, quiet,
-             as_json):
+             train_limit, dev_limit, log_path, ckpt_path, checkpoint_every, resume, overwrite,
+             quiet, as_json):
     """Fine-tune MODEL.h5 on a GLUE task into a teacher (classifier head + encoder).
 
     A pre-trained encoder (such as `hadref convert minilm`) gets a fresh head; the whole
@@ -162,7 +193,8 @@ def finetune(model_path, task, out, max_len, epochs, steps, lr, batch_size, weig
         return run_finetune(model_path, task, dataclasses.replace(settings, seed=s), path,
                             data=data, log=log_path, checkpoint=ckpt_path,
                             checkpoint_every=checkpoint_every, resume=again,
-                            progress=not quiet, eval_every=eval_every)
+                            overwrite=overwrite, progress=not quiet, eval_every=eval_every,
+                            notify=lambda message: click.echo(message, err=True))
 
     if len(seeds) > 1:
         from hadref.data import get_task
@@ -172,6 +204,8 @@ def finetune(model_path, task, out, max_len, epochs, steps, lr, batch_size, weig
                                     resume, log_path, ckpt_path), as_json)
         return
     result = run(seeds[0], out, resume)
+    if not _is_root():
+        return
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -199,32 +233,32 @@ def _stage_list(text: str, option: str) -> list[int]:
               show_default=True,
               help="; ".join(describe_schedule(name) for name in SCHEDULES)
                    + ". Options given explicitly win.")
-@click.option("--gamma", type=float, default=None, help="Per-minibatch decay of c (schedule's value).")
-@click.option("--c-start", type=float, default=5.0, show_default=True, help="c at the start of stage 1.")
-@click.option("--c-mid", type=float, default=1.0, show_default=True,
+@click.option("--gamma", type=FINITE, default=None, help="Per-minibatch decay of c (schedule's value).")
+@click.option("--c-start", type=FINITE, default=5.0, show_default=True, help="c at the start of stage 1.")
+@click.option("--c-mid", type=FINITE, default=1.0, show_default=True,
               help="c where stage 1 ends and stage 2 starts.")
-@click.option("--c-end", type=float, default=0.05, show_default=True, help="c where stage 2 ends.")
+@click.option("--c-end", type=FINITE, default=0.05, show_default=True, help="c where stage 2 ends.")
 @click.option("--stage3-steps", type=click.IntRange(min=0), default=None,
               help="Stage 3 (STE) steps (schedule's value).")
 @click.option("--stage4-steps", type=click.IntRange(min=0), default=None,
               help="Stage 4 (output loss only) steps (schedule's value).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Minibatch (paper: 16).")
-@click.option("--lr", type=float, default=2e-5, show_default=True,
+@click.option("--lr", type=FINITE, default=2e-5, show_default=True,
               help="Adam learning rate, stages 1-3 (stage 3: --lr-stage3 when given).")
-@click.option("--lr-stage3", type=float, default=None,
+@click.option("--lr-stage3", type=FINITE, default=None,
               help="Adam learning rate, stage 3 alone (default: --lr, as the paper).")
-@click.option("--lr-stage4", type=float, default=5e-6, show_default=True,
+@click.option("--lr-stage4", type=FINITE, default=5e-6, show_default=True,
               help="Adam learning rate, stage 4 (lower).")
-@click.option("--clip", type=float, default=0.5, show_default=True,
+@click.option("--clip", type=FINITE, default=0.5, show_default=True,
               help="Global gradient-norm clipping (paper: 0.5).")
-@click.option("--ste-t", type=float, default=1.0, show_default=True,
+@click.option("--ste-t", type=FINITE, default=1.0, show_default=True,
               help="STE window: gradient passes where |x/sigma| <= t.")
 @click.option("--top-n", type=click.IntRange(min=1), default=30, show_default=True,
               help="Keys kept per query row (paper: 30 at 256 tokens).")
-@click.option("--top-n-ratio", type=float, default=None,
+@click.option("--top-n-ratio", type=FINITE, default=None,
               help="Scale N with length: N = round(ratio * max-len) (paper: ~0.117).")
-@click.option("--temperature", type=float, default=1.0, show_default=True,
+@click.option("--temperature", type=FINITE, default=1.0, show_default=True,
               help="Output-distillation temperature.")
 @click.option("--no-attn-loss", is_flag=True, help="Ablation 'w/o AD': output loss only, same iterations.")
 @click.option("--attn-loss-stages", default="1,2,3", show_default=True,
@@ -239,7 +273,7 @@ def _stage_list(text: str, option: str) -> list[int]:
 @click.option("--max-len", type=click.IntRange(min=8), default=None,
               help="Tokens per example (schedule's value).")
 @click.option("--no-dropout", is_flag=True, help="Train the student without dropout.")
-@click.option("--seed", default="0", show_default=True,
+@click.option("--seed", type=SEEDS, default="0", show_default=True,
               help="Data order, sigma batches, dropout; several (0,1,2): one run per seed, "
                    "OUT-seedS.h5 each, mean +- std in OUT-seeds.json.")
 @click.option("--no-finetune", is_flag=True,
@@ -252,7 +286,7 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
             temperature, no_attn_loss, attn_loss_stages, no_tanh, sigma_batches, sigma_batch_size, max_len,
             no_dropout, seed, no_finetune, ft_epochs, ft_steps, ft_lr, ft_batch_size,
             ft_weight_decay, ft_warmup_ratio, ft_clip, data_dir, skip_bad_rows, train_limit,
-            dev_limit, log_path, ckpt_path, checkpoint_every, resume, quiet, as_json):
+            dev_limit, log_path, ckpt_path, checkpoint_every, resume, overwrite, quiet, as_json):
     """Distill TEACHER.h5 into a HAD student (binarized queries and keys, top-N attention).
 
     Sigma estimation, then stages 1-4 (HAD.md): tanh with c decaying from 5 to 1, tanh
@@ -287,7 +321,7 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
         return run_distill(teacher_path, task, dataclasses.replace(settings, seed=s), path,
                            finetune=ft, allow_finetune=not no_finetune, data=data, log=log_path,
                            checkpoint=ckpt_path, checkpoint_every=checkpoint_every,
-                           resume=again, progress=not quiet,
+                           resume=again, overwrite=overwrite, progress=not quiet,
                            notify=lambda message: click.echo(message, err=True))
 
     if len(seeds) > 1:
@@ -297,6 +331,8 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
                                     log_path, ckpt_path), as_json)
         return
     result = run(seeds[0], out, resume)
+    if not _is_root():
+        return
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -386,6 +422,8 @@ def evaluate(model_path, task, max_len, batch_size, top_n, binarize, sigma_batch
                           predictions=predictions, submission=submission, results=results,
                           any_task=any_task, sigma_batches=sigma_batches,
                           sigma_batch_size=sigma_batch_size, seed=seed)
+    if not _is_root():
+        return
     if as_json:
         click.echo(json.dumps(result))
         return

@@ -44,3 +44,22 @@ def worker_chunks(units: int, threads: int | None = None) -> int:
 
         threads = numba.get_num_threads()
     return max(1, min(int(units), 4 * threads))
+
+
+def check_seed(seed, name: str = "--seed") -> int:
+    """A random seed: an integer >= 0 (NumPy's generators take no negative seed)."""
+    if not is_int(seed) or seed < 0:
+        raise HadrefError(f"{name}: expected an integer >= 0, got {seed!r}")
+    return int(seed)
+
+
+def check_finite_fields(settings) -> None:
+    """Every float field of a settings dataclass is finite (NaN or inf in a learning rate
+    or a temperature would surface only as a diverged loss, minutes later); the message
+    names the option (``lr_stage3`` -> ``--lr-stage3``)."""
+    import dataclasses
+
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise HadrefError(f"--{f.name.replace('_', '-')}: expected a finite number, got {value}")

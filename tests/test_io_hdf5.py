@@ -176,7 +176,12 @@ def test_convert_lone_safetensors_reads_sizes_off_the_shapes(tmp_path):
                      intermediate_size=6, max_position_embeddings=10)
     m = BertModel.random(cfg)
     save_file(_hf_state_dict(m, prefix=""), str(tmp_path / "x.safetensors"))
-    back = load(convert(tmp_path / "x.safetensors", tmp_path / "x.h5"))
+    # the shapes do not say the number of heads: never guessed (hidden / 64 would say 2)
+    with pytest.raises(HadrefError, match="no config.json beside it to give the number of "
+                                          "attention heads: pass --heads"):
+        convert(tmp_path / "x.safetensors", tmp_path / "x.h5")
+    assert not (tmp_path / "x.h5").exists()
+    back = load(convert(tmp_path / "x.safetensors", tmp_path / "x.h5", num_heads=2))
     assert back.config.num_attention_heads == 2 and back.config.num_hidden_layers == 1
     back = load(convert(tmp_path / "x.safetensors", tmp_path / "y.h5", num_heads=4))
     assert back.config.num_attention_heads == 4

@@ -105,6 +105,7 @@ def test_bad_data_and_bad_settings(glue_slice, encoder_file, tmp_path, monkeypat
     _error(_run(*args, "--data", bad), "train.tsv:162: malformed sst2 row: expected 2 tab-separated")
     r = _ok(_run(*args, "--data", bad, "--skip-bad-rows"))
     assert "skipped 1 malformed row(s)" in r.output
+    args[args.index(tmp_path / "t.h5")] = tmp_path / "t2.h5"   # t.h5 exists now
 
     _error(_run(*args, "--data", tmp_path / "nowhere"), "GLUE task folder not found")
     monkeypatch.delenv("HADREF_DATA", raising=False)

@@ -323,7 +323,7 @@ def test_several_seeds_and_their_summary(glue_slice, encoder_file, tmp_path):
     r = _ok(_run(*args, "--seed", "0,1,2", "--resume"))
     assert "seed 1: reusing" in r.output
     assert json.loads((tmp_path / "t-seeds.json").read_text())["mean"] == summary["mean"]
-    _error(_run(*args, "--seed", "0,0"), "--seed: expected distinct integers")
+    _error(_run(*args, "--seed", "0,0"), "expected distinct integers such as 0,1,2")
     _error(_run(*args, "--seed", "0,1", "--log", tmp_path / "l.jsonl"),
            "--log and --checkpoint name one run's files")
 

@@ -4,7 +4,8 @@ Each task is described by a :class:`Task` (folder, files, columns, labels, metri
 are read as GLUE's own loaders read them: tab-separated, UTF-8, ``csv.QUOTE_NONE`` (RTE
 has a premise that starts with a double quote; a quoting reader would swallow lines).
 
-A malformed row (wrong field count, unknown label, unparsable score) raises
+Lines may end in LF or CRLF. A file without data rows is an error naming it. A malformed
+row (wrong field count, unknown label, unparsable score, a NUL byte in a field) raises
 :class:`~hadref.errors.HadrefError` naming the file and line, unless ``skip_bad_rows`` is
 set: then it is counted and reported in :attr:`Split.skipped`, never silently dropped.
 """
@@ -273,7 +274,10 @@ def read_tsv(task: Task, path: str | os.PathLike, *, skip_bad_rows: bool = False
                 if row == [] or row == [""]:
                     continue  # blank line (e.g. a trailing empty line): not a row
                 problem = None
-                if len(row) != n_fields:
+                if any("\0" in cell for cell in row):
+                    field_no = next(i for i, cell in enumerate(row) if "\0" in cell) + 1
+                    problem = f"NUL byte in field {field_no}"
+                elif len(row) != n_fields:
                     problem = f"expected {n_fields} tab-separated fields, got {len(row)}"
                 else:
                     raw = row[cols[-1]].strip()
@@ -304,6 +308,10 @@ def read_tsv(task: Task, path: str | os.PathLike, *, skip_bad_rows: bool = False
             raise HadrefError(f"{path}:{reader.line_num}: unreadable row: {err}") from None
         except UnicodeDecodeError as err:
             raise HadrefError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if not texts_a:
+        what = (f"all {len(skipped)} rows malformed (skipped)" if skipped
+                else "a header and no data rows" if task.header else "no data rows")
+        raise HadrefError(f"{path}: {what}: a GLUE file needs at least one row")
     dtype = np.float32 if task.is_regression else np.int64
     return Split(task, path, texts_a, texts_b, np.asarray(labels, dtype=dtype),
                  np.asarray(lines, dtype=np.int64), skipped)

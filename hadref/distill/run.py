@@ -6,7 +6,7 @@ encoder without a head for the task (exactly as ``hadref finetune`` would, saved
 (:func:`hadref.distill.trainer.distill`) with its log and checkpoints, writes the student
 atomically and returns the result. ``--resume`` rules: a run resumes from its own
 checkpoint; a head-less run also resumes its teacher fine-tune, or reuses the teacher it
-already wrote.
+already wrote. Under mpiexec every rank runs the job and rank 0 alone writes files.
 """
 
 from __future__ import annotations
@@ -25,12 +25,17 @@ from hadref.train.jobs import (
     task_data,
     write_run_results,
 )
+from hadref.train.metrics import format_metrics
+from hadref.train.parallel import current_ranks
+
+_FT = "fine-tuned teacher "   # how messages name the files of a head-less encoder's fine-tune
 
 
 def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
                 allow_finetune: bool = True, data: DataSource = DataSource(), log=None,
                 checkpoint=None, checkpoint_every: float = 300.0, resume: bool = False,
-                progress: bool = True, notify=None) -> dict:
+                overwrite: bool = False, progress: bool = True, notify=None,
+                ranks=None) -> dict:
     """Distill the teacher file ``teacher_path`` into a HAD student file.
 
     task: a GLUE task name or :class:`hadref.data.Task`; settings:
@@ -39,7 +44,11 @@ def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
     finetune: :class:`hadref.train.finetune.FinetuneSettings` of the teacher fine-tune a
     head-less encoder gets (its max_len and seed follow ``settings``); allow_finetune False
     makes a head-less teacher an error; notify: called with each one-line message about
-    what the job decided (the CLI prints them to stderr).
+    what the job decided (the CLI prints them to stderr); ranks: the MPI ranks (default:
+    all of mpiexec's, else one process). The files the job writes (the student, its log
+    and checkpoint, and a head-less encoder's ``OUT-teacher.h5`` with its own) must differ
+    from the teacher and each other; an existing one is replaced only with ``overwrite``
+    or ``resume`` (:mod:`hadref.files`).
 
     Returns ``{"task", "teacher", "student", "teacher_metrics", "metrics" (the student's
     dev metrics, hard binarization), "stage_metrics" ({stage: metrics}, "0" = teacher
@@ -58,22 +67,28 @@ def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
     from hadref.train.finetune import FinetuneSettings
     from hadref.train.progress import JsonLog, Progress
 
-    say = notify or (lambda message: None)
+    ranks = ranks or current_ranks()
+    say = (notify if ranks.is_root else None) or (lambda message: None)
     settings = settings or DistillSettings()
     settings.check()
     t = get_task(task) if isinstance(task, str) else task
     files = RunFiles.beside(out or default_out(teacher_path, "had"), log, checkpoint)
+    # where a head-less encoder's teacher goes, with its own log and checkpoint
+    ft_files = RunFiles.beside(files.out.with_name(files.out.stem + "-teacher.h5"))
+    inputs = {"TEACHER.h5": teacher_path}
+    files.claim(inputs, overwrite=overwrite, resume=resume, notify=say,
+                siblings=ft_files.named(_FT))
     teacher = load_model_file(teacher_path, "teacher")
     if teacher.had is not None:
         raise HadrefError(f"{teacher_path} is already a HAD student; distill from a float teacher")
     headless = teacher.num_labels is None
-    # where a head-less encoder's teacher goes, with its own log and checkpoint
-    ft_files = RunFiles.beside(files.out.with_name(files.out.stem + "-teacher.h5"))
     if resume and not (files.checkpoint.is_file() or (
             headless and (ft_files.checkpoint.is_file() or ft_files.out.is_file()))):
         raise HadrefError(f"no checkpoint to resume from at {files.checkpoint} (--resume)")
     from hadref.train import provenance
 
+    if headless and allow_finetune:
+        ft_files.claim(inputs, overwrite=overwrite, resume=resume, notify=say, prefix=_FT)
     record = []
     train, dev = task_data(t, teacher, settings.max_len, data, record=record)
     t0 = time.monotonic()
@@ -97,40 +112,49 @@ def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
             ft_metrics = finetune_files(teacher, t, train, dev, ft, ft_files,
                                         checkpoint_every=checkpoint_every,
                                         resume=resume and ft_files.checkpoint.is_file(),
-                                        progress=progress, provenance=ft_prov)
-            say(f"teacher {teacher_file}: dev " + ", ".join(
-                f"{k} {100 * v:.2f}" for k, v in ft_metrics.items()))
+                                        progress=progress, data=data, ranks=ranks,
+                                        provenance=ft_prov)
+            say(f"teacher {teacher_file}: dev {format_metrics(ft_metrics)}")
         teacher = load_model_file(teacher_file, "teacher")  # exactly what the file holds
     if provenance.head_task(teacher) not in (None, t.name):
         raise HadrefError(f"{teacher_file}: its head was trained on {provenance.head_task(teacher)}, "
                           f"not {t.name}: distill a teacher of {t.name}")
-    teacher_metrics, _ = evaluate(teacher, dev[0], t)
+    teacher_metrics, _ = evaluate(teacher, dev[0], t, ranks=ranks)
     teacher_sha256 = file_sha256(teacher_file)
     resume_distill = resume and files.checkpoint.is_file()
-    log_file = JsonLog(files.log, append=resume_distill)
+    log_file = JsonLog(files.log if ranks.is_root else None, append=resume_distill)
+    shown = Progress(total=0, enabled=progress and ranks.is_root, label="distill ")
+    start = {"event": "start", "job": "distill", "task": t.name, "settings": settings.to_dict(),
+             "data": data.resume_settings(), "resume": resume, "teacher": str(teacher_file),
+             "teacher_metrics": teacher_metrics}
     try:
-        log_file.write(event="start", job="distill", task=t.name, settings=settings.to_dict(),
-                       resume=resume, teacher=str(teacher_file), teacher_metrics=teacher_metrics)
         student, stage_metrics = distill(
             teacher, train, dev[0], t, settings, checkpoint_path=files.checkpoint,
             checkpoint_every=checkpoint_every, resume=resume_distill, log=log_file,
-            progress=Progress(total=0, enabled=progress, label="distill "),
-            teacher_sha256=teacher_sha256)
+            progress=shown, teacher_sha256=teacher_sha256,
+            data_settings=data.resume_settings(), start_record=start, ranks=ranks)
     except KeyboardInterrupt:
         raise interrupted(files.checkpoint) from None
     finally:
+        shown.close()
         log_file.close()
     student.provenance = provenance.build(
         "distill", t, record, {"seed": settings.seed}, settings.to_dict(),
         teacher={"file": str(teacher_file), "sha256": teacher_sha256, "metrics": teacher_metrics,
                  "provenance": teacher.provenance})
-    save(student, files.out)
-    files.checkpoint.unlink(missing_ok=True)  # the run is complete: its file replaces it
-    metrics = stage_metrics.get(str(student.had["stage"])) or evaluate(student, dev[0], t)[0]
-    write_run_results(files.out, {"job": "distill", "task": t.name, "metrics": metrics,
-                                  "teacher_metrics": teacher_metrics,
-                                  "stage_metrics": stage_metrics, "top_n": settings.effective_top_n,
-                                  "settings": settings.to_dict(), "provenance": student.provenance})
+    if ranks.is_root:
+        save(student, files.out)
+        files.checkpoint.unlink(missing_ok=True)  # the run is complete: its file replaces it
+    ranks.barrier()
+    metrics = (stage_metrics.get(str(student.had["stage"]))
+               or evaluate(student, dev[0], t, ranks=ranks)[0])
+    if ranks.is_root:
+        write_run_results(files.out, {"job": "distill", "task": t.name, "metrics": metrics,
+                                      "teacher_metrics": teacher_metrics,
+                                      "stage_metrics": stage_metrics,
+                                      "top_n": settings.effective_top_n,
+                                      "settings": settings.to_dict(),
+                                      "provenance": student.provenance})
     return {"task": t.name, "teacher": str(teacher_file), "student": str(files.out),
             "teacher_metrics": teacher_metrics, "metrics": metrics,
             "stage_metrics": stage_metrics, "top_n": settings.effective_top_n,

@@ -12,6 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from hadref.checks import check_finite_fields, check_seed
 from hadref.distill.schedule import Schedule, steps_until
 from hadref.errors import HadrefError
 
@@ -103,6 +104,8 @@ class DistillSettings:
                         attn_loss_stages=self.attn_loss_stages, lr_stage3=self.lr_stage3)
 
     def check(self) -> None:
+        check_finite_fields(self)
+        check_seed(self.seed)
         if self.top_n < 1:
             raise HadrefError(f"--top-n must be at least 1, got {self.top_n}")
         if self.top_n_ratio is not None and not 0 < self.top_n_ratio <= 1:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from hadref.errors import HadrefError
+from hadref.train.parallel import SINGLE
 
 
 class _RecordingCore:
@@ -33,13 +34,18 @@ class _RecordingCore:
         raise RuntimeError("sigma estimation runs forward only")
 
 
-def estimate_sigma(model, data, *, n_batches: int = 100, batch_size: int = 16, seed: int = 0):
+def estimate_sigma(model, data, *, n_batches: int = 100, batch_size: int = 16, seed: int = 0,
+                   ranks=None):
     """Per-layer (sigma_q, sigma_k), each (L,) float32, from the model's float attention.
 
     model: a BertModel with the float attention core; data: an
     :class:`~hadref.data.batching.Encoded` training set. The minibatches are drawn with a
     generator seeded by ``seed`` (examples without replacement within a minibatch).
+    ranks (:mod:`hadref.train.parallel`, default one process): every rank draws every
+    minibatch, runs the round-robin share of them and the per-minibatch values are summed
+    exactly, so every rank gets the one-process result; every rank must call it.
     """
+    ranks = ranks or SINGLE
     if n_batches < 1 or batch_size < 1:
         raise HadrefError(f"--sigma-batches and --sigma-batch-size must be >= 1, got "
                           f"{n_batches} and {batch_size}")
@@ -48,15 +54,22 @@ def estimate_sigma(model, data, *, n_batches: int = 100, batch_size: int = 16, s
     inner = model.attention_core
     recorder = _RecordingCore(inner, n_layers)
     model.attention_core = recorder
+    stds = np.zeros((2, n_layers, n_batches))   # [q or k, layer, minibatch], float64
     try:
-        for _ in range(n_batches):
+        for i in range(n_batches):
             idx = rng.choice(len(data), size=min(batch_size, len(data)), replace=False)
+            if not ranks.owns(i):
+                continue
             b = data.batch(idx)
             model.forward(b.input_ids, b.attention_mask, b.token_type_ids)
+            for layer in range(n_layers):
+                stds[0, layer, i] = recorder.q_std[layer][-1]
+                stds[1, layer, i] = recorder.k_std[layer][-1]
     finally:
         model.attention_core = inner
-    sigma_q = np.array([np.mean(s) for s in recorder.q_std], dtype=np.float32)
-    sigma_k = np.array([np.mean(s) for s in recorder.k_std], dtype=np.float32)
+    ranks.sum_exact(stds)
+    sigma_q = np.array([np.mean(s) for s in stds[0]], dtype=np.float32)
+    sigma_k = np.array([np.mean(s) for s in stds[1]], dtype=np.float32)
     if not (np.all(np.isfinite(sigma_q)) and np.all(sigma_q > 0)
             and np.all(np.isfinite(sigma_k)) and np.all(sigma_k > 0)):
         raise HadrefError(f"sigma estimation gave non-positive or non-finite values "

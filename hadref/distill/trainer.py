@@ -26,10 +26,13 @@ from hadref.data.batching import BatchStream
 from hadref.distill.losses import attention_kl, output_loss
 from hadref.distill.settings import DistillSettings
 from hadref.distill.sigma import estimate_sigma
+from hadref.engine.layers.dropout import BatchRows
 from hadref.engine.optim import Adam, clip_grad_norm
 from hadref.errors import HadrefError
 from hadref.train.evaluation import evaluate
 from hadref.train.loop import TrainLoop, dropout_scope
+from hadref.train.metrics import format_metrics
+from hadref.train.parallel import batch_share, current_ranks, scale
 
 
 def _had_core(sigma_q, sigma_k, settings: DistillSettings, transform: str = "tanh1", c: float = 5.0):
@@ -57,15 +60,25 @@ def _inference_core(sigma_q, sigma_k, settings: DistillSettings):
 def distill(teacher, train_data, dev_data, task, settings: DistillSettings, *,
             checkpoint_path=None, checkpoint_every: float = 300.0, resume: bool = False,
             log=None, progress=None, on_step=None, teacher_sha256: str = "",
-            eval_batch_size: int = 64):
+            eval_batch_size: int = 64, data_settings: dict | None = None,
+            start_record: dict | None = None, ranks=None):
     """Distill ``teacher`` (a model with a head for ``task``) into a HAD student.
 
     train_data, dev_data: Encoded sets tokenized with the teacher's tokenizer (dev_data
     None: no stage-end evaluation). Returns (student model with ``student.had`` set and
     the inference core attached, {stage number as str: dev metrics with hard binarization},
-    '0' being the teacher binarized without distillation).
+    '0' being the teacher binarized without distillation). ``data_settings`` (JSON-able,
+    e.g. the data limits) are checkpointed with the settings and must match on resume;
+    ``start_record`` is logged first, once a resume has been checked (a refused resume
+    writes nothing).
+
+    ranks (:mod:`hadref.train.parallel`; default: MPI.COMM_WORLD under mpiexec, else one
+    process): each rank computes its share of every minibatch, sigma estimation and the
+    stage-end evaluations are split; every rank returns the same student. Only rank 0
+    writes the checkpoint and log.
     """
     settings.check()
+    ranks = ranks or current_ranks()
     if teacher.num_labels != task.num_labels:
         raise HadrefError(f"the teacher's head has {teacher.num_labels} outputs, task "
                           f"{task.name} needs {task.num_labels}: fine-tune a teacher first")
@@ -77,24 +90,34 @@ def distill(teacher, train_data, dev_data, task, settings: DistillSettings, *,
     loop = TrainLoop(kind="distill", model=student, optimizer=optimizer, stream=stream, rng=rng,
                      total_steps=schedule.total_steps,
                      settings={"task": task.name, "teacher_sha256": teacher_sha256,
-                               **settings.to_dict()},
+                               **settings.to_dict(), **(data_settings or {})},
                      checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
-                     log=log, progress=progress, setting_defaults=DistillSettings().to_dict())
+                     log=log, progress=progress,
+                     setting_defaults={**DistillSettings().to_dict(), **(data_settings or {})},
+                     ranks=ranks)
     stage_metrics = loop.notes.setdefault("dev_metrics", {})  # {stage: metrics}, checkpointed
     last_preds: dict = {}   # "preds": the last stage evaluation's predictions (not checkpointed)
     if resume:
         extra = loop.restore()
         stage_metrics = loop.notes.setdefault("dev_metrics", {})
+        layers = teacher.config.num_hidden_layers
+        for key in ("sigma_q", "sigma_k"):
+            if key not in extra or np.shape(extra[key]) != (layers,):
+                raise HadrefError(f"{checkpoint_path}: checkpoint lacks extra/{key} "
+                                  f"({layers} values, one per layer)")
         sigma_q, sigma_k = extra["sigma_q"], extra["sigma_k"]
-    else:
+    if log is not None and start_record is not None:   # after a resume is known to be valid
+        log.write(**start_record)
+    if not resume:
         sigma_q, sigma_k = estimate_sigma(teacher, train_data, n_batches=settings.sigma_batches,
-                                          batch_size=settings.sigma_batch_size, seed=settings.seed)
+                                          batch_size=settings.sigma_batch_size, seed=settings.seed,
+                                          ranks=ranks)
         loop.extra = {"sigma_q": sigma_q, "sigma_k": sigma_k}
         if log is not None:
             log.write(event="sigma", sigma_q=sigma_q.tolist(), sigma_k=sigma_k.tolist())
         if dev_data is not None:  # the teacher binarized without distillation ("stage 0")
             stage_metrics["0"] = _stage_eval(teacher, sigma_q, sigma_k, settings, dev_data, task,
-                                           0, 0, log, progress, eval_batch_size, last_preds)
+                                           0, 0, log, progress, eval_batch_size, last_preds, ranks)
     core = _had_core(sigma_q, sigma_k, settings)
     student.attention_core = core
     if progress is not None:
@@ -102,6 +125,8 @@ def distill(teacher, train_data, dev_data, task, settings: DistillSettings, *,
     regression = task.is_regression
 
     def step_fn(step, batch):
+        share = batch_share(batch, ranks)   # this rank's rows (all of them for one process)
+        batch = share.batch
         stage, _ = schedule.locate(step)
         c = schedule.c_at(step)
         core.transform = stage.transform
@@ -112,13 +137,20 @@ def distill(teacher, train_data, dev_data, task, settings: DistillSettings, *,
                                 output_scores=attn)
         with dropout_scope(student, settings.dropout):
             out_s = student.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids,
-                                    output_scores=attn, train=True, rng=rng)
+                                    output_scores=attn, train=True,
+                                    rng=BatchRows(rng, share.first_row) if share.first_row else rng)
         l_out, dlogits = output_loss(out_t.logits, out_s.logits, regression=regression,
                                      temperature=settings.temperature)
         l_attn, dscores = 0.0, None
         if attn:
             l_attn, dscores = attention_kl(out_t.scores, out_s.scores, batch.attention_mask != 0)
-        grads = student.backward(dlogits=dlogits, dscores=dscores)
+        # weighted by this rank's share (L_out: a mean over examples, L_attn: over valid
+        # query rows), the ranks' gradients sum to the whole batch's
+        if dscores is not None and share.row_weight != 1.0:
+            dscores = [scale(d, share.row_weight) for d in dscores]
+        grads = student.backward(dlogits=scale(dlogits, share.example_weight), dscores=dscores)
+        grads, (l_out, l_attn) = loop.reduce(grads, l_out * share.example_weight,
+                                             l_attn * share.row_weight)
         norm = clip_grad_norm(grads, settings.clip)
         optimizer.lr = stage.lr
         optimizer.step(grads)
@@ -131,7 +163,7 @@ def distill(teacher, train_data, dev_data, task, settings: DistillSettings, *,
         if dev_data is not None:
             stage_metrics[str(stage.number)] = _stage_eval(student, sigma_q, sigma_k, settings, dev_data,
                                                       task, stage.number, step + 1, log, progress,
-                                                      eval_batch_size, last_preds)
+                                                      eval_batch_size, last_preds, ranks)
 
     loop.run(step_fn, stage_end=schedule.stage_end, on_stage_end=on_stage_end, on_step=on_step)
     last = max((s.number for s in schedule.stages if s.steps > 0), default=0)
@@ -141,12 +173,12 @@ def distill(teacher, train_data, dev_data, task, settings: DistillSettings, *,
 
 
 def _stage_eval(model, sigma_q, sigma_k, settings, dev_data, task, number, step, log, progress,
-                batch_size, last_preds):
+                batch_size, last_preds, ranks):
     # the model as inference sees it: hard binarization + top-N (the packed kernels)
     training_core = model.attention_core
     model.attention_core = _inference_core(sigma_q, sigma_k, settings)
     try:
-        metrics_, preds = evaluate(model, dev_data, task, batch_size)
+        metrics_, preds = evaluate(model, dev_data, task, batch_size, ranks)
     finally:
         model.attention_core = training_core
     # which predictions a stage changed: equal accuracies of two stages then say whether
@@ -160,7 +192,7 @@ def _stage_eval(model, sigma_q, sigma_k, settings, dev_data, task, number, step,
                   predictions_sha256=hashlib.sha256(np.ascontiguousarray(preds).tobytes()).hexdigest()[:16],
                   **metrics_)
     if progress is not None:
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics_.items())
+        shown = format_metrics(metrics_)
         what = (f"after stage {number}" if number else
                 "teacher binarized without distillation")
         progress.message(f"{what}: dev {shown} (hard binarization, N = {settings.effective_top_n})")

@@ -88,7 +88,13 @@ class BertConfig:
             data = {**data, "hidden_act": "gelu"}
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
-        return cls(**_checked_types(kwargs, where))
+        try:
+            return cls(**_checked_types(kwargs, where))
+        except HadrefError as err:   # validate() names "config": name the file's attribute
+            text = str(err)
+            if text.startswith("config: ") and where != "config":
+                text = f"{where}: {text[len('config: '):]}"
+            raise HadrefError(text) from None
 
     def to_dict(self) -> dict:
         """All fields as a JSON-ready dict."""

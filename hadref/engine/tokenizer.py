@@ -60,6 +60,13 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def id_limit(self) -> int:
+        """1 + the largest token id the tokenizer can produce (rows of the embedding table
+        it needs)."""
+        ids = self._tok.get_vocab(with_added_tokens=True).values()
+        return 1 + max(ids, default=-1)
+
     def encode(self, texts, text_pairs=None, max_length: int = 128,
                padding: str = "longest") -> Encoding:
         """Tokenize a batch of texts (or text pairs).

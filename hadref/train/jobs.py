@@ -7,6 +7,10 @@ resume, write the output file atomically) and returns the result as a JSON-able 
 CLI only turns options into these arguments and prints the dict. The pieces the jobs share
 (:class:`DataSource`, :class:`RunFiles`, :func:`load_model_file`, :func:`task_data`) live
 here too.
+
+Under mpiexec (:mod:`hadref.train.parallel`) every rank runs the same job; rank 0 alone
+writes the log, the checkpoint, the progress display and the output file, and every rank
+returns the same result.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from hadref.errors import HadrefError
+from hadref.train.parallel import current_ranks
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,11 @@ class DataSource:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def resume_settings(self) -> dict:
+        """The data settings a ``--resume`` must repeat (all but the folder, which may
+        move): limits, skipped rows, hold-out."""
+        return {k: v for k, v in self.to_dict().items() if k != "data_dir"}
+
 
 @dataclass(frozen=True)
 class RunFiles:
@@ -63,6 +73,27 @@ class RunFiles:
         out = Path(out)
         return cls(out, Path(log) if log else out.with_name(out.stem + ".log.jsonl"),
                    Path(checkpoint) if checkpoint else out.with_name(out.stem + ".ckpt.h5"))
+
+    def named(self, prefix: str = "") -> dict:
+        """{option: path} for messages (``prefix`` names the files of a nested run)."""
+        return {f"{prefix}-o": self.out, f"{prefix}--log": self.log,
+                f"{prefix}--checkpoint": self.checkpoint}
+
+    def claim(self, inputs: dict, *, overwrite: bool, resume: bool, notify=None,
+              prefix: str = "", siblings: dict | None = None) -> None:
+        """Apply :mod:`hadref.files`' rules before any work: distinct from ``inputs``
+        ({name: path}), from each other and from ``siblings`` (other files the job writes),
+        an existing file only with ``overwrite`` or ``resume``, writable folders; then
+        remove stale temporary files of interrupted writes of the output and the
+        checkpoint (``notify`` is told of each). ``prefix`` goes before the option names
+        in messages (the files of a nested run)."""
+        from hadref.files import check_distinct, claim_outputs, remove_stale_temps
+
+        check_distinct(inputs, {**(siblings or {}), **self.named(prefix)})
+        claim_outputs(self.named(prefix), overwrite=overwrite, resume=resume)
+        for tmp, size in remove_stale_temps(self.out, self.checkpoint):
+            if notify is not None:
+                notify(f"removed {tmp} ({size / 2**20:.1f} MiB), left by an interrupted write")
 
 
 def default_out(src, suffix: str) -> Path:
@@ -151,33 +182,42 @@ def interrupted(checkpoint) -> HadrefError:
 def finetune_files(model, task, train, dev, settings, files: RunFiles, *,
                    checkpoint_every: float = 300.0, resume: bool = False,
                    progress: bool = True, eval_every: int = 0,
+                   data: DataSource = DataSource(), ranks=None,
                    provenance: dict | None = None) -> dict:
     """Fine-tune an in-memory ``model`` (a head is added when it has none) with its log and
     checkpoint, write it to ``files.out`` (with ``provenance``, and its metrics beside it as
-    ``OUT.metrics.json``) and remove the checkpoint; return dev metrics."""
+    ``OUT.metrics.json``) and remove the checkpoint; return dev metrics.
+    Under MPI rank 0 writes the files, and every rank returns once ``files.out`` exists."""
     from hadref.engine.io import save
     from hadref.train.finetune import ensure_head, finetune
     from hadref.train.progress import JsonLog, Progress
 
+    ranks = ranks or current_ranks()
     added = ensure_head(model, task, seed=settings.seed)
-    log = JsonLog(files.log, append=resume)
+    log = JsonLog(files.log if ranks.is_root else None, append=resume)
+    shown = Progress(total=0, enabled=progress and ranks.is_root, label="finetune ")
+    start = {"event": "start", "job": "finetune", "task": task.name,
+             "settings": settings.to_dict(), "data": data.resume_settings(), "resume": resume,
+             "head_added": added}
     try:
-        log.write(event="start", job="finetune", task=task.name, settings=settings.to_dict(),
-                  resume=resume, head_added=added)
         dev_metrics = finetune(model, train, dev[0], task, settings,
                                checkpoint_path=files.checkpoint, checkpoint_every=checkpoint_every,
-                               resume=resume, log=log,
-                               progress=Progress(total=0, enabled=progress, label="finetune "),
-                               eval_every=eval_every)
+                               resume=resume, log=log, progress=shown, eval_every=eval_every,
+                               data_settings=data.resume_settings(), start_record=start,
+                               ranks=ranks)
     except KeyboardInterrupt:
         raise interrupted(files.checkpoint) from None
     finally:
+        shown.close()
         log.close()
-    model.provenance = provenance
-    save(model, files.out)
-    write_run_results(files.out, {"job": "finetune", "task": task.name, "metrics": dev_metrics,
-                                  "settings": settings.to_dict(), "provenance": provenance})
-    files.checkpoint.unlink(missing_ok=True)  # the run is complete: its file replaces it
+    if ranks.is_root:
+        model.provenance = provenance
+        save(model, files.out)
+        write_run_results(files.out, {"job": "finetune", "task": task.name,
+                                      "metrics": dev_metrics, "settings": settings.to_dict(),
+                                      "provenance": provenance})
+        files.checkpoint.unlink(missing_ok=True)  # the run is complete: its file replaces it
+    ranks.barrier()   # other ranks may read files.out next (run_distill)
     return dev_metrics
 
 
@@ -190,13 +230,18 @@ def write_run_results(out, results: dict):
 
 def run_finetune(model_path, task, settings=None, out=None, *, data: DataSource = DataSource(),
                  log=None, checkpoint=None, checkpoint_every: float = 300.0,
-                 resume: bool = False, progress: bool = True, eval_every: int = 0) -> dict:
+                 resume: bool = False, overwrite: bool = False, progress: bool = True,
+                 eval_every: int = 0, notify=None, ranks=None) -> dict:
     """Fine-tune the model file ``model_path`` on a GLUE task into a teacher file.
 
     task: a GLUE task name (``"sst2"``) or :class:`hadref.data.Task`; settings:
     :class:`hadref.train.finetune.FinetuneSettings` (default: its defaults); out: the
-    teacher file (default ``MODEL-TASK.h5`` beside the model). Returns ``{"task",
-    "metrics" (dev), "out", "wall_s"}``.
+    teacher file (default ``MODEL-TASK.h5`` beside the model); ranks: the MPI ranks
+    (default: all of mpiexec's, else one process). The output, log and checkpoint must
+    differ from the model file and each other, and an existing one is replaced only with
+    ``overwrite`` or ``resume`` (:mod:`hadref.files`); ``notify`` is called with one-line
+    messages (stale temporary files removed). Returns ``{"task", "metrics" (dev), "out",
+    "wall_s"}``.
 
     >>> hadref.run_finetune("weights/bert.h5", "sst2", FinetuneSettings(max_len=64))
     """
@@ -207,6 +252,9 @@ def run_finetune(model_path, task, settings=None, out=None, *, data: DataSource 
     settings.check()
     t = get_task(task) if isinstance(task, str) else task
     files = RunFiles.beside(out or default_out(model_path, t.name), log, checkpoint)
+    files.claim({"MODEL.h5": model_path}, overwrite=overwrite, resume=resume, notify=notify)
+    if resume and not files.checkpoint.is_file():
+        raise HadrefError(f"no checkpoint to resume from at {files.checkpoint} (--resume)")
     model = load_model_file(model_path)
     if model.had is not None:
         raise HadrefError(f"{model_path} is a HAD student; fine-tune a float model")
@@ -219,7 +267,8 @@ def run_finetune(model_path, task, settings=None, out=None, *, data: DataSource 
     t0 = time.monotonic()
     metrics = finetune_files(model, t, train, dev, settings, files,
                              checkpoint_every=checkpoint_every, resume=resume,
-                             progress=progress, eval_every=eval_every, provenance=prov)
+                             progress=progress, eval_every=eval_every, data=data,
+                             ranks=ranks, provenance=prov)
     return {"task": t.name, "metrics": metrics, "out": str(files.out),
             "wall_s": round(time.monotonic() - t0, 1)}
 
@@ -228,7 +277,8 @@ def run_evaluate(model_path, task, *, max_len: int | None = None, batch_size: in
                  check: bool = False, data: DataSource = DataSource(), top_n=None,
                  binarize: bool = False, split: str = "dev", predictions=None,
                  submission=None, results=None, any_task: bool = False,
-                 sigma_batches: int = 100, sigma_batch_size: int = 16, seed: int = 0) -> dict:
+                 sigma_batches: int = 100, sigma_batch_size: int = 16, seed: int = 0,
+                 ranks=None) -> dict:
     """The GLUE metric of a model file on the task's dev set (MNLI: matched, mismatched),
     at one or several N, with per-example predictions and GLUE test submissions.
 
@@ -253,7 +303,8 @@ def run_evaluate(model_path, task, *, max_len: int | None = None, batch_size: in
     "metrics" (at top_n; {} on test), "by_top_n" ({str(N): metrics}), "reference" (float
     teacher metrics: --binarize, or a student's teacher from its provenance; else None),
     "examples", "files", "settings", "provenance", "wall_s"}`` plus ``"check"`` and, with
-    binarize, ``"sigma_q"``, ``"sigma_k"``.
+    binarize, ``"sigma_q"``, ``"sigma_k"``. Under mpiexec the batches are split over the
+    ranks (ranks) and rank 0 writes the files.
     """
     from hadref.data import encode_split, get_task, load_split, report_skipped
     from hadref.had.core import HADAttentionCore
@@ -266,6 +317,7 @@ def run_evaluate(model_path, task, *, max_len: int | None = None, batch_size: in
     t = get_task(task) if isinstance(task, str) else task
     if split not in ("dev", "test"):
         raise HadrefError(f"--split must be dev or test, got {split!r}")
+    ranks = ranks or current_ranks()
     model = load_model_file(model_path)
     check_task(model, t, model_path, any_task)
     if check and model.had is None:
@@ -317,7 +369,7 @@ def run_evaluate(model_path, task, *, max_len: int | None = None, batch_size: in
         from hadref.distill.sigma import estimate_sigma
 
         if split == "dev":
-            result["reference"] = _scores(model, evals, names, t, batch_size)[0]
+            result["reference"] = _scores(model, evals, names, t, batch_size, ranks)[0]
         sigma_q, sigma_k = estimate_sigma(model, train, n_batches=sigma_batches,
                                           batch_size=sigma_batch_size, seed=seed)
         result["sigma_q"], result["sigma_k"] = sigma_q.tolist(), sigma_k.tolist()
@@ -327,28 +379,29 @@ def run_evaluate(model_path, task, *, max_len: int | None = None, batch_size: in
         if n is not None:
             model.attention_core = HADAttentionCore.for_inference(sigma_q, sigma_k, n)
         if split == "dev":
-            values, last_logits = _scores(model, evals, names, t, batch_size)
+            values, last_logits = _scores(model, evals, names, t, batch_size, ranks)
             result["by_top_n"][str(n)] = values
         else:
-            last_logits = [predict(model, e, batch_size) for e in evals]
+            last_logits = [predict(model, e, batch_size, ranks) for e in evals]
         if check:
             for name, e, logits in zip(names, evals, last_logits):
                 preds = metrics.predictions(logits, t.is_regression)
                 result.setdefault("check", {})[name if len(top_ns) <= 1 else f"{name}@{n}"] = \
-                    _check_against_training_path(model, e, batch_size, logits, preds, t, name)
+                    _check_against_training_path(model, e, batch_size, logits, preds, t, name,
+                                                 ranks)
     model.attention_core = float_core
     result["metrics"] = result["by_top_n"].get(str(main_n), {})
     if split == "dev" and not top_ns:
         result["by_top_n"] = {}
     result["examples"] = {name: len(e) for name, e in zip(names, evals)}
-    if predictions:
+    if predictions and ranks.is_root:
         if splits is None:
             splits = load_split(t, "dev", data.data_dir, skip_bad_rows=data.skip_bad_rows,
                                 limit=data.dev_limit)
         for path, s, logits in zip(pred_files.predictions_paths(predictions, names), splits,
                                    last_logits):
             result["files"].append(str(pred_files.write_predictions(path, s, logits)))
-    if split == "test":
+    if split == "test" and ranks.is_root:
         result["files"] += [str(p) for p in pred_files.write_submission(submission, t, splits,
                                                                         last_logits)]
     result["settings"] = {"max_len": max_len, "batch_size": batch_size, "top_n": top_ns,
@@ -361,7 +414,7 @@ def run_evaluate(model_path, task, *, max_len: int | None = None, batch_size: in
     result["provenance"] = model.provenance
     result["wall_s"] = round(time.monotonic() - t_start, 2)
     target = results or (beside(result["files"][0]) if result["files"] else None)
-    if target is not None:
+    if target is not None and ranks.is_root:
         result["results_file"] = str(target)
         write_json(target, result)
     return result
@@ -385,14 +438,14 @@ def _top_n_list(top_n, model, binarize, path) -> list[int]:
     return sorted({int(v) for v in values})
 
 
-def _scores(model, evals, names, task, batch_size):
+def _scores(model, evals, names, task, batch_size, ranks=None):
     """({metric[_mismatched]: value}, [logits per split]) of ``model`` on the dev splits."""
     from hadref.train import metrics
     from hadref.train.evaluation import predict
 
     out, all_logits = {}, []
     for name, e in zip(names, evals):
-        logits = predict(model, e, batch_size)
+        logits = predict(model, e, batch_size, ranks)
         preds = metrics.predictions(logits, task.is_regression)
         values = metrics.compute(task.metrics, preds, e.labels)
         suffix = "" if name in ("dev", "matched") else f"_{name}"
@@ -401,7 +454,7 @@ def _scores(model, evals, names, task, batch_size):
     return out, all_logits
 
 
-def _check_against_training_path(model, dev, batch_size, logits, preds, task, name) -> dict:
+def _check_against_training_path(model, dev, batch_size, logits, preds, task, name, ranks) -> dict:
     """Run the student's training path (hard stage, NumPy) on ``dev`` and compare its
     predictions with the packed kernels' ``preds``; raise when any differs."""
     from hadref.had.core import HADAttentionCore
@@ -412,7 +465,7 @@ def _check_against_training_path(model, dev, batch_size, logits, preds, task, na
     model.attention_core = HADAttentionCore(packed.sigma_q, packed.sigma_k, packed.top_n,
                                             transform="hard", use_kernels=False)
     try:
-        ref = predict(model, dev, batch_size)
+        ref = predict(model, dev, batch_size, ranks)
     finally:
         model.attention_core = packed
     ref_preds = metrics.predictions(ref, task.is_regression)

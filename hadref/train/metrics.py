@@ -68,3 +68,9 @@ def predictions(logits: np.ndarray, regression: bool) -> np.ndarray:
     """(n, C) logits -> (n,) class ids (argmax, lower index on ties) or (n,) scores."""
     logits = np.asarray(logits)
     return logits[:, 0].astype(np.float64) if regression else np.argmax(logits, axis=1)
+
+
+def format_metrics(values: dict) -> str:
+    """``"accuracy 48.44, f1 50.00"``: every metric x 100, as GLUE reports them (the one
+    unit of the text output; JSON results and logs keep the fractions)."""
+    return ", ".join(f"{k} {100 * v:.2f}" for k, v in values.items())

@@ -23,6 +23,8 @@ def parse_seeds(text) -> list[int]:
     """'0' -> [0]; '0,1,2' -> [0, 1, 2] (order kept, duplicates refused)."""
     if isinstance(text, int):
         return [text]
+    if isinstance(text, list):
+        return list(text)
     try:
         seeds = [int(part) for part in str(text).replace(" ", "").split(",") if part]
     except ValueError:

@@ -92,7 +92,7 @@ class FloatAttentionCore:
         # (q / sqrt(d)) k^T: the scale touches (B, h, T, d), not the (B, h, T, T) scores
         np.matmul(q * q.dtype.type(scale), k.swapaxes(-1, -2), out=scores)
         probs = np.empty_like(scores)
-        mask = draw_mask(dropout[0], dropout[1], probs.size) if dropout is not None else None
+        mask = draw_mask(dropout[0], dropout[1], probs.size, probs.shape[0]) if dropout is not None else None
         if mask is None:
             elementwise.masked_softmax(scores, key_mask, probs)
             used = probs
