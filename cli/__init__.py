@@ -25,6 +25,8 @@ _COMMANDS = {
     "evaluate": "train:evaluate",
     "glue": "glue:glue",
     "hw": "hw:hw",
+    "export": "export:export",
+    "plot": "plot:plot",
 }
 
 
@@ -41,6 +43,11 @@ class _LazyGroup(click.Group):
             return None
         module, attr = target.split(":")
         return getattr(importlib.import_module(f"hadref.cli.{module}"), attr)
+
+    def parse_args(self, ctx, args):
+        # the command line as typed, for the provenance of the files a command writes
+        ctx.meta["hadref.command"] = ["hadref", *args]
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx):
         try:
@@ -72,7 +79,7 @@ def main():
     """hadref: Hamming Attention Distillation in NumPy and Numba.
 
     Convert real BERT or Llama weights to our HDF5 file, run a decoder, fine-tune a
-    teacher, distill it into a HAD student, evaluate it, time the packed kernels, or model
-    the CAM accelerator.
+    teacher, distill it into a HAD student, evaluate it (at any N), plot or export it,
+    time the packed kernels, or model the CAM accelerator.
     `hadref COMMAND --help` says how to use each command.
     """

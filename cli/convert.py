@@ -51,7 +51,9 @@ def convert(src, out, heads, overwrite):
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON object.")
 def info(file, as_json):
-    """Show what a hadref model FILE holds: config, parameter count, head, HAD metadata."""
+    """Show what a hadref model FILE holds: config, parameter count, head, HAD metadata and
+    provenance (task and labels of the head, data files with sha256 and rows used, code
+    version and commit, command line, seeds; "unknown" for files from before it)."""
     from hadref.engine.io import describe
 
     data = describe(file)
@@ -97,3 +99,7 @@ def info(file, as_json):
             click.echo(f"  teacher   sha256 {had['teacher_sha256']}")
         if had["settings"]:
             click.echo(f"  settings  {json.dumps(had['settings'], sort_keys=True)}")
+    from hadref.train.provenance import describe_lines
+
+    for line in describe_lines(data.get("provenance")):
+        click.echo(line)

@@ -9,6 +9,7 @@ prints their results.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import click
@@ -18,6 +19,7 @@ from hadref.distill.settings import SCHEDULES, describe_schedule
 from hadref.errors import HadrefError
 from hadref.train.finetune import FinetuneSettings
 from hadref.train.memory import keep_freed_memory
+from hadref.train.seeds import parse_seeds
 
 # --- shared pieces ------------------------------------------------------------------------
 
@@ -70,6 +72,49 @@ def _fmt(metrics_: dict) -> str:
     return format_metrics(metrics_)
 
 
+class _Seeds(click.ParamType):
+    """One seed or several, comma-separated (each as the SEED type checks it)."""
+
+    name = "seed[,seed...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        seeds = [SEED.convert(part.strip(), param, ctx) for part in str(value).split(",")
+                 if part.strip()]
+        if not seeds or len(set(seeds)) != len(seeds):
+            self.fail(f"expected distinct integers such as 0,1,2, got {value!r}", param, ctx)
+        return seeds
+
+
+SEEDS = _Seeds()
+
+
+def _several_seeds(run, seeds, out, resume, log_path, ckpt_path) -> dict:
+    """One run per seed (hadref.train.seeds); explicit --log / --checkpoint would be shared."""
+    from hadref.train.jobs import RunFiles
+    from hadref.train.seeds import run_seeds
+
+    if log_path or ckpt_path:
+        raise HadrefError("--log and --checkpoint name one run's files: leave them out with "
+                          "several --seed values (each seed gets OUT-seedS.log.jsonl, ...)")
+    return run_seeds(run, seeds, out, resume=resume,
+                     checkpoint_of=lambda path: RunFiles.beside(path).checkpoint,
+                     notify=lambda message: click.echo(message, err=True))
+
+
+def _print_seeds(summary: dict, as_json: bool) -> None:
+    from hadref.train.seeds import format_summary
+
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    for r in summary["runs"]:
+        click.echo(f"seed {r['seed']}: {r['out']}: dev {_fmt(r['metrics'])}")
+    click.echo(f"dev over seeds: {format_summary(summary)}")
+    click.echo(f"wrote {summary['summary_file']}")
+
+
 def _task_help() -> str:
     return "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli."
 
@@ -113,7 +158,9 @@ def _finetune_options(f, prefix=""):
               help="Tokens per example, special tokens included (the paper used 256).")
 @_finetune_options
 @click.option("--no-dropout", is_flag=True, help="Train without dropout.")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Data order, head init, dropout.")
+@click.option("--seed", type=SEEDS, default="0", show_default=True,
+              help="Data order, head init, dropout; several (0,1,2): one run per seed, "
+                   "OUT-seedS.h5 each, mean +- std in OUT-seeds.json.")
 @click.option("--eval-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also log dev metrics every this many steps (0: at the end only); the "
                    "last step's model is always the one saved.")
@@ -135,15 +182,28 @@ def finetune(model_path, task, out, max_len, epochs, steps, lr, batch_size, weig
     from hadref.train.jobs import run_finetune
 
     keep_freed_memory()   # a training process: reuse freed arrays (see hadref.train.memory)
+    seeds = parse_seeds(seed)
     settings = FinetuneSettings(epochs=epochs, steps=steps, lr=lr, batch_size=batch_size,
                                 max_len=max_len, weight_decay=weight_decay,
                                 warmup_ratio=warmup_ratio, clip=clip, dropout=not no_dropout,
-                                seed=seed)
-    result = run_finetune(model_path, task, settings, out,
-                          data=_data_source(data_dir, skip_bad_rows, train_limit, dev_limit),
-                          log=log_path, checkpoint=ckpt_path, checkpoint_every=checkpoint_every,
-                          resume=resume, overwrite=overwrite, progress=not quiet,
-                          eval_every=eval_every, notify=lambda message: click.echo(message, err=True))
+                                seed=seeds[0])
+    data = _data_source(data_dir, skip_bad_rows, train_limit, dev_limit)
+
+    def run(s, path, again):
+        return run_finetune(model_path, task, dataclasses.replace(settings, seed=s), path,
+                            data=data, log=log_path, checkpoint=ckpt_path,
+                            checkpoint_every=checkpoint_every, resume=again,
+                            overwrite=overwrite, progress=not quiet, eval_every=eval_every,
+                            notify=lambda message: click.echo(message, err=True))
+
+    if len(seeds) > 1:
+        from hadref.data import get_task
+        from hadref.train.jobs import default_out
+
+        _print_seeds(_several_seeds(run, seeds, out or default_out(model_path, get_task(task).name),
+                                    resume, log_path, ckpt_path), as_json)
+        return
+    result = run(seeds[0], out, resume)
     if not _is_root():
         return
     if as_json:
@@ -213,7 +273,9 @@ def _stage_list(text: str, option: str) -> list[int]:
 @click.option("--max-len", type=click.IntRange(min=8), default=None,
               help="Tokens per example (schedule's value).")
 @click.option("--no-dropout", is_flag=True, help="Train the student without dropout.")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Data order, sigma batches, dropout.")
+@click.option("--seed", type=SEEDS, default="0", show_default=True,
+              help="Data order, sigma batches, dropout; several (0,1,2): one run per seed, "
+                   "OUT-seedS.h5 each, mean +- std in OUT-seeds.json.")
 @click.option("--no-finetune", is_flag=True,
               help="Fail if the teacher has no head for the task instead of fine-tuning one.")
 @(lambda f: _finetune_options(f, "ft-"))
@@ -242,6 +304,7 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
     from hadref.distill.settings import DistillSettings
 
     keep_freed_memory()   # a training process: reuse freed arrays (see hadref.train.memory)
+    seeds = parse_seeds(seed)
     settings = DistillSettings.from_schedule(
         schedule, gamma=gamma, c_start=c_start, c_mid=c_mid, c_end=c_end,
         stage3_steps=stage3_steps, stage4_steps=stage4_steps, batch_size=batch_size, lr=lr,
@@ -249,15 +312,25 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
         top_n_ratio=top_n_ratio, temperature=temperature, attn_loss=not no_attn_loss,
         attn_loss_stages=_stage_list(attn_loss_stages, "--attn-loss-stages"),
         tanh=not no_tanh, sigma_batches=sigma_batches, sigma_batch_size=sigma_batch_size,
-        max_len=max_len, dropout=not no_dropout, seed=seed)
+        max_len=max_len, dropout=not no_dropout, seed=seeds[0])
     ft = FinetuneSettings(epochs=ft_epochs, steps=ft_steps, lr=ft_lr, batch_size=ft_batch_size,
                           weight_decay=ft_weight_decay, warmup_ratio=ft_warmup_ratio, clip=ft_clip)
-    result = run_distill(teacher_path, task, settings, out, finetune=ft,
-                         allow_finetune=not no_finetune,
-                         data=_data_source(data_dir, skip_bad_rows, train_limit, dev_limit),
-                         log=log_path, checkpoint=ckpt_path, checkpoint_every=checkpoint_every,
-                         resume=resume, overwrite=overwrite, progress=not quiet,
-                         notify=lambda message: click.echo(message, err=True))
+    data = _data_source(data_dir, skip_bad_rows, train_limit, dev_limit)
+
+    def run(s, path, again):
+        return run_distill(teacher_path, task, dataclasses.replace(settings, seed=s), path,
+                           finetune=ft, allow_finetune=not no_finetune, data=data, log=log_path,
+                           checkpoint=ckpt_path, checkpoint_every=checkpoint_every,
+                           resume=again, overwrite=overwrite, progress=not quiet,
+                           notify=lambda message: click.echo(message, err=True))
+
+    if len(seeds) > 1:
+        from hadref.train.jobs import default_out
+
+        _print_seeds(_several_seeds(run, seeds, out or default_out(teacher_path, "had"), resume,
+                                    log_path, ckpt_path), as_json)
+        return
+    result = run(seeds[0], out, resume)
     if not _is_root():
         return
     if as_json:
@@ -270,38 +343,118 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
 
 # --- evaluate -----------------------------------------------------------------------------
 
+def _int_list(text: str | None, option: str) -> list[int] | None:
+    """'4,8,16' -> [4, 8, 16] (None stays None)."""
+    if text is None:
+        return None
+    try:
+        values = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise HadrefError(f"{option}: expected comma-separated integers such as 4,8,16, "
+                          f"got {text!r}") from None
+    if not values:
+        raise HadrefError(f"{option}: expected at least one integer, got {text!r}")
+    return values
+
+
 @click.command()
 @click.argument("model_path", metavar="MODEL.h5", type=click.Path(dir_okay=False))
 @click.option("--task", required=True, help=_task_help())
 @click.option("--max-len", type=click.IntRange(min=8), default=None,
-              help="Tokens per example (default: a student's training length, else 128 or the "
-                   "model's position table if shorter).")
+              help="Tokens per example (default: the length the file was trained at, from "
+                   "its HAD settings or provenance, else 128 or the model's position table "
+                   "if shorter).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Examples per forward pass.")
+@click.option("--top-n", "top_n", default=None,
+              help="Keys kept per query row, one or several (4,8,16,30,64: one table, the "
+                   "accuracy-against-N curve). Default: a student's own N; 30 with --binarize.")
+@click.option("--binarize", is_flag=True,
+              help="Float teacher: hard-binarize Q and K with sigma estimated on training "
+                   "data (HAD.md), no distillation (the paper's baseline), and score it with "
+                   "the packed kernels; the float metric is shown beside it.")
+@click.option("--sigma-batches", type=click.IntRange(min=1), default=100, show_default=True,
+              help="--binarize: minibatches for sigma estimation.")
+@click.option("--sigma-batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="--binarize: examples per sigma minibatch.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="--binarize: seed of the sigma minibatches.")
+@click.option("--split", type=click.Choice(["dev", "test"]), default="dev", show_default=True,
+              help="test: the GLUE test files (no labels): writes the submission (--submission).")
+@click.option("--predictions", type=click.Path(dir_okay=False), default=None,
+              help="Write FILE.tsv: index, label, prediction, class probabilities (STS-B: "
+                   "the score) per example; MNLI: FILE-matched.tsv and FILE-mismatched.tsv.")
+@click.option("--submission", type=click.Path(file_okay=False), default=None,
+              help="--split test: folder for the GLUE server's files (SST-2.tsv, MNLI-m.tsv "
+                   "and MNLI-mm.tsv, ...: index<TAB>prediction with GLUE's label names).")
+@click.option("--results", type=click.Path(dir_okay=False), default=None,
+              help="Write the results with their settings as JSON (default: beside the "
+                   "predictions or submission file, NAME.metrics.json).")
+@click.option("--any-task", is_flag=True,
+              help="Score the head on a task other than the one it was trained on (I know).")
 @click.option("--check", is_flag=True,
               help="HAD student: also run the training path and require the same prediction "
                    "for every example as the packed kernels.")
 @click.option("--json", "as_json", is_flag=True, help="Print {task, metrics, ...} as JSON.")
-@(lambda f: _data_options(f, train=False))
-def evaluate(model_path, task, max_len, batch_size, check, as_json, data_dir, skip_bad_rows,
-             dev_limit):
+@_data_options
+def evaluate(model_path, task, max_len, batch_size, top_n, binarize, sigma_batches,
+             sigma_batch_size, seed, split, predictions, submission, results, any_task, check,
+             as_json, data_dir, skip_bad_rows, train_limit, dev_limit):
     """The GLUE metric of MODEL.h5 on the task's dev set (MNLI: matched and mismatched).
 
-    A HAD student runs through the packed Numba kernels (XNOR-popcount, counting top-N).
+    A HAD student runs through the packed Numba kernels (XNOR-popcount, counting top-N),
+    at its own N or at each --top-n. --binarize scores a float teacher binarized without
+    distillation. --train-limit only limits the rows sigma is estimated from (--binarize);
+    --dev-limit also limits the test rows.
+
+    \b
+    Examples:
+      hadref evaluate student.h5 --task sst2 --top-n 4,8,16,30,64 --results topn.json
+      hadref evaluate teacher.h5 --task sst2 --binarize --top-n 4,8,16,30,64
+      hadref evaluate student.h5 --task sst2 --predictions dev-preds.tsv
+      hadref evaluate student.h5 --task sst2 --split test --submission glue-submission/
     """
     from hadref.train.jobs import run_evaluate
 
     result = run_evaluate(model_path, task, max_len=max_len, batch_size=batch_size, check=check,
-                          data=_data_source(data_dir, skip_bad_rows, dev_limit=dev_limit))
+                          data=_data_source(data_dir, skip_bad_rows, train_limit, dev_limit),
+                          top_n=_int_list(top_n, "--top-n"), binarize=binarize, split=split,
+                          predictions=predictions, submission=submission, results=results,
+                          any_task=any_task, sigma_batches=sigma_batches,
+                          sigma_batch_size=sigma_batch_size, seed=seed)
     if not _is_root():
         return
     if as_json:
         click.echo(json.dumps(result))
         return
-    kind = (f"HAD student (N = {result['top_n']}, packed kernels)" if result["had"]
-            else "float model")
-    click.echo(f"{model_path} [{kind}] {result['task']} dev: {_fmt(result['metrics'])} "
-               f"({sum(result['examples'].values())} examples, {result['wall_s']:.1f} s)")
+    if result["binarized"]:
+        kind = "float teacher hard-binarized, no distillation (packed kernels)"
+    elif result["had"]:
+        kind = "HAD student (packed kernels)"
+    else:
+        kind = "float model"
+    n_examples = sum(result["examples"].values())
+    if split == "test":
+        click.echo(f"{model_path} [{kind}, N = {result['top_n']}] {result['task']} test: "
+                   f"{n_examples} examples predicted ({result['wall_s']:.1f} s)")
+    elif len(result["top_ns"]) > 1:
+        click.echo(f"{model_path} [{kind}] {result['task']} dev ({n_examples} examples, "
+                   f"{result['wall_s']:.1f} s):")
+        names = list(next(iter(result["by_top_n"].values())))
+        click.echo("  " + "N".rjust(5) + "".join(n.rjust(24) for n in names))
+        for n, values in result["by_top_n"].items():
+            click.echo("  " + n.rjust(5) + "".join(f"{100 * values[k]:24.2f}" for k in names))
+    else:
+        n_text = f", N = {result['top_n']}" if result["top_n"] else ""
+        click.echo(f"{model_path} [{kind}{n_text}] {result['task']} dev: {_fmt(result['metrics'])} "
+                   f"({n_examples} examples, {result['wall_s']:.1f} s)")
+    if result["reference"]:
+        click.echo(f"teacher (float{', from the provenance' if result['had'] else ''}): "
+                   f"{_fmt(result['reference'])}")
     for name, c in result.get("check", {}).items():
         click.echo(f"check {name}: packed kernels and training path agree on every prediction "
                    f"(max logit difference {c['max_logit_diff']:.3g})")
+    for path in result["files"]:
+        click.echo(f"wrote {path}")
+    if result.get("results_file"):
+        click.echo(f"wrote {result['results_file']}")

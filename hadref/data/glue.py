@@ -44,6 +44,13 @@ class Task:
     header: bool = True
     fields: int | None = None
     dev_files: tuple[str, ...] = ("dev.tsv",)
+    # GLUE test files (no labels, a header with an index column; CoLA's test has a header
+    # although its train and dev do not) and the names the GLUE server wants for the
+    # submission file of each, in the same order
+    test_files: tuple[str, ...] = ("test.tsv",)
+    submission_files: tuple[str, ...] = ()
+    test_text_columns: tuple | None = None    # None: the same header names as text_columns
+    test_index_column: str = "index"
 
     @property
     def is_regression(self) -> bool:
@@ -68,22 +75,27 @@ class Task:
 TASKS: dict[str, Task] = {
     t.name: t for t in (
         Task("cola", "CoLA", (3,), 1, ("0", "1"), ("matthews_correlation",),
-             header=False, fields=4),
-        Task("sst2", "SST-2", ("sentence",), "label", ("0", "1"), ("accuracy",)),
+             header=False, fields=4, submission_files=("CoLA.tsv",),
+             test_text_columns=("sentence",)),
+        Task("sst2", "SST-2", ("sentence",), "label", ("0", "1"), ("accuracy",),
+             submission_files=("SST-2.tsv",)),
         Task("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"),
-             ("f1", "accuracy")),
+             ("f1", "accuracy"), submission_files=("MRPC.tsv",)),
         Task("stsb", "STS-B", ("sentence1", "sentence2"), "score", None,
-             ("pearson", "spearmanr")),
+             ("pearson", "spearmanr"), submission_files=("STS-B.tsv",)),
         Task("qqp", "QQP", ("question1", "question2"), "is_duplicate", ("0", "1"),
-             ("f1", "accuracy")),
+             ("f1", "accuracy"), submission_files=("QQP.tsv",), test_index_column="id"),
         Task("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label",
              ("contradiction", "entailment", "neutral"), ("accuracy",),
-             dev_files=("dev_matched.tsv", "dev_mismatched.tsv")),
+             dev_files=("dev_matched.tsv", "dev_mismatched.tsv"),
+             test_files=("test_matched.tsv", "test_mismatched.tsv"),
+             submission_files=("MNLI-m.tsv", "MNLI-mm.tsv")),
         Task("qnli", "QNLI", ("question", "sentence"), "label",
-             ("entailment", "not_entailment"), ("accuracy",)),
+             ("entailment", "not_entailment"), ("accuracy",), submission_files=("QNLI.tsv",)),
         Task("rte", "RTE", ("sentence1", "sentence2"), "label",
-             ("entailment", "not_entailment"), ("accuracy",)),
-        Task("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), ("accuracy",)),
+             ("entailment", "not_entailment"), ("accuracy",), submission_files=("RTE.tsv",)),
+        Task("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), ("accuracy",),
+             submission_files=("WNLI.tsv",)),
     )
 }
 
@@ -95,7 +107,9 @@ class Split:
     texts_a, texts_b: lists of str (texts_b None for single-sentence tasks);
     labels: (n,) int64 class ids, or float32 scores for regression;
     lines: (n,) int64 1-based line numbers in ``path`` (for messages);
-    skipped: [(line, reason)] rows left out under ``skip_bad_rows``.
+    skipped: [(line, reason)] rows left out under ``skip_bad_rows``;
+    index: the test file's index column as written (a test split only; its labels are -1,
+    or NaN for regression), else None.
     """
 
     task: Task
@@ -105,6 +119,7 @@ class Split:
     labels: np.ndarray
     lines: np.ndarray
     skipped: list[tuple[int, str]] = field(default_factory=list)
+    index: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.texts_a)
@@ -114,7 +129,8 @@ class Split:
         idx = np.asarray(indices, dtype=np.int64)
         return Split(self.task, self.path, [self.texts_a[i] for i in idx],
                      None if self.texts_b is None else [self.texts_b[i] for i in idx],
-                     self.labels[idx], self.lines[idx], list(self.skipped))
+                     self.labels[idx], self.lines[idx], list(self.skipped),
+                     None if self.index is None else [self.index[i] for i in idx])
 
 
 def get_task(name: str) -> Task:
@@ -137,11 +153,12 @@ def data_root(data_dir: str | os.PathLike | None = None) -> Path:
 
 
 def task_files(task: Task, split: str, data_dir=None) -> list[Path]:
-    """Paths of ``split`` ('train' or 'dev'; MNLI's dev is matched then mismatched)."""
+    """Paths of ``split`` ('train', 'dev' or 'test'; MNLI's dev and test are matched then
+    mismatched)."""
     folder = data_root(data_dir) / task.folder
-    names = ("train.tsv",) if split == "train" else task.dev_files
-    if split not in ("train", "dev"):
-        raise HadrefError(f"unknown split {split!r}: expected 'train' or 'dev'")
+    if split not in ("train", "dev", "test"):
+        raise HadrefError(f"unknown split {split!r}: expected 'train', 'dev' or 'test'")
+    names = {"train": ("train.tsv",), "dev": task.dev_files, "test": task.test_files}[split]
     if not folder.is_dir():
         expected = ", ".join(f"{task.folder}/{n}" for n in ("train.tsv",) + task.dev_files)
         raise HadrefError(f"GLUE task folder not found: {folder} (expected {expected} under "
@@ -157,13 +174,71 @@ def task_files(task: Task, split: str, data_dir=None) -> list[Path]:
 
 def load_split(task: Task | str, split: str, data_dir=None, *, skip_bad_rows: bool = False,
                limit: int | None = None) -> list[Split]:
-    """Read ``split`` of ``task``: one :class:`Split` per file (two for MNLI's dev).
+    """Read ``split`` of ``task``: one :class:`Split` per file (two for MNLI's dev and test).
 
-    ``limit`` keeps the first ``limit`` good rows of each file (for tests and demos).
+    ``limit`` keeps the first ``limit`` good rows of each file (for tests and demos). The
+    test split is read by :func:`read_test_tsv` (no labels).
     """
     task = get_task(task) if isinstance(task, str) else task
-    return [read_tsv(task, p, skip_bad_rows=skip_bad_rows, limit=limit)
+    read = read_test_tsv if split == "test" else read_tsv
+    return [read(task, p, skip_bad_rows=skip_bad_rows, limit=limit)
             for p in task_files(task, split, data_dir)]
+
+
+def read_test_tsv(task: Task, path: str | os.PathLike, *, skip_bad_rows: bool = False,
+                  limit: int | None = None) -> Split:
+    """Read a GLUE test file of ``task``: a header naming the index column
+    (``task.test_index_column``) and the text columns, no label. Returns a :class:`Split`
+    whose ``index`` holds the index column and whose labels are -1 (NaN for regression)."""
+    path = Path(path)
+    texts_a: list[str] = []
+    texts_b: list[str] | None = [] if task.is_pair else None
+    index: list[str] = []
+    lines: list[int] = []
+    skipped: list[tuple[int, str]] = []
+    wanted = (*(task.test_text_columns or task.text_columns), task.test_index_column)
+    try:
+        handle = open(path, encoding="utf-8-sig", newline="")
+    except OSError as err:
+        raise HadrefError(f"cannot read {path}: {err.strerror}") from None
+    with handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise HadrefError(f"{path}: empty file, expected a header line")
+            names = [h.strip() for h in header]
+            missing = [w for w in wanted if w not in names]
+            if missing:
+                raise HadrefError(f"{path}:1: test header lacks column(s) "
+                                  f"{', '.join(map(repr, missing))} for task {task.name} "
+                                  f"(header: {', '.join(names)})")
+            cols = [names.index(w) for w in wanted]
+            for row in reader:
+                if limit is not None and len(texts_a) >= limit:
+                    break
+                if row == [] or row == [""]:
+                    continue
+                if len(row) != len(names):
+                    problem = f"expected {len(names)} tab-separated fields, got {len(row)}"
+                    if not skip_bad_rows:
+                        raise HadrefError(f"{path}:{reader.line_num}: malformed {task.name} test "
+                                          f"row: {problem} (fix the file or pass --skip-bad-rows)")
+                    skipped.append((reader.line_num, problem))
+                    continue
+                texts_a.append(row[cols[0]])
+                if texts_b is not None:
+                    texts_b.append(row[cols[1]])
+                index.append(row[cols[-1]].strip())
+                lines.append(reader.line_num)
+        except csv.Error as err:
+            raise HadrefError(f"{path}:{reader.line_num}: unreadable row: {err}") from None
+        except UnicodeDecodeError as err:
+            raise HadrefError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    labels = (np.full(len(texts_a), np.nan, np.float32) if task.is_regression
+              else np.full(len(texts_a), -1, np.int64))
+    return Split(task, path, texts_a, texts_b, labels, np.asarray(lines, dtype=np.int64),
+                 skipped, index)
 
 
 def read_tsv(task: Task, path: str | os.PathLike, *, skip_bad_rows: bool = False,

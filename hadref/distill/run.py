@@ -23,6 +23,7 @@ from hadref.train.jobs import (
     interrupted,
     load_model_file,
     task_data,
+    write_run_results,
 )
 from hadref.train.metrics import format_metrics
 from hadref.train.parallel import current_ranks
@@ -84,9 +85,12 @@ def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
     if resume and not (files.checkpoint.is_file() or (
             headless and (ft_files.checkpoint.is_file() or ft_files.out.is_file()))):
         raise HadrefError(f"no checkpoint to resume from at {files.checkpoint} (--resume)")
+    from hadref.train import provenance
+
     if headless and allow_finetune:
         ft_files.claim(inputs, overwrite=overwrite, resume=resume, notify=say, prefix=_FT)
-    train, dev = task_data(t, teacher, settings.max_len, data)
+    record = []
+    train, dev = task_data(t, teacher, settings.max_len, data, record=record)
     t0 = time.monotonic()
     teacher_file = Path(teacher_path)
     if headless:
@@ -103,13 +107,20 @@ def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
             ft.check()
             say(f"{teacher_path} has no head for {t.name}: fine-tuning a teacher first "
                 f"(as `hadref finetune` would), saved to {teacher_file}")
+            ft_prov = provenance.build("finetune", t, record, {"seed": ft.seed}, ft.to_dict())
+            ft_prov["base"] = {"file": str(teacher_path), "sha256": file_sha256(teacher_path)}
             ft_metrics = finetune_files(teacher, t, train, dev, ft, ft_files,
                                         checkpoint_every=checkpoint_every,
                                         resume=resume and ft_files.checkpoint.is_file(),
-                                        progress=progress, data=data, ranks=ranks)
+                                        progress=progress, data=data, ranks=ranks,
+                                        provenance=ft_prov)
             say(f"teacher {teacher_file}: dev {format_metrics(ft_metrics)}")
         teacher = load_model_file(teacher_file, "teacher")  # exactly what the file holds
+    if provenance.head_task(teacher) not in (None, t.name):
+        raise HadrefError(f"{teacher_file}: its head was trained on {provenance.head_task(teacher)}, "
+                          f"not {t.name}: distill a teacher of {t.name}")
     teacher_metrics, _ = evaluate(teacher, dev[0], t, ranks=ranks)
+    teacher_sha256 = file_sha256(teacher_file)
     resume_distill = resume and files.checkpoint.is_file()
     log_file = JsonLog(files.log if ranks.is_root else None, append=resume_distill)
     shown = Progress(total=0, enabled=progress and ranks.is_root, label="distill ")
@@ -120,19 +131,30 @@ def run_distill(teacher_path, task, settings=None, out=None, *, finetune=None,
         student, stage_metrics = distill(
             teacher, train, dev[0], t, settings, checkpoint_path=files.checkpoint,
             checkpoint_every=checkpoint_every, resume=resume_distill, log=log_file,
-            progress=shown, teacher_sha256=file_sha256(teacher_file),
+            progress=shown, teacher_sha256=teacher_sha256,
             data_settings=data.resume_settings(), start_record=start, ranks=ranks)
     except KeyboardInterrupt:
         raise interrupted(files.checkpoint) from None
     finally:
         shown.close()
         log_file.close()
+    student.provenance = provenance.build(
+        "distill", t, record, {"seed": settings.seed}, settings.to_dict(),
+        teacher={"file": str(teacher_file), "sha256": teacher_sha256, "metrics": teacher_metrics,
+                 "provenance": teacher.provenance})
     if ranks.is_root:
         save(student, files.out)
         files.checkpoint.unlink(missing_ok=True)  # the run is complete: its file replaces it
     ranks.barrier()
     metrics = (stage_metrics.get(str(student.had["stage"]))
                or evaluate(student, dev[0], t, ranks=ranks)[0])
+    if ranks.is_root:
+        write_run_results(files.out, {"job": "distill", "task": t.name, "metrics": metrics,
+                                      "teacher_metrics": teacher_metrics,
+                                      "stage_metrics": stage_metrics,
+                                      "top_n": settings.effective_top_n,
+                                      "settings": settings.to_dict(),
+                                      "provenance": student.provenance})
     return {"task": t.name, "teacher": str(teacher_file), "student": str(files.out),
             "teacher_metrics": teacher_metrics, "metrics": metrics,
             "stage_metrics": stage_metrics, "top_n": settings.effective_top_n,

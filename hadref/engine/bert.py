@@ -124,7 +124,8 @@ class BertModel:
 
     Attributes: ``config`` (BertConfig), ``params``, ``tokenizer`` (hadref.engine.tokenizer.
     Tokenizer or None), ``attention_core`` (FloatAttentionCore by default; settable),
-    ``had`` (the HAD metadata dict of a HAD student file, else None), ``rng`` (the
+    ``had`` (the HAD metadata dict of a HAD student file, else None), ``provenance``
+    (what made the file: hadref.train.provenance; None when unknown), ``rng`` (the
     generator dropout uses when ``forward(train=True)`` gets no ``rng``).
     """
 
@@ -138,6 +139,7 @@ class BertModel:
         self.tokenizer = tokenizer
         self.attention_core = FloatAttentionCore()
         self.had = None
+        self.provenance = None
         self.rng = np.random.default_rng(0)
         self._cache = None
 
@@ -188,6 +190,7 @@ class BertModel:
         other.tokenizer = self.tokenizer
         other.attention_core = _copy.deepcopy(self.attention_core)
         other.had = _copy.deepcopy(self.had)
+        other.provenance = _copy.deepcopy(getattr(self, "provenance", None))
         other.rng = np.random.default_rng(0)
         other._cache = None
         return other

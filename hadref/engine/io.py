@@ -8,6 +8,8 @@ Layout (format_version 1; weights/README.md has the full description)::
     /tokenizer.json        uint8 bytes of the Hugging Face tokenizer.json (optional)
     /had                   HAD student only: datasets sigma_q (L,), sigma_k (L,);
                            attrs top_n, ste_t, stage, settings (JSON), teacher_sha256
+    / attr provenance      JSON: task, labels, data files, code, command, seeds (optional;
+                           hadref.train.provenance)
 
 Decoder files (LlamaModel, :mod:`hadref.engine.llama`) share that root and say
 ``"model_type": "llama"`` in config (BERT files have no model_type and read as before)::
@@ -62,9 +64,13 @@ def save(model: BertModel, path, had: dict | None = None) -> Path:
         had = _checked_had(had, model.config.num_hidden_layers, "had")
     check_params(model.params, model.config)
 
+    provenance = getattr(model, "provenance", None)
+
     def write(f):
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["config"] = json.dumps(model.config.to_dict(), sort_keys=True)
+        if provenance is not None:
+            f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
         group = f.create_group("params")
         for name in sorted(model.params):
             group.create_dataset(name, data=np.asarray(model.params[name], dtype=np.float32),
@@ -119,7 +125,9 @@ def load(path, dtype=np.float32) -> BertModel:
             tokenizer = Tokenizer(text, where=f"{path}: dataset tokenizer.json")
             _check_vocabulary(tokenizer, config, f"{path}: dataset tokenizer.json")
         had = _read_had(f, path, config.num_hidden_layers) if "had" in f else None
+        provenance = _read_provenance(f, path)
     model = BertModel(config, params, tokenizer)
+    model.provenance = provenance
     if had is not None:
         model.had = had
         model.attention_core = _had_inference_core(had, path)
@@ -132,7 +140,8 @@ def describe(path) -> dict:
     the tokenizer within the embedding table, well-typed HAD metadata).
 
     Returns {"path", "format_version", "config" (dict), "parameters" (count), "head"
-    (num_labels or None), "pooler" (bool), "tokenizer" (bool), "had" (dict or None)}.
+    (num_labels or None), "pooler" (bool), "tokenizer" (bool), "had" (dict or None),
+    "provenance" (dict, None for files written before provenance)}.
     """
     path = Path(path)
     model = load(path)
@@ -146,7 +155,8 @@ def describe(path) -> dict:
             "config": model.config.to_dict(),
             "parameters": int(sum(p.size for p in model.params.values())),
             "head": model.config.num_labels, "pooler": "pooler.dense.weight" in model.params,
-            "tokenizer": model.tokenizer is not None, "had": model.had}
+            "tokenizer": model.tokenizer is not None, "had": model.had,
+            "provenance": model.provenance}
 
 
 def _check_vocabulary(tokenizer, config, where) -> None:
@@ -247,6 +257,19 @@ def _read_had(f, path, num_layers) -> dict:
     return _checked_had(had, num_layers, f"{path}: group had")
 
 
+def _read_provenance(f, path) -> dict | None:
+    """The root attribute ``provenance`` (JSON object) or None when the file has none."""
+    if "provenance" not in f.attrs:
+        return None
+    try:
+        value = json.loads(f.attrs["provenance"])
+    except (json.JSONDecodeError, TypeError):
+        raise HadrefError(f"{path}: attribute provenance is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise HadrefError(f"{path}: attribute provenance must be a JSON object")
+    return value
+
+
 def _had_inference_core(had: dict, path):
     try:
         from hadref.had.core import HADAttentionCore
@@ -308,6 +331,7 @@ def read_pretrained(src, num_heads: int | None = None) -> BertModel:
     tensors = _read_safetensors(weights)
     params, _dropped = _state_dict_to_params(tensors, weights)
     config_path = folder / "config.json"
+    data = {}
     if config_path.exists():
         try:
             data = json.loads(config_path.read_text())
@@ -335,7 +359,22 @@ def read_pretrained(src, num_heads: int | None = None) -> BertModel:
         tokenizer = Tokenizer.from_vocab(folder / "vocab.txt", lowercase=lowercase)
     if tokenizer is not None:
         _check_vocabulary(tokenizer, config, f"{folder}: the tokenizer")
-    return BertModel(config, params, tokenizer)
+    model = BertModel(config, params, tokenizer)
+    _restore_export_keys(model, data, config_path)
+    return model
+
+
+def _restore_export_keys(model: BertModel, data: dict, where) -> None:
+    """A folder written by ``hadref export``: its ``had`` key makes the model a HAD student
+    again and ``hadref_provenance`` restores the provenance (hadref.engine.export)."""
+    from hadref.engine.export import HAD_KEY, PROVENANCE_KEY
+
+    if isinstance(data.get(HAD_KEY), dict):
+        had = {k: v for k, v in data[HAD_KEY].items() if k != "binarization"}
+        model.had = _checked_had(had, model.config.num_hidden_layers, f"{where}: key {HAD_KEY}")
+        model.attention_core = _had_inference_core(model.had, where)
+    if isinstance(data.get(PROVENANCE_KEY), dict):
+        model.provenance = data[PROVENANCE_KEY]
 
 
 def _decoder_sources(src):

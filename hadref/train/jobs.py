@@ -130,10 +130,14 @@ def split_holdout(split, fraction: float, seed: int):
     return split.subset(np.flatnonzero(~held)), split.subset(np.flatnonzero(held))
 
 
-def task_data(task, model, max_len: int, data: DataSource, need_train: bool = True):
+def task_data(task, model, max_len: int, data: DataSource, need_train: bool = True,
+              record: list | None = None):
     """(train Encoded or None, [dev Encoded per dev file]) of ``task``, tokenized with the
     model's tokenizer at ``max_len`` tokens (MNLI: matched and mismatched dev sets). With
-    ``data.holdout``, the second item is ``[held-out training rows]`` instead of dev."""
+    ``data.holdout``, the second item is ``[held-out training rows]`` instead of dev.
+
+    record: a list that gets one provenance entry per file read (its sha256 and the rows
+    used, :func:`hadref.train.provenance.data_record`)."""
     from hadref.data import encode_split, load_split, report_skipped
 
     if model.tokenizer is None:
@@ -158,6 +162,13 @@ def task_data(task, model, max_len: int, data: DataSource, need_train: bool = Tr
     if need_train:
         train = encode_split(train_split, model.tokenizer, max_len)
     report_skipped(splits)
+    if record is not None:
+        from hadref.train.provenance import data_record
+
+        if need_train:
+            record.append(data_record("train", train_split, data.train_limit))
+        name, limit = ("holdout", None) if data.holdout else ("dev", data.dev_limit)
+        record.extend(data_record(name, s, limit) for s in dev_splits)
     dev = [encode_split(s, model.tokenizer, max_len) for s in dev_splits]
     return train, dev
 
@@ -171,9 +182,11 @@ def interrupted(checkpoint) -> HadrefError:
 def finetune_files(model, task, train, dev, settings, files: RunFiles, *,
                    checkpoint_every: float = 300.0, resume: bool = False,
                    progress: bool = True, eval_every: int = 0,
-                   data: DataSource = DataSource(), ranks=None) -> dict:
+                   data: DataSource = DataSource(), ranks=None,
+                   provenance: dict | None = None) -> dict:
     """Fine-tune an in-memory ``model`` (a head is added when it has none) with its log and
-    checkpoint, write it to ``files.out`` and remove the checkpoint; return dev metrics.
+    checkpoint, write it to ``files.out`` (with ``provenance``, and its metrics beside it as
+    ``OUT.metrics.json``) and remove the checkpoint; return dev metrics.
     Under MPI rank 0 writes the files, and every rank returns once ``files.out`` exists."""
     from hadref.engine.io import save
     from hadref.train.finetune import ensure_head, finetune
@@ -198,10 +211,21 @@ def finetune_files(model, task, train, dev, settings, files: RunFiles, *,
         shown.close()
         log.close()
     if ranks.is_root:
+        model.provenance = provenance
         save(model, files.out)
+        write_run_results(files.out, {"job": "finetune", "task": task.name,
+                                      "metrics": dev_metrics, "settings": settings.to_dict(),
+                                      "provenance": provenance})
         files.checkpoint.unlink(missing_ok=True)  # the run is complete: its file replaces it
     ranks.barrier()   # other ranks may read files.out next (run_distill)
     return dev_metrics
+
+
+def write_run_results(out, results: dict):
+    """``OUT.metrics.json`` beside the file a job wrote (:mod:`hadref.train.results`)."""
+    from hadref.train.results import beside, write_json
+
+    return write_json(beside(out), {"file": str(out), "sha256": file_sha256(out), **results})
 
 
 def run_finetune(model_path, task, settings=None, out=None, *, data: DataSource = DataSource(),
@@ -234,63 +258,200 @@ def run_finetune(model_path, task, settings=None, out=None, *, data: DataSource 
     model = load_model_file(model_path)
     if model.had is not None:
         raise HadrefError(f"{model_path} is a HAD student; fine-tune a float model")
-    train, dev = task_data(t, model, settings.max_len, data)
+    from hadref.train import provenance
+
+    record = []
+    train, dev = task_data(t, model, settings.max_len, data, record=record)
+    prov = provenance.build("finetune", t, record, {"seed": settings.seed}, settings.to_dict())
+    prov["base"] = {"file": str(model_path), "sha256": file_sha256(model_path)}
     t0 = time.monotonic()
     metrics = finetune_files(model, t, train, dev, settings, files,
                              checkpoint_every=checkpoint_every, resume=resume,
                              progress=progress, eval_every=eval_every, data=data,
-                             ranks=ranks)
+                             ranks=ranks, provenance=prov)
     return {"task": t.name, "metrics": metrics, "out": str(files.out),
             "wall_s": round(time.monotonic() - t0, 1)}
 
 
 def run_evaluate(model_path, task, *, max_len: int | None = None, batch_size: int = 64,
-                 check: bool = False, data: DataSource = DataSource(), ranks=None) -> dict:
-    """The GLUE metric of a model file on the task's dev set (MNLI: matched, mismatched).
+                 check: bool = False, data: DataSource = DataSource(), top_n=None,
+                 binarize: bool = False, split: str = "dev", predictions=None,
+                 submission=None, results=None, any_task: bool = False,
+                 sigma_batches: int = 100, sigma_batch_size: int = 16, seed: int = 0,
+                 ranks=None) -> dict:
+    """The GLUE metric of a model file on the task's dev set (MNLI: matched, mismatched),
+    at one or several N, with per-example predictions and GLUE test submissions.
 
-    A HAD student runs through the packed Numba kernels. ``check`` (students only) also
-    runs the training path (NumPy, ``use_kernels=False``) and raises when any prediction
-    differs. max_len default: a student's training length, else 128 (or the model's
-    position table if shorter). Returns ``{"task", "model", "max_len", "had", "top_n" (None
-    for a float model), "metrics", "examples", "wall_s"}`` plus ``"check": {split: {"agree",
-    "max_logit_diff"}}``. Under mpiexec the batches are split over the ranks (ranks).
+    A HAD student runs through the packed Numba kernels at its own N, or at each N of
+    ``top_n`` (a list of ints: the accuracy-against-N curve). ``binarize`` scores a float
+    teacher hard-binarized without distillation (the paper's baseline): sigma_Q, sigma_K
+    estimated on ``sigma_batches`` training minibatches as distillation does (HAD.md), then
+    the packed kernels at each N of ``top_n`` (default 30); the float teacher's own metric
+    comes with it (``reference``). ``check`` (students) also runs the training path and
+    raises when any prediction differs. ``split`` "test" reads the GLUE test files (no
+    labels, no metrics) and needs ``submission`` (a folder for GLUE's files, see
+    :mod:`hadref.train.predictions`); ``predictions`` writes the per-example TSV. Both need
+    a single N. The head must belong to ``task`` (from the file's provenance) unless
+    ``any_task``; a head of the wrong size is always an error. ``results`` (default: beside
+    the predictions or submission file when one is written) gets the returned dict as JSON.
+
+    max_len default: the training length of a student or of a teacher with provenance, else
+    128 (or the model's position table if shorter). Returns ``{"task", "model", "split",
+    "max_len", "had", "binarized",
+    "top_n" (the student's or the one N scored; None for a float model), "top_ns",
+    "student_top_n" (the N a student was trained at),
+    "metrics" (at top_n; {} on test), "by_top_n" ({str(N): metrics}), "reference" (float
+    teacher metrics: --binarize, or a student's teacher from its provenance; else None),
+    "examples", "files", "settings", "provenance", "wall_s"}`` plus ``"check"`` and, with
+    binarize, ``"sigma_q"``, ``"sigma_k"``. Under mpiexec the batches are split over the
+    ranks (ranks) and rank 0 writes the files.
     """
-    from hadref.data import get_task
+    from hadref.data import encode_split, get_task, load_split, report_skipped
+    from hadref.had.core import HADAttentionCore
     from hadref.train import metrics
+    from hadref.train import predictions as pred_files
     from hadref.train.evaluation import predict
+    from hadref.train.provenance import check_task
+    from hadref.train.results import beside, write_json
 
     t = get_task(task) if isinstance(task, str) else task
+    if split not in ("dev", "test"):
+        raise HadrefError(f"--split must be dev or test, got {split!r}")
     ranks = ranks or current_ranks()
     model = load_model_file(model_path)
-    if model.num_labels is None:
-        raise HadrefError(f"{model_path} has no classifier head: fine-tune it first (hadref finetune)")
-    if model.num_labels != t.num_labels:
-        raise HadrefError(f"{model_path} has a {model.num_labels}-output head, task {t.name} "
-                          f"needs {t.num_labels}")
+    check_task(model, t, model_path, any_task)
     if check and model.had is None:
         raise HadrefError(f"--check compares the packed kernels with the training path of a HAD "
                           f"student; {model_path} is a float model")
-    if max_len is None:
+    if binarize and model.had is not None:
+        raise HadrefError(f"--binarize scores a float teacher binarized without distillation; "
+                          f"{model_path} is already a HAD student")
+    top_ns = _top_n_list(top_n, model, binarize, model_path)
+    if len(top_ns) > 1 and (predictions or split == "test"):
+        raise HadrefError("--predictions and --split test score one N: give one --top-n value")
+    if split == "test" and submission is None:
+        raise HadrefError("--split test writes GLUE's submission files: give --submission DIR")
+    if max_len is None:   # the length the file was trained at, when it says so
         default = min(128, model.config.max_position_embeddings)
-        max_len = int((model.had or {}).get("settings", {}).get("max_len", default))
-    _, devs = task_data(t, model, max_len, data, need_train=False)
-    result = {"task": t.name, "model": str(model_path), "max_len": max_len,
-              "had": model.had is not None, "top_n": (model.had or {}).get("top_n"),
-              "metrics": {}, "examples": {}}
-    names = ["dev"] if len(devs) == 1 else ["matched", "mismatched"]
-    t0 = time.monotonic()
-    for name, dev in zip(names, devs):
-        logits = predict(model, dev, batch_size, ranks)
-        preds = metrics.predictions(logits, t.is_regression)
-        values = metrics.compute(t.metrics, preds, dev.labels)
-        suffix = "" if name in ("dev", "matched") else f"_{name}"
-        result["metrics"].update({k + suffix: v for k, v in values.items()})
-        result["examples"][name] = len(dev)
+        trained = ((model.had or {}).get("settings", {}).get("max_len")
+                   or ((model.provenance or {}).get("settings") or {}).get("max_len"))
+        max_len = int(trained or default)
+    t_start = time.monotonic()
+    main_n = top_ns[0] if top_ns else None
+    if model.had is not None and int(model.had["top_n"]) in top_ns:
+        main_n = int(model.had["top_n"])   # "metrics": the student at its own N
+    result = {"task": t.name, "model": str(model_path), "split": split, "max_len": max_len,
+              "had": model.had is not None, "binarized": bool(binarize),
+              "top_n": main_n, "top_ns": top_ns,
+              "student_top_n": int(model.had["top_n"]) if model.had is not None else None,
+              "metrics": {},
+              "by_top_n": {}, "reference": None, "examples": {}, "files": []}
+    sigma_q = sigma_k = None
+    if model.had is not None:
+        sigma_q, sigma_k = model.had["sigma_q"], model.had["sigma_k"]
+        teacher = (model.provenance or {}).get("teacher") or {}
+        if teacher.get("metrics"):
+            result["reference"] = teacher["metrics"]
+    if split == "dev":
+        train, evals = task_data(t, model, max_len, data, need_train=binarize)
+        splits = None
+    else:
+        if binarize:
+            train, _ = task_data(t, model, max_len, data, need_train=True)
+        splits = load_split(t, "test", data.data_dir, skip_bad_rows=data.skip_bad_rows,
+                            limit=data.dev_limit)
+        report_skipped(splits)
+        evals = [encode_split(s, model.tokenizer, max_len) for s in splits]
+    names = ["dev"] if len(evals) == 1 else ["matched", "mismatched"]
+    if split == "test":
+        names = ["test"] if len(evals) == 1 else ["test_matched", "test_mismatched"]
+    if binarize:
+        from hadref.distill.sigma import estimate_sigma
+
+        if split == "dev":
+            result["reference"] = _scores(model, evals, names, t, batch_size, ranks)[0]
+        sigma_q, sigma_k = estimate_sigma(model, train, n_batches=sigma_batches,
+                                          batch_size=sigma_batch_size, seed=seed)
+        result["sigma_q"], result["sigma_k"] = sigma_q.tolist(), sigma_k.tolist()
+    float_core = model.attention_core
+    last_logits = None
+    for n in top_ns or [None]:
+        if n is not None:
+            model.attention_core = HADAttentionCore.for_inference(sigma_q, sigma_k, n)
+        if split == "dev":
+            values, last_logits = _scores(model, evals, names, t, batch_size, ranks)
+            result["by_top_n"][str(n)] = values
+        else:
+            last_logits = [predict(model, e, batch_size, ranks) for e in evals]
         if check:
-            result.setdefault("check", {})[name] = _check_against_training_path(
-                model, dev, batch_size, logits, preds, t, name, ranks)
-    result["wall_s"] = round(time.monotonic() - t0, 2)
+            for name, e, logits in zip(names, evals, last_logits):
+                preds = metrics.predictions(logits, t.is_regression)
+                result.setdefault("check", {})[name if len(top_ns) <= 1 else f"{name}@{n}"] = \
+                    _check_against_training_path(model, e, batch_size, logits, preds, t, name,
+                                                 ranks)
+    model.attention_core = float_core
+    result["metrics"] = result["by_top_n"].get(str(main_n), {})
+    if split == "dev" and not top_ns:
+        result["by_top_n"] = {}
+    result["examples"] = {name: len(e) for name, e in zip(names, evals)}
+    if predictions and ranks.is_root:
+        if splits is None:
+            splits = load_split(t, "dev", data.data_dir, skip_bad_rows=data.skip_bad_rows,
+                                limit=data.dev_limit)
+        for path, s, logits in zip(pred_files.predictions_paths(predictions, names), splits,
+                                   last_logits):
+            result["files"].append(str(pred_files.write_predictions(path, s, logits)))
+    if split == "test" and ranks.is_root:
+        result["files"] += [str(p) for p in pred_files.write_submission(submission, t, splits,
+                                                                        last_logits)]
+    result["settings"] = {"max_len": max_len, "batch_size": batch_size, "top_n": top_ns,
+                          "binarize": bool(binarize), "split": split, "any_task": bool(any_task),
+                          "dev_limit": data.dev_limit, "train_limit": data.train_limit,
+                          "skip_bad_rows": data.skip_bad_rows}
+    if binarize:
+        result["settings"].update(sigma_batches=sigma_batches, sigma_batch_size=sigma_batch_size,
+                                  seed=seed)
+    result["provenance"] = model.provenance
+    result["wall_s"] = round(time.monotonic() - t_start, 2)
+    target = results or (beside(result["files"][0]) if result["files"] else None)
+    if target is not None and ranks.is_root:
+        result["results_file"] = str(target)
+        write_json(target, result)
     return result
+
+
+def _top_n_list(top_n, model, binarize, path) -> list[int]:
+    """The N values to score: the given ones (sorted, unique), else a student's own N or 30
+    for --binarize; [] for a float model scored as it is."""
+    if top_n is None or (not isinstance(top_n, (list, tuple)) and top_n == []):
+        if model.had is not None:
+            return [int(model.had["top_n"])]
+        return [30] if binarize else []
+    values = [top_n] if isinstance(top_n, (int, np.integer)) else list(top_n)
+    if not values:
+        return _top_n_list(None, model, binarize, path)
+    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in values):
+        raise HadrefError(f"--top-n: expected positive integers, got {values}")
+    if model.had is None and not binarize:
+        raise HadrefError(f"--top-n scores HAD attention: {path} is a float model (pass "
+                          "--binarize to binarize it without distillation)")
+    return sorted({int(v) for v in values})
+
+
+def _scores(model, evals, names, task, batch_size, ranks=None):
+    """({metric[_mismatched]: value}, [logits per split]) of ``model`` on the dev splits."""
+    from hadref.train import metrics
+    from hadref.train.evaluation import predict
+
+    out, all_logits = {}, []
+    for name, e in zip(names, evals):
+        logits = predict(model, e, batch_size, ranks)
+        preds = metrics.predictions(logits, task.is_regression)
+        values = metrics.compute(task.metrics, preds, e.labels)
+        suffix = "" if name in ("dev", "matched") else f"_{name}"
+        out.update({k + suffix: v for k, v in values.items()})
+        all_logits.append(logits)
+    return out, all_logits
 
 
 def _check_against_training_path(model, dev, batch_size, logits, preds, task, name, ranks) -> dict:
