@@ -63,3 +63,33 @@ def check_finite_fields(settings) -> None:
         value = getattr(settings, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise HadrefError(f"--{f.name.replace('_', '-')}: expected a finite number, got {value}")
+
+
+def check_param_shapes(params: dict, expected: dict, where: str = "parameters",
+                       kind: str = "parameter", prefix: str = "") -> None:
+    """Raise HadrefError naming the first missing, extra, mis-shaped, non-float or
+    non-finite entry of ``params`` ({name: array}) against ``expected`` ({name: shape}).
+
+    where: the file (or "parameters"); kind/prefix: how the message names one entry
+    (e.g. kind="dataset", prefix="params/" for our HDF5 files).
+    """
+    missing = [n for n in expected if n not in params]
+    if missing:
+        raise HadrefError(f"{where}: missing {kind} {prefix}{missing[0]}"
+                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    extra = [n for n in params if n not in expected]
+    if extra:
+        raise HadrefError(f"{where}: unexpected {kind} {prefix}{extra[0]}"
+                          + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+                          + " for this config")
+    for name, shape in expected.items():
+        value = params[name]
+        if tuple(value.shape) != shape:
+            raise HadrefError(f"{where}: {kind} {prefix}{name} has shape {tuple(value.shape)}, "
+                              f"the config expects {shape}")
+        if not np.issubdtype(value.dtype, np.floating):
+            raise HadrefError(f"{where}: {kind} {prefix}{name} has dtype {value.dtype}, "
+                              "expected float")
+        if not np.isfinite(value).all():
+            raise HadrefError(f"{where}: {kind} {prefix}{name} holds non-finite values")
+

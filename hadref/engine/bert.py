@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from hadref.checks import check_param_shapes
 from hadref.engine.config import BertConfig
 from hadref.engine.layers.attention import FloatAttentionCore
 from hadref.engine.layers.classifier import classifier_backward, classifier_forward
@@ -93,26 +94,8 @@ def check_params(params: dict, config: BertConfig, where: str = "parameters",
     where: the file (or "parameters"); kind/prefix: how the message names one entry
     (e.g. kind="dataset", prefix="params/" for our HDF5 files).
     """
-    expected = expected_shapes(config, pooler="pooler.dense.weight" in params)
-    missing = [n for n in expected if n not in params]
-    if missing:
-        raise HadrefError(f"{where}: missing {kind} {prefix}{missing[0]}"
-                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    extra = [n for n in params if n not in expected]
-    if extra:
-        raise HadrefError(f"{where}: unexpected {kind} {prefix}{extra[0]}"
-                          + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
-                          + " for this config")
-    for name, shape in expected.items():
-        value = params[name]
-        if tuple(value.shape) != shape:
-            raise HadrefError(f"{where}: {kind} {prefix}{name} has shape {tuple(value.shape)}, "
-                              f"the config expects {shape}")
-        if not np.issubdtype(value.dtype, np.floating):
-            raise HadrefError(f"{where}: {kind} {prefix}{name} has dtype {value.dtype}, "
-                              "expected float")
-        if not np.isfinite(value).all():
-            raise HadrefError(f"{where}: {kind} {prefix}{name} holds non-finite values")
+    check_param_shapes(params, expected_shapes(config, pooler="pooler.dense.weight" in params),
+                       where, kind, prefix)
 
 
 class BertModel:

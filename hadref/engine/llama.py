@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from hadref.checks import check_param_shapes
 from hadref.engine import elementwise
 from hadref.engine.config import LlamaConfig
 from hadref.engine.layers.causal_attention import (
@@ -108,26 +109,7 @@ def expected_shapes(config: LlamaConfig) -> dict[str, tuple]:
 def check_params(params: dict, config: LlamaConfig, where: str = "parameters",
                  kind: str = "parameter", prefix: str = "") -> None:
     """Raise HadrefError naming the first missing, extra, mis-shaped or non-finite parameter."""
-    expected = expected_shapes(config)
-    missing = [n for n in expected if n not in params]
-    if missing:
-        raise HadrefError(f"{where}: missing {kind} {prefix}{missing[0]}"
-                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    extra = [n for n in params if n not in expected]
-    if extra:
-        raise HadrefError(f"{where}: unexpected {kind} {prefix}{extra[0]}"
-                          + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
-                          + " for this config")
-    for name, shape in expected.items():
-        value = params[name]
-        if tuple(value.shape) != shape:
-            raise HadrefError(f"{where}: {kind} {prefix}{name} has shape {tuple(value.shape)}, "
-                              f"the config expects {shape}")
-        if not np.issubdtype(value.dtype, np.floating):
-            raise HadrefError(f"{where}: {kind} {prefix}{name} has dtype {value.dtype}, "
-                              "expected float")
-        if not np.isfinite(value).all():
-            raise HadrefError(f"{where}: {kind} {prefix}{name} holds non-finite values")
+    check_param_shapes(params, expected_shapes(config), where, kind, prefix)
 
 
 class LlamaModel:
