@@ -232,7 +232,7 @@ def test_row_kernel_value_blocks_and_row_tiles_do_not_change_the_result(monkeypa
     import hadref.had.attention as hamming
 
     monkeypatch.setattr(hamming, "_BLOCK_BYTES", 1)
-    monkeypatch.setattr(hamming, "_TILE_ROWS", tile_rows)
+    monkeypatch.setattr(hamming, "_ROW_KERNEL_GROUP", tile_rows)
     monkeypatch.setattr(hamming, "_TILE_MIN_ROWS", 10**9)
     rng = np.random.default_rng(tile_rows)
     for trial in range(12):

@@ -209,10 +209,10 @@ def _check_qkv(q, k, v, finite_qk: bool = True):
     return q, k, v
 
 
-_TILE_ROWS = 32  # query rows that share one pass over V in blocks (row kernel)
+_ROW_KERNEL_GROUP = 32  # the row kernel: query rows that share one pass over V in blocks
 _BLOCK_BYTES = 128 * 1024  # a block of V that stays in a core's L2 cache (row kernel)
 # From this many query rows on, the tile kernel: a tile of 32 lanes costs about as much
-# for 1 row as for 32 (measured break-even near 12 rows of 1024 keys), so decoding a few
+# for 1 row as for 32 (break-even near 12 rows of 1024 keys), so decoding a few
 # tokens keeps the row kernel.
 _TILE_MIN_ROWS = 16
 # Tile kernel: levels in 8 bits up to this d (d + 1, the level of a padding key, must fit)
@@ -242,7 +242,7 @@ def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal, last_stage
                             np.empty((c, lanes, d + 2), v.dtype),
                             np.empty((c, lanes), np.float64), np.empty((c, lanes, dv), v.dtype))
         return out
-    tile = min(_TILE_ROWS, m)
+    tile = min(_ROW_KERNEL_GROUP, m)
     c = worker_chunks(groups * ((m + tile - 1) // tile))
     block = max(8, _BLOCK_BYTES // (dv * v.itemsize))
     _fused.attend_rows(q_bits, k_bits, v, valid, valid_before, n, d, top_n,
