@@ -7,30 +7,16 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from cli_run import error as _error
+from cli_run import ok as _ok
+from cli_run import run as _run
 
 import hadref
-from hadref.cli import main
 
 _DISTILL_FAST = ["--gamma", "0.5", "--stage3-steps", "2", "--stage4-steps", "2",
                  "--sigma-batches", "2", "--top-n", "6", "--max-len", "24", "--quiet"]
 
 
-def _run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result
-
-
-def _ok(result):
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
-
-
-def _error(result, pattern):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    assert pattern in result.output, result.output
-    return result
 
 
 def test_finetune_distill_evaluate_round_trip(glue_slice, encoder_file, tmp_path):
