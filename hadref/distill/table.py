@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 from hadref.data import get_task
 from hadref.distill.settings import DistillSettings
 from hadref.errors import HadrefError
+from hadref.files import atomic_file
 from hadref.train.finetune import FinetuneSettings
 from hadref.train.jobs import DataSource
 
@@ -135,9 +135,8 @@ def code_version() -> str:
 
 
 def _write_json(path: Path, record: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        Path(tmp).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
 def _once(json_path: Path, job, say) -> dict:

@@ -20,13 +20,12 @@ Every file is written to a temporary name and renamed.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from hadref.errors import HadrefError
+from hadref.files import atomic_file
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -108,18 +107,9 @@ def write_tsv(path, header: list[str], rows: list[list[str]]) -> Path:
     """A tab-separated file with a header line, written to a temporary name and renamed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+    with atomic_file(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write("\t".join(header) + "\n")
             for row in rows:
                 f.write("\t".join(row) + "\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path

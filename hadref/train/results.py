@@ -9,11 +9,11 @@ them and the model's provenance, so that a number can always be traced to its ru
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from hadref.files import atomic_file
 
 
 def beside(path, suffix: str = ".metrics.json") -> Path:
@@ -41,17 +41,8 @@ def write_json(path, obj: dict) -> Path:
     (temporary file in the same folder, then a rename). Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_file(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(_plain(obj), f, indent=2, sort_keys=True)
             f.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
