@@ -395,11 +395,13 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
 @click.option("--check", is_flag=True,
               help="HAD student: also run the training path and require the same prediction "
                    "for every example as the packed kernels.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace existing predictions, submission or results files.")
 @click.option("--json", "as_json", is_flag=True, help="Print {task, metrics, ...} as JSON.")
 @_data_options
 def evaluate(model_path, task, max_len, batch_size, top_n, binarize, sigma_batches,
              sigma_batch_size, seed, split, predictions, submission, results, any_task, check,
-             as_json, data_dir, skip_bad_rows, train_limit, dev_limit):
+             overwrite, as_json, data_dir, skip_bad_rows, train_limit, dev_limit):
     """The GLUE metric of MODEL.h5 on the task's dev set (MNLI: matched and mismatched).
 
     A HAD student runs through the packed Numba kernels (XNOR-popcount, counting top-N),
@@ -421,7 +423,7 @@ def evaluate(model_path, task, max_len, batch_size, top_n, binarize, sigma_batch
                           top_n=_int_list(top_n, "--top-n"), binarize=binarize, split=split,
                           predictions=predictions, submission=submission, results=results,
                           any_task=any_task, sigma_batches=sigma_batches,
-                          sigma_batch_size=sigma_batch_size, seed=seed)
+                          sigma_batch_size=sigma_batch_size, seed=seed, overwrite=overwrite)
     if not _is_root():
         return
     if as_json:

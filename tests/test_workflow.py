@@ -176,6 +176,18 @@ def test_predictions_file(models, glue_slice, tmp_path):
     assert beside["metrics"] == ev["metrics"] and beside["files"] == [str(path)]
     _error(_run("evaluate", student, "--task", "sst2", "--data", glue_slice, "--top-n", "2,4",
                 "--predictions", path), "give one --top-n value")
+    # an existing predictions or results file is never replaced silently, and never the model
+    before = path.read_text()
+    _error(_run("evaluate", student, "--task", "sst2", "--data", glue_slice, "--predictions", path),
+           "--predictions " + str(path) + ": file exists; pass --overwrite")
+    _error(_run("evaluate", student, "--task", "sst2", "--data", glue_slice, "--predictions",
+                tmp_path / "other.tsv", "--results", tmp_path / "preds.metrics.json"),
+           "preds.metrics.json: file exists")
+    assert path.read_text() == before and not (tmp_path / "other.tsv").exists()
+    _error(_run("evaluate", student, "--task", "sst2", "--data", glue_slice, "--results", student),
+           "same file")
+    _ok(_run("evaluate", student, "--task", "sst2", "--data", glue_slice, "--predictions", path,
+             "--overwrite"))
 
 
 def test_glue_test_submission_sst2_and_mnli(models, glue_slice, encoder_file, tmp_path):

@@ -278,7 +278,7 @@ def run_evaluate(model_path, task, *, max_len: int | None = None, batch_size: in
                  binarize: bool = False, split: str = "dev", predictions=None,
                  submission=None, results=None, any_task: bool = False,
                  sigma_batches: int = 100, sigma_batch_size: int = 16, seed: int = 0,
-                 ranks=None) -> dict:
+                 overwrite: bool = False, ranks=None) -> dict:
     """The GLUE metric of a model file on the task's dev set (MNLI: matched, mismatched),
     at one or several N, with per-example predictions and GLUE test submissions.
 
@@ -294,6 +294,8 @@ def run_evaluate(model_path, task, *, max_len: int | None = None, batch_size: in
     a single N. The head must belong to ``task`` (from the file's provenance) unless
     ``any_task``; a head of the wrong size is always an error. ``results`` (default: beside
     the predictions or submission file when one is written) gets the returned dict as JSON.
+    An existing predictions, submission or results file is an error before any work unless
+    ``overwrite`` (hadref.files.claim_outputs).
 
     max_len default: the training length of a student or of a teacher with provenance, else
     128 (or the model's position table if shorter). Returns ``{"task", "model", "split",
@@ -331,6 +333,8 @@ def run_evaluate(model_path, task, *, max_len: int | None = None, batch_size: in
         raise HadrefError("--predictions and --split test score one N: give one --top-n value")
     if split == "test" and submission is None:
         raise HadrefError("--split test writes GLUE's submission files: give --submission DIR")
+    if ranks.is_root:
+        _claim_evaluate_outputs(model_path, t, split, predictions, submission, results, overwrite)
     if max_len is None:   # the length the file was trained at, when it says so
         default = min(128, model.config.max_position_embeddings)
         trained = ((model.had or {}).get("settings", {}).get("max_len")
@@ -418,6 +422,30 @@ def run_evaluate(model_path, task, *, max_len: int | None = None, batch_size: in
         result["results_file"] = str(target)
         write_json(target, result)
     return result
+
+
+def _claim_evaluate_outputs(model_path, task, split, predictions, submission, results,
+                            overwrite: bool) -> None:
+    """The files ``run_evaluate`` will write, checked before any work: distinct from the
+    model file and from each other, and not replacing a file without ``overwrite``."""
+    from hadref.files import check_distinct, claim_outputs
+    from hadref.train import predictions as pred_files
+    from hadref.train.results import beside
+
+    outputs = {}
+    files = task.dev_files if split == "dev" else task.test_files
+    names = ["dev"] if len(files) == 1 else ["matched", "mismatched"]
+    if predictions:
+        for path in pred_files.predictions_paths(predictions, names):
+            outputs[f"--predictions {path.name}" if len(names) > 1 else "--predictions"] = path
+    if split == "test" and submission:
+        for name in task.submission_files:
+            outputs[f"--submission {name}"] = Path(submission) / name
+    first = next(iter(outputs.values()), None)
+    if results or first is not None:
+        outputs["--results"] = Path(results) if results else beside(first)
+    check_distinct({"MODEL.h5": model_path}, outputs)
+    claim_outputs(outputs, overwrite=overwrite)
 
 
 def _top_n_list(top_n, model, binarize, path) -> list[int]:
