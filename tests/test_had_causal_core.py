@@ -13,7 +13,7 @@ from hadref.engine.layers.causal_attention import CausalFloatAttentionCore
 from hadref.engine.llama import LlamaModel
 from hadref.errors import HadrefError
 from hadref.had.binarize import sign_pm1
-from hadref.had.causal_core import HADCausalCore, RecordingCausalCore
+from hadref.had.causal_core import HADCausalCore, RecordingCausalCore, binarized_teacher
 
 B, HQ, HKV, T, D = 2, 4, 2, 7, 5
 
@@ -289,3 +289,35 @@ def test_recording_core_keeps_post_rope_qk_and_serves_as_targets():
     student.attention_core = core
     student.forward(ids, train=True)
     assert 0 < core.attention_loss < 1e-3
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_hard_dense_forward_equals_packed_kernels(dtype):
+    rng = np.random.default_rng(7)
+    b, t, d = 2, 40, 64
+    q = rng.standard_normal((b, HQ, t, d)).astype(dtype)
+    k, v = (rng.standard_normal((b, HKV, t, d)).astype(dtype) for _ in range(2))
+    k[:, :, 10:20] = k[:, :, 5:6]  # ties
+    q[:, :, :3] = q[:, :, 3:4]
+    mask = np.ones((b, t), bool)
+    mask[1, 30:] = False
+    mask[1, 2] = False
+    sq, sk = [0.6, 1.7], [1.2, 0.4]
+    fast = HADCausalCore.for_inference(sq, sk, top_n=5)
+    slow = HADCausalCore(sq, sk, top_n=5, transform="hard")
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for layer, rows in ((0, t), (1, 9)):  # tile kernel (>= 16 rows) and row kernel
+        args = (q[:, :, :rows], k[:, :, :rows], v[:, :, :rows], mask[:, :rows], layer)
+        ctx_fast = fast.forward(*args)[0]
+        assert ctx_fast.dtype == dtype
+        np.testing.assert_allclose(ctx_fast, slow.forward(*args)[0], rtol=tol, atol=tol)
+
+
+def test_binarized_teacher_shares_weights_and_runs_hard():
+    model = tiny_model(seed=4, dtype=np.float32)
+    hard = binarized_teacher(model, [1.0, 1.0], [1.0, 1.0], top_n=3)
+    assert isinstance(model.attention_core, CausalFloatAttentionCore)
+    assert hard.attention_core.transform == "hard" and hard.attention_core.use_kernels
+    assert hard.params["embed_tokens.weight"] is model.params["embed_tokens.weight"]
+    ids = np.array([[3, 4, 5, 6, 7, 8]])
+    assert not np.allclose(hard.forward(ids).logits, model.forward(ids).logits)
+    with pytest.raises(HadrefError, match="sigma_q"):
+        binarized_teacher(model, [1.0], [1.0])
