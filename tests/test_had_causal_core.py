@@ -321,6 +321,7 @@ def test_binarized_teacher_shares_weights_and_runs_hard():
     assert not np.allclose(hard.forward(ids).logits, model.forward(ids).logits)
     with pytest.raises(HadrefError, match="sigma_q"):
         binarized_teacher(model, [1.0], [1.0])
+    assert hard.had["stage"] == "binarized" and hard.had["top_n"] == 3 and model.had is None
 
 
 def _student(seed=5, top_n=None):

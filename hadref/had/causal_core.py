@@ -495,7 +495,8 @@ class RecordingCausalCore:
 def binarized_teacher(model, sigma_q, sigma_k, top_n=None, top_n_ratio=DEFAULT_TOP_N_RATIO):
     """A copy of the decoder ``model`` (weights shared, not copied) whose attention core is
     ``HADCausalCore.for_inference(sigma_q, sigma_k, top_n, top_n_ratio)``: the teacher
-    binarized without distillation."""
+    binarized without distillation. Its ``had`` metadata (stage ``"binarized"``) lets
+    ``hadref.engine.io.save`` write it as a student file."""
     from hadref.engine.llama import LlamaModel
 
     other = LlamaModel.__new__(LlamaModel)
@@ -506,6 +507,10 @@ def binarized_teacher(model, sigma_q, sigma_k, top_n=None, top_n_ratio=DEFAULT_T
     if other.attention_core.n_layers != model.config.num_hidden_layers:
         raise HadrefError(f"sigma_q: expected {model.config.num_hidden_layers} values (one per "
                           f"layer), got {other.attention_core.n_layers}")
+    core = other.attention_core
+    other.had = {"sigma_q": core.sigma_q.copy(), "sigma_k": core.sigma_k.copy(),
+                 "top_n": core.top_n or 0, "top_n_ratio": core.top_n_ratio, "ste_t": 1.0,
+                 "stage": "binarized", "settings": {}, "teacher_sha256": ""}
     return other
 
 
