@@ -393,3 +393,34 @@ def test_training_selection_equals_packed_topn_exactly():
     used = cache.probs.reshape(stored.shape) > 0
     for flat in np.ndindex(b, HQ, t):
         assert sorted(stored[flat][used[flat]]) == sorted(idx[flat][idx[flat] >= 0]), flat
+
+
+def test_decoder_gradient_with_the_attention_loss_from_a_recorded_teacher():
+    teacher = tiny_model(seed=6)
+    rec = RecordingCausalCore(CausalFloatAttentionCore(), weight=0.8)
+    teacher.attention_core = rec
+    rng = np.random.default_rng(7)
+    ids = rng.integers(0, 23, size=(2, 6))
+    mask = np.ones((2, 6), int)
+    mask[1, 5:] = 0
+    teacher.forward(ids, mask)
+    student = tiny_model(seed=8)
+    core = HADCausalCore([0.8, 1.1], [1.2, 0.9], top_n=3, transform="tanh2", c=0.7)
+    core.attention_targets = rec
+    student.attention_core = core
+    weight = rng.standard_normal((2, 6, 23)) * mask[..., None]
+
+    def loss():
+        core.attention_loss = 0.0
+        out = float((student.forward(ids, mask, train=True).logits * weight).sum())
+        return out + rec.weight * core.attention_loss
+
+    loss()
+    assert core.attention_loss > 0
+    grads = student.backward(dlogits=weight)
+    for name in ("layers.0.self_attn.q_proj.weight", "layers.1.self_attn.k_proj.weight",
+                 "layers.0.mlp.up_proj.weight"):
+        entries = pick_entries(student.params[name].size, 10, np.random.default_rng(9))
+        student._cache = None
+        assert_gradient(grads[name], loss, student.params[name], entries, rtol=1e-4, atol=1e-8,
+                        err_msg=name)
