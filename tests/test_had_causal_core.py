@@ -338,7 +338,7 @@ def test_cached_generation_on_packed_keys_equals_full_forwards(top_n):
     # a fixed N: with N = ratio * length, a cached position keeps what it computed with the
     # N of its own time, while a full forward gives every row the N of the whole length
     model = _student(top_n=top_n)
-    prompt = np.array([3, 7, 11, 5, 9, 1, 4])
+    prompt = np.array([3, 7, 11, 5, 9, 1, 4] * 3)  # 21 rows: the prefill runs the tile kernel
     new = model.generate(prompt, 10, stop_at_eos=False)
     seq = list(prompt)
     for _ in range(10):  # greedy from full forwards (packed kernels, no cache)
@@ -349,8 +349,9 @@ def test_cached_generation_on_packed_keys_equals_full_forwards(top_n):
 
     assert isinstance(cache, PackedCausalKVCache)
     model.step(np.array([seq[:5]]), cache)
-    model.step(np.array([seq[5:9]]), cache)  # several new positions at once
-    for t in range(9, len(seq)):
+    model.step(np.array([seq[5:22]]), cache)  # 17 new positions at once: tiles after a cache
+    model.step(np.array([seq[22:25]]), cache)  # and 3 (rows)
+    for t in range(25, len(seq)):
         step = model.step(np.array([[seq[t]]]), cache)[0]
     full = model.forward(np.array([seq])).logits[0, -1]
     np.testing.assert_allclose(step, full, rtol=1e-5, atol=1e-5)
