@@ -79,7 +79,8 @@ _STAGE_INDEX_BYTES = 256 * 2**20  # the top-N indices held at once by the staged
 class _Stages:
     """HAD attention split into its three stages. The (seq, N) indices are materialized for
     as many (batch, head) groups at once as fit in 256 MiB (all of them at 1024 tokens,
-    one at a time at 16384); the fused path holds none. Equal query and key heads only."""
+    one at a time at 16384); the fused path holds none. k, v may have fewer heads than q
+    (grouped queries): the drivers' kv_group reads each key head for its query heads."""
 
     def __init__(self, q, k, v, top_n, causal=False):
         from hadref.had import attention as hamming
@@ -88,17 +89,20 @@ class _Stages:
         self._h = hamming
         self.causal = bool(causal)
         self.lead, (self.n, self.d), self.dv = q.shape[:-2], q.shape[-2:], v.shape[-1]
+        self.kv_group = q.shape[-3] // k.shape[-3]
         self.q = q.reshape(-1, self.n, self.d)
         self.k = k.reshape(-1, self.n, self.d)
         self.v = v.reshape(-1, self.n, self.dv)
         self.top_n = min(top_n, self.n)
-        groups = self.q.shape[0]
-        self.valid = np.ones((groups, self.n), np.bool_)
+        groups, kv_groups = self.q.shape[0], self.k.shape[0]
+        self.valid = np.ones((kv_groups, self.n), np.bool_)
         self.valid_before = hamming._valid_before(self.valid, self.n)
         words = (self.d + 63) // 64
         self.q_bits = np.empty((groups, self.n, words), np.uint64)
-        self.k_bits = np.empty((groups, self.n, words), np.uint64)
-        self.per_call = int(max(1, min(groups, _STAGE_INDEX_BYTES // (self.n * self.top_n * 6))))
+        self.k_bits = np.empty((kv_groups, self.n, words), np.uint64)
+        per_call = max(1, min(groups, _STAGE_INDEX_BYTES // (self.n * self.top_n * 6)))
+        # whole key heads per call: a multiple of the query heads that share one
+        self.per_call = int(max(self.kv_group, per_call // self.kv_group * self.kv_group))
         self.idx = np.empty((self.per_call, self.n, self.top_n), np.int32)
         self.lev = np.empty((self.per_call, self.n, self.top_n), np.int16)
         self.count = np.empty((self.per_call, self.n), np.int32)
@@ -121,7 +125,8 @@ class _Stages:
         for stop_after in ("levels", "select", None):
             t0 = time.perf_counter()
             self._h._attend(self.q_bits, self.k_bits, self.v, self.valid, self.n, self.d,
-                            self.top_n, self.two_scale, self.causal, stop_after=stop_after)
+                            self.top_n, self.two_scale, self.causal, stop_after=stop_after,
+                            kv_group=self.kv_group)
             ends.append(time.perf_counter() - t0)
         return ends
 
@@ -132,15 +137,17 @@ class _Stages:
         t_topn = t_av = 0.0
         for g in range(0, self.q.shape[0], self.per_call):
             sl = slice(g, g + self.per_call)
+            kv = slice(g // self.kv_group, (g + self.per_call) // self.kv_group)
             count = min(self.per_call, self.q.shape[0] - g)
             t0 = time.perf_counter()
-            fused.topn_packed(self.q_bits[sl], self.k_bits[sl], self.valid[sl],
-                              self.valid_before[sl], self.n, self.d, self.top_n, self.causal,
+            fused.topn_packed(self.q_bits[sl], self.k_bits[kv], self.valid[kv],
+                              self.valid_before[kv], self.n, self.d, self.top_n, self.causal,
                               self.idx[:count], self.lev[:count], self.count[:count],
-                              *self.topn_ws)
+                              *self.topn_ws, kv_group=self.kv_group)
             t1 = time.perf_counter()
             fused.attend_from_topn(self.idx[:count], self.lev[:count], self.count[:count],
-                                   self.v[sl], self.two_scale, self.out[sl], *self.av_ws)
+                                   self.v[kv], self.two_scale, self.out[sl], *self.av_ws,
+                                   kv_group=self.kv_group)
             t2 = time.perf_counter()
             t_topn += t1 - t0
             t_av += t2 - t1
@@ -208,20 +215,6 @@ def _dense_attention(q, k, v, causal=False):
     for j in range(group):
         out[:, :, j] = hamming.float_attention(qg[:, :, j], k, v, causal=causal)
     return out.reshape(batch, heads, m, v.shape[-1])
-
-
-def had_supports_grouped_queries() -> bool:
-    """True when ``had_attention`` accepts k and v with fewer heads than q (grouped
-    queries); this build checks by trying it on a tiny input."""
-    from hadref.had import attention as hamming
-
-    q = np.ones((1, 2, 2, 8), np.float32)
-    kv = np.ones((1, 1, 2, 8), np.float32)
-    try:
-        hamming.had_attention(q, kv, kv, 1)
-    except HadrefError:
-        return False
-    return True
 
 
 BLAS_SPIN_PAUSE_S = 0.25  # > OpenBLAS's default spin time (2**28 cycles)
@@ -391,10 +384,6 @@ def stage_floors_ms(rates: dict, groups: int, seq: int, dim: int, top_n: int,
     }
 
 
-def _median_or_none(samples) -> float | None:
-    return _median_ms(samples) if samples else None
-
-
 def run_bench(seq: int, heads: int = 12, dim: int = 64, top_n: int | None = None,
               batch: int = 1, repeat: int = 5, recall_rows: int = 256, seed: int = 0,
               progress=None, rates: dict | None = None, causal: bool = False,
@@ -402,8 +391,7 @@ def run_bench(seq: int, heads: int = 12, dim: int = 64, top_n: int | None = None
     """Measure one sequence length (prefill: seq query rows against seq keys); returns a
     dict of the figures (ms, bytes, ratios; None for what did not run). rates:
     ``calibrate(dim)`` (measured here when not given), for the stages' floors; causal:
-    both paths causal; kv_heads: key heads (grouped queries, a divisor of heads; the
-    fused split and the staged path then do not run); dense: False skips the float
+    both paths causal; kv_heads: key heads (grouped queries, a divisor of heads); dense: False skips the float
     reference (it is skipped anyway, with ``dense_skipped`` saying why, when it would not
     fit in memory)."""
     import numba
@@ -414,7 +402,6 @@ def run_bench(seq: int, heads: int = 12, dim: int = 64, top_n: int | None = None
     skipped = plan_memory(seq, heads, dim, batch, kv_heads, False, recall_rows) if dense \
         else "dense float attention skipped: --no-dense"
     run_dense = skipped is None
-    grouped = kv_heads != heads
     if rates is None:
         rates = calibrate(dim)
 
@@ -431,17 +418,16 @@ def run_bench(seq: int, heads: int = 12, dim: int = 64, top_n: int | None = None
     def dense_run():
         return _dense_attention(q, k, v, causal)
 
-    stages = None if grouped else _Stages(q, k, v, n_sel, causal)
+    stages = _Stages(q, k, v, n_sel, causal)
     # warm-up: compiles (first run only, then cached on disk) and touches the memory
     say(f"seq {seq}: warm-up")
     dense_out = dense_run() if run_dense else None
     had_out = had()
-    if stages is not None:
-        stages.pack()
-        stages.topn_and_av()
-        stages.fused_split()   # the split runs too: no first-call cost inside a timed repeat
-        if not np.allclose(stages.out.reshape(had_out.shape), had_out, rtol=1e-5, atol=1e-6):
-            raise RuntimeError("bench: the staged kernels disagree with had_attention")
+    stages.pack()
+    stages.topn_and_av()
+    stages.fused_split()   # the split runs too: no first-call cost inside a timed repeat
+    if not np.allclose(stages.out.reshape(had_out.shape), had_out, rtol=1e-5, atol=1e-6):
+        raise RuntimeError("bench: the staged kernels disagree with had_attention")
 
     times = {"dense": [], "had": [], "pack": [], "topn": [], "av": [], "fused": [],
              "fused_levels": [], "fused_topn": [], "fused_av": []}
@@ -460,9 +446,6 @@ def run_bench(seq: int, heads: int = 12, dim: int = 64, top_n: int | None = None
         say(f"seq {seq}: HAD, repeat {r + 1}/{repeat}")
         t1 = time.perf_counter()
         had()
-        times["had"].append(time.perf_counter() - t1)
-        if stages is None:
-            continue
         t2 = time.perf_counter()
         stages.pack()
         t3 = time.perf_counter()
@@ -472,6 +455,7 @@ def run_bench(seq: int, heads: int = 12, dim: int = 64, top_n: int | None = None
         times["fused_levels"].append(levels)
         times["fused_topn"].append(selected - levels)
         times["fused_av"].append(full - selected)
+        times["had"].append(t2 - t1)
         times["pack"].append(t3 - t2)
         times["topn"].append(t_topn)
         times["av"].append(t_av)
@@ -485,7 +469,7 @@ def run_bench(seq: int, heads: int = 12, dim: int = 64, top_n: int | None = None
         rel_err = float(np.linalg.norm((had_out - dense_out).ravel())
                         / np.linalg.norm(dense_out.ravel()))
     recall = _recall(q, k, n_sel, recall_rows, np.random.default_rng(seed + 1), causal)
-    med = {name: _median_or_none(samples) for name, samples in times.items()}
+    med = {name: _median_ms(samples) if samples else None for name, samples in times.items()}
     words = (dim + 63) // 64
     return {
         "mode": "prefill", "seq": seq, "heads": heads, "kv_heads": kv_heads, "dim": dim,
@@ -590,7 +574,7 @@ def run_decode(seq: int, heads: int = 12, dim: int = 64, top_n: int | None = Non
         mem_dense = _peak_extra_bytes(lambda: step.dense(queries[0]), out_bytes)
         diff = np.stack(had_out) - np.stack(dense_out)
         rel_err = float(np.linalg.norm(diff.ravel()) / np.linalg.norm(np.stack(dense_out)))
-    med = {name: _median_or_none(samples) for name, samples in times.items()}
+    med = {name: _median_ms(samples) if samples else None for name, samples in times.items()}
     words = (dim + 63) // 64
     key_packed, key_float, value = kv_heads * words * 8, kv_heads * dim * 4, kv_heads * dim * 4
     return {
@@ -612,10 +596,6 @@ def run_decode(seq: int, heads: int = 12, dim: int = 64, top_n: int | None = Non
 
 def _floor(ms: float, floor: float) -> str:
     return f"   floor {floor:6.2f} ms = {ms / floor:4.1f}x"
-
-
-def _ms(value: float | None) -> str:
-    return f"{value:11.2f}" if value is not None else f"{'-':>11}"
 
 
 def _heads_text(r: dict) -> str:
@@ -641,31 +621,27 @@ def _prefill_lines(r: dict, threads: int) -> list[str]:
         lines += [f"  {r['dense_skipped']}",
                   f"  {'HAD total (pack + fused kernel)':34}{r['had_ms']:11.2f}{'':10}"
                   f"{_mib(r['had_extra_bytes']):>15}"]
-    if r["fused_ms"] is not None:
-        lines += [
-            f"  {'  fused kernel (packed inputs)':34}{r['fused_ms']:11.2f}",
-            f"  {'    popcount levels':34}{r['fused_levels_ms']:11.2f}"
-            f"{_floor(r['fused_levels_ms'], r['floor_ms']['levels'])}",
-            f"  {'    top-N selection':34}{r['fused_topn_ms']:11.2f}"
-            f"{_floor(r['fused_topn_ms'], r['floor_ms']['topn'])}",
-            f"  {'    softmax + AV':34}{r['fused_softmax_av_ms']:11.2f}"
-            f"{_floor(r['fused_softmax_av_ms'], r['floor_ms']['softmax_av'])}",
-            "    stages run apart:",
-            f"  {'    pack q, k':34}{r['pack_ms']:11.2f}",
-            f"  {'    popcount + top-N (indices)':34}{r['popcount_topn_ms']:11.2f}",
-            f"  {'    softmax + AV from indices':34}{r['softmax_av_ms']:11.2f}",
-            "  (fused split: runs stopped after each stage, median differences; apart: "
-            "the ordered top-N indices of every row are materialized, as hamming_topn)",
-            f"  floors: the stage at this core's calibrated rates x {threads} thread(s) "
-            f"({r['rates']['xor_popcount_words_per_s'] / 1e9:.2f} G XOR-popcount words/s, "
-            f"{r['rates']['count_keys_per_s'] / 1e9:.2f} G keys/s counted in 32 "
-            f"{r['rates']['level_bits']}-bit lanes, "
-            f"{r['rates']['fma_per_s'] / 1e9:.1f} G float32 FMA/s); "
-            "levels: every pair once, top-N: 3 counting passes, AV: N dv FMAs per row",
-        ]
-    else:
-        lines.append("  (the fused split and the stages apart run with equal query and key "
-                     "heads only)")
+    lines += [
+        f"  {'  fused kernel (packed inputs)':34}{r['fused_ms']:11.2f}",
+        f"  {'    popcount levels':34}{r['fused_levels_ms']:11.2f}"
+        f"{_floor(r['fused_levels_ms'], r['floor_ms']['levels'])}",
+        f"  {'    top-N selection':34}{r['fused_topn_ms']:11.2f}"
+        f"{_floor(r['fused_topn_ms'], r['floor_ms']['topn'])}",
+        f"  {'    softmax + AV':34}{r['fused_softmax_av_ms']:11.2f}"
+        f"{_floor(r['fused_softmax_av_ms'], r['floor_ms']['softmax_av'])}",
+        "    stages run apart:",
+        f"  {'    pack q, k':34}{r['pack_ms']:11.2f}",
+        f"  {'    popcount + top-N (indices)':34}{r['popcount_topn_ms']:11.2f}",
+        f"  {'    softmax + AV from indices':34}{r['softmax_av_ms']:11.2f}",
+        "  (fused split: runs stopped after each stage, median differences; apart: "
+        "the ordered top-N indices of every row are materialized, as hamming_topn)",
+        f"  floors: the stage at this core's calibrated rates x {threads} thread(s) "
+        f"({r['rates']['xor_popcount_words_per_s'] / 1e9:.2f} G XOR-popcount words/s, "
+        f"{r['rates']['count_keys_per_s'] / 1e9:.2f} G keys/s counted in 32 "
+        f"{r['rates']['level_bits']}-bit lanes, "
+        f"{r['rates']['fma_per_s'] / 1e9:.1f} G float32 FMA/s); "
+        "levels: every pair once, top-N: 3 counting passes, AV: N dv FMAs per row",
+    ]
     lines.append(_key_cache_line(r))
     error = (f"relative output error {r['relative_output_error']:.3f}, "
              if r["relative_output_error"] is not None else "")
@@ -806,10 +782,6 @@ def bench(seq_text, heads, dim, top_n, batch, repeat, threads, recall_rows, seed
                           "already); give one of them")
     if decode and plot:
         raise HadrefError("--plot: draws the prefill stages against --seq; not with --decode")
-    if kv_heads != heads and not decode and not had_supports_grouped_queries():
-        raise HadrefError("--kv-heads: prefill with grouped queries needs had_attention with "
-                          "fewer key heads than query heads, not in this build (--decode "
-                          "runs them)")
     skipped = {}
     for seq in seqs:   # before allocating anything
         skipped[seq] = None if no_dense else \
