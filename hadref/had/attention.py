@@ -27,10 +27,10 @@ import math
 
 import numpy as np
 
-from hadref.checks import check_positive, check_top_n, is_int, worker_chunks
+from hadref.checks import check_positive, check_top_n, is_int
 from hadref.errors import HadrefError
+from hadref.had import workspaces as _ws
 from hadref.had.kernels import fused as _fused
-from hadref.had.kernels import tile as _tile
 from hadref.had.kernels.finite import count_nonfinite_rows as _count_nonfinite_rows
 from hadref.had.kernels.pack import pack_rows as _pack_rows
 
@@ -95,11 +95,6 @@ def _valid_before(valid: np.ndarray, n: int) -> np.ndarray:
     out = np.zeros((valid.shape[0], n + 1), dtype=np.int32)
     np.cumsum(valid[:, :n], axis=1, dtype=np.int32, out=out[:, 1:])
     return out
-
-
-def _marks(chunks: int, n: int) -> np.ndarray:
-    """Workspace of the selection's bit masks and key flags: (chunks, 10, ceil(n/64)) uint64."""
-    return np.empty((chunks, 10, (n + 63) // 64), np.uint64)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -168,13 +163,9 @@ def _topn_groups(q_bits, k_bits, valid, n, d, top_n, causal, kv_group=1):
     idx = np.full((groups, m, top_n), -1, dtype=np.int32)
     lev = np.full((groups, m, top_n), d + 1, dtype=np.int16)
     count = np.empty((groups, m), dtype=np.int32)
-    chunks = worker_chunks(groups * m)
-    sel = min(top_n, n)
     _fused.topn_packed(q_bits, k_bits, valid, _valid_before(valid, n), n, d, top_n,
-                       bool(causal), idx, lev, count, np.empty((chunks, n), np.int16),
-                       _marks(chunks, n), np.empty((chunks, sel), np.int32),
-                       np.empty((chunks, sel), np.int16), np.empty((chunks, d + 2), np.int32),
-                       kv_group)
+                       bool(causal), idx, lev, count,
+                       *_ws.topn_workspace(groups * m, n, d, top_n), kv_group)
     return idx, lev, count
 
 
@@ -233,50 +224,41 @@ def _check_qkv(q, k, v, finite_qk: bool = True):
 _ROW_KERNEL_GROUP = 32  # the row kernel: query rows that share one pass over V in blocks
 _BLOCK_BYTES = 128 * 1024  # a block of V that stays in a core's L2 cache (row kernel)
 # From this many query rows on, the tile kernel: a tile of 32 lanes costs about as much
-# for 1 row as for 32 (break-even near 12 rows of 1024 keys), so decoding a few
-# tokens keeps the row kernel.
+# for 1 row as for 32, so decoding a few tokens keeps the row kernel.
 _TILE_MIN_ROWS = 16
 # Tile kernel: levels in 8 bits up to this d (d + 1, the level of a padding key, must fit)
 _LEVELS8_MAX_D = 254
+# The tile kernel's ``last_stage`` argument for each ``stop_after`` of ``_attend``
+_STOP_AFTER = {None: 3, "levels": 1, "select": 2}
 
 
-def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal, last_stage=3,
+def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal, stop_after=None,
             kv_group=1):
     """Packed (G, m, W), (G / kv_group, >= n, W), v (G / kv_group, >= n, dv) -> (G, m, dv),
     a fused kernel (kv_group: query heads per key head).
 
-    last_stage 1 or 2 (the benchmark's split of the tile kernel, m >= _TILE_MIN_ROWS
-    only): stop after the levels or the selection; the output is then not written."""
-    groups, m, words = q_bits.shape
+    stop_after (the benchmark's split of the tile kernel, which it forces for any m):
+    None runs the whole attention; "levels" stops after the popcount levels, "select"
+    after the top-N selection, and the output is then not written."""
+    if stop_after not in _STOP_AFTER:
+        raise ValueError(f"stop_after: expected one of {sorted(map(str, _STOP_AFTER))}, "
+                         f"got {stop_after!r}")
+    groups, m, _ = q_bits.shape
     dv = v.shape[2]
     top_n = min(top_n, n)
     out = np.empty((groups, m, dv), dtype=v.dtype)
     valid_before = _valid_before(valid, n)
-    if m >= _TILE_MIN_ROWS or last_stage != 3:
-        lanes = _tile.LANES
-        c = worker_chunks(groups * ((m + lanes - 1) // lanes))
+    if m >= _TILE_MIN_ROWS or stop_after is not None:
         lev_type = np.uint8 if d <= _LEVELS8_MAX_D else np.uint16
+        ws = _ws.tile_workspace(groups, m, n, d, dv, v.dtype, lev_type)
         _fused.attend_tiles(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale,
-                            bool(causal), last_stage, out,
-                            np.empty((c, n + _tile.BLOCK, lanes), lev_type),
-                            np.empty((c, words, lanes), np.uint64),
-                            np.empty((c, lanes), np.int32), np.empty((c, 8, lanes), np.int64),
-                            np.empty((c, 4, lanes), np.uint16), np.empty((c, lanes), np.uint64),
-                            np.empty((c, lanes, d + 2), v.dtype),
-                            np.empty((c, lanes), np.float64), np.empty((c, lanes, dv), v.dtype),
+                            bool(causal), _STOP_AFTER[stop_after], out, *ws,
                             kv_group=kv_group)
         return out
-    tile = min(_ROW_KERNEL_GROUP, m)
-    c = worker_chunks(groups * ((m + tile - 1) // tile))
     block = max(8, _BLOCK_BYTES // (dv * v.itemsize))
+    ws = _ws.row_workspace(groups, m, n, d, dv, top_n, v.dtype, _ROW_KERNEL_GROUP)
     _fused.attend_rows(q_bits, k_bits, v, valid, valid_before, n, d, top_n,
-                       two_scale, bool(causal), out, block,
-                       np.empty((c, n), np.int16), _marks(c, n),
-                       np.empty((c, tile, top_n), np.int32),
-                       np.empty((c, tile, top_n), np.int16),
-                       np.empty((c, tile), np.int64), np.empty((c, tile, d + 2), v.dtype),
-                       np.empty((c, tile), np.float64), np.empty((c, tile, dv), v.dtype),
-                       np.empty((c, tile), np.int64), kv_group=kv_group)
+                       two_scale, bool(causal), out, block, *ws, kv_group=kv_group)
     return out
 
 

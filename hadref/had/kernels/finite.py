@@ -8,8 +8,8 @@ from numba import njit, prange
 def count_nonfinite_rows(x):
     """Number of rows of ``x`` (R, d) float32/float64, C-contiguous, holding a NaN or an
     infinity. ``v - v == 0`` is false exactly for those (no fastmath here, so it is not
-    folded away); a branch-free or over each row vectorizes. Measured 3x faster than
-    NumPy's float64 sum at 2 threads (0.14 against 0.43 ms for 12 x 1024 x 64 float32)."""
+    folded away); a branch-free or over each row vectorizes, and it reads x once instead
+    of summing it in float64 as NumPy's ``isfinite(x.sum())`` check would."""
     rows, d = x.shape
     bad_rows = 0
     for r in prange(rows):

@@ -16,8 +16,9 @@ Two fused kernels compute the same attention: ``attend_tiles`` (``tile.attend_ti
 ``attend_rows`` (one query row at a time: cheaper when there are only a few rows, as in
 decoding). Rows (tiles of rows) are dealt to C worker chunks round-robin (which balances
 the causal triangle); each chunk owns one slice of every workspace, all passed in by the
-caller so that they are NumPy allocations a memory probe sees. Neither holds anything of
-size n*N for all rows. ``fastmath`` is limited to contraction and reassociation of the
+caller so that they are NumPy allocations a memory probe sees (``hadref.had.workspaces``:
+one allocator per driver, fields in the order of its trailing parameters). Neither holds
+anything of size n*N for all rows. ``fastmath`` is limited to contraction and reassociation of the
 value sum (the selection is integer and exact; exp is untouched).
 """
 
@@ -95,7 +96,7 @@ def _rows_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, 
     block of V stays in cache for the whole tile instead of each row gathering from all
     of V (which leaves the cache beyond a few thousand keys).
     A plain (not parallel) function called from the ``prange`` loop: inside a parfor body
-    the row loops lose their vectorization (measured 1.6x slower on one thread).
+    the row loops lose their vectorization.
     """
     groups, m, _ = q_bits.shape
     tile = sel_idx.shape[0]

@@ -47,8 +47,8 @@ def row_levels(q_row, k_bits, valid, limit, invalid_level, levels):
 
     A branch-free loop: it vectorizes (LLVM expands ``ctpop`` into byte-table lookups on
     AVX2). When the first ``limit`` keys are all valid, ``row_levels_unmasked`` does the
-    same without loading the mask (measured 35 % faster: the mask load and blend cost
-    about as much as the popcount).
+    same without loading the mask (the mask load and blend cost about as much as the
+    popcount).
     """
     words = q_row.shape[0]
     bad = np.int16(invalid_level)

@@ -4,8 +4,8 @@ The tile kernel (``tile``) holds the popcount levels of 32 query rows against ev
 *key-major*: ``lev[j, r]`` is row r's level of key j, so one key's 32 levels are one
 32-byte (8-bit levels) or 64-byte (16-bit levels) vector and every per-row quantity
 (threshold, tie budget, count) is a vector lane. Plain Numba loops over those 32 lanes do
-not vectorize (the small-integer arithmetic and the lane masks come out scalar, measured
-8-10x slower), so these few loops are spelled out in IR, where a 32-lane vector stays in
+not vectorize (the small-integer arithmetic and the lane masks come out scalar), so
+these few loops are spelled out in IR, where a 32-lane vector stays in
 registers across a loop. Each primitive has a plain NumPy reference in ``tests/test_simd.py``.
 
 Conventions: ``lev`` is (>= rows, 32) uint8 (d <= 254) or uint16 (levels < 32768),
@@ -275,8 +275,8 @@ def select_block(typingctx, lev, start, threshold, ties_left, picks):
     updated ``ties_left``. All 64 rows of lev are read: rows past the real keys must hold
     a level above every threshold (the caller pads them). threshold: (32,) uint16 in lev's
     range; ties_left: (32,) uint16, at most 64 (127 for uint8 levels); picks: (32,)
-    uint64. The lanes go in two halves of 16 (whole 32-lane masks measured slower, even
-    on AVX-512).
+    uint64. The lanes go in two halves of 16 (whole 32-lane masks were slower, even on
+    AVX-512).
     """
     sig = types.void(lev, start, threshold, ties_left, picks)
     elem = _lane_type(lev)

@@ -53,8 +53,8 @@ def accumulate(sel_idx, sel_lev, start, stop, v, weight_of_level, acc):
     dv = acc.shape[0]
     total = 0.0
     body = stop - (stop - start) % 4
-    # unsigned indices: Numba emits negative-index wrap-around code for signed ones
-    # (measured 7-10 % of this loop)
+    # unsigned indices: Numba emits negative-index wrap-around code for signed ones, a
+    # noticeable part of this loop
     for t in range(start, body, 4):
         w0 = weight_of_level[np.uint64(sel_lev[t])]
         w1 = weight_of_level[np.uint64(sel_lev[t + 1])]

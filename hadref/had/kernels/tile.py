@@ -17,10 +17,10 @@ its time. Here the 32 rows of a tile share every pass over the keys, key-major:
    (``simd.weighted_rows_sum_*``). A block of V (16 KiB at dv = 64 float32) stays in L1
    while the 32 rows use it, and V is read in key order.
 
-Measured on the 2-core AVX2 machine (12 heads, seq 1024, N = 120, one thread, paired):
-1.95x faster than the row kernel; the value sum is then ~5 ns per survivor, near the
-8 FMA cycles per 64-float row this core needs. A tile costs the same for 1 row as for
-32, so short queries (decoding) keep the row kernel (``hamming._TILE_MIN_ROWS``).
+Sharing the passes is what makes it faster than the row kernel at full prefill (figures
+in ``benchmarks/README.md``): the value sum runs near the FMA units' rate. A tile costs
+the same for 1 row as for 32, so short queries (decoding) keep the row kernel
+(``attention._TILE_MIN_ROWS``).
 Limits: levels are 8-bit lanes for d <= 254 (half the traffic of the counting passes and
 half the workspace) and 16-bit lanes up to d = 32766 (guaranteed by the caller); tie
 places are lent a block (64) at a time, so any N fits.
@@ -131,8 +131,8 @@ def _block_sums(acc, r, v, start, bits, lev, weight, wide, narrow):
     """acc[r] += the weighted value rows of lane r's picks ``bits`` in one block; returns
     the weights' sum. Columns in register-sized chunks: ``wide`` (256 bytes), then
     ``narrow`` (32 bytes) elements, then single. The two are computed once per tile: an
-    integer division by the item size in here was not always hoisted (measured 2-3x slower
-    value sums when it was not)."""
+    integer division by the item size in here was not always hoisted, which slowed the
+    value sums down."""
     dv = v.shape[1]
     total = -1.0
     col = 0
@@ -160,8 +160,9 @@ def attend_tile(q_bits, k_bits, v, valid, valid_before, i0, rows, m, n, d, top_n
     q_bits (m, W), k_bits (>= n, W) uint64; v (>= n, dv); valid (>= n,) bool;
     valid_before (>= n+1,) int32 prefix counts; decay: ``softmax_av.level_decay``; guess:
     a likely threshold level (the last tile's); last_stage: 3 (the attention), or 1 / 2 to
-    stop after the levels / after the selection (for the benchmark's split; out is then
-    not written). Workspaces: lev (>= n + 64, 32) uint8 (d <= 254) or uint16;
+    stop after the levels / after the selection (for the benchmark's split,
+    ``attention._attend(stop_after=...)``; out is then not written). Workspaces:
+    lev (>= n + 64, 32) uint8 (d <= 254) or uint16;
     q_lanes (W, 32) uint64; limit (32,) int32; st (8, 32) int64; u16 (4, 32) uint16;
     picks (32,) uint64; weight (32, d+2) and acc (32, dv) of v's dtype; total (32,)
     float64. Returns the last selecting lane's threshold (the next tile's guess).
