@@ -233,3 +233,18 @@ def test_smollm2_tokenizer_prompt(smollm2_h5):
             assert np.array_equal(tok.encode(tok.decode(p.ids)), p.ids)
             assert abs(p.measured_depth - depth) < 0.01
     assert tok.tokens(" 12345")[-5:] == ["1", "2", "3", "4", "5"]
+
+
+def test_plot(model_file, tmp_path):
+    pytest.importorskip("matplotlib", reason="hadref plot needs matplotlib")
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    ok(run("passkey", model_file, "--lengths", "400,500", "--depths", "3", "--trials", "1",
+           "--quiet", "--json", a))
+    ok(run("passkey", model_file, "--lengths", "400", "--depths", "2", "--trials", "1",
+           "--quiet", "--json", b))
+    png = tmp_path / "pk.png"
+    r = ok(run("plot", "passkey", a, b, "-o", png, "--label", "one", "--label", "two"))
+    assert f"wrote {png}" in r.output and png.read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "bad.json").write_text("{}")
+    error(run("plot", "passkey", tmp_path / "bad.json", "-o", png), "not a hadref passkey")
+    error(run("plot", "passkey", a, "-o", png, "--label", "x", "--label", "y"), "--label")

@@ -1,0 +1,62 @@
+"""benchmarks/long_context.py on a tiny decoder: every part lands in the JSON and the
+markdown, --resume keeps finished parts, cache bytes are counted. (No speed is checked.)"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_llama_layers import tiny_model
+from test_passkey import TOKENS, char_tokenizer
+
+import hadref
+from hadref.engine import passkey as pk
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "long_context.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("long_context_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lc")
+    model = tiny_model(dtype=np.float32, vocab_size=len(TOKENS), max_position_embeddings=1024,
+                       eos_token_id=0, bos_token_id=0)
+    model.tokenizer = char_tokenizer()
+    text = folder / "held_out.txt"
+    text.write_text(pk.INTRO + "".join(pk.FILLER * 6), encoding="utf-8")
+    return hadref.save(model, folder / "tiny.h5"), text
+
+
+def test_float_teacher_run_and_resume(bench, files, tmp_path, capsys):
+    model_file, text = files
+    out, md = tmp_path / "lc.json", tmp_path / "lc.md"
+    args = ["--teacher", str(model_file), "--text", str(text), "--tokens", "300",
+            "--seq", "64,150", "--contexts", "100,200", "--decode-steps", "3",
+            "--json", str(out), "--md", str(md)]
+    bench.main(args)
+    data = json.loads(out.read_text())
+    teacher = data["models"]["teacher"]
+    assert [r["seq"] for r in teacher["perplexity"]["lengths"]] == [64, 150]
+    assert teacher["perplexity"]["tokens"] == 300
+    assert teacher["perplexity"]["lengths"][0]["windows"] == 4
+    rows = teacher["speed"]
+    assert [r["context"] for r in rows] == [100, 200]
+    cfg = hadref.load(model_file).config
+    float_bytes = cfg.num_hidden_layers * cfg.num_key_value_heads * 2 * cfg.head_dim * 4
+    assert all(r["cache_bytes_per_token"] == float_bytes for r in rows)
+    assert all(r["decode_tok_s"] > 0 and r["prefill_s"] > 0 for r in rows)
+    text_md = md.read_text()
+    assert "| teacher | 150 |" in text_md and "| teacher | 200 |" in text_md
+    # --resume: nothing left to run, the file is unchanged
+    before = out.read_text()
+    bench.main(args + ["--resume"])
+    assert out.read_text() == before
+    assert "already in" in capsys.readouterr().out
