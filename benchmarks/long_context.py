@@ -2,8 +2,8 @@
 
 For each model -- the float teacher, the teacher binarized without distillation
 (``--binarized``: sigma_Q, sigma_K estimated on the teacher's post-RoPE q and k over
-``--sigma-windows`` windows of Python's ``pydoc_data.topics`` text, which is neither
-distillation data of the seeds nor evaluation text; then ``binarized_teacher``), and any
+``--sigma-windows`` windows of Python's ``pydoc_data.topics`` text, not evaluation text;
+:func:`hadref.had.decoder_binarize.binarize_decoder`), and any
 HAD student file (``--student``) -- it measures:
 
 - perplexity on held-out text (``--text``: the files are joined with a blank line and the
@@ -64,49 +64,6 @@ def git_commit() -> str | None:
 
 # --- the models ----------------------------------------------------------------------------------
 
-def pydoc_windows(tokenizer, n_windows: int, length: int) -> np.ndarray:
-    """(n_windows, length) token ids: the start of Python's pydoc_data.topics (sorted by
-    topic, joined with blank lines); for sigma estimation."""
-    from pydoc_data import topics
-
-    text = "\n\n".join(topics.topics[name] for name in sorted(topics.topics))
-    ids = tokenizer.encode(text)
-    need = n_windows * length
-    if ids.size < need:
-        raise SystemExit(f"pydoc_data.topics: {ids.size} tokens, fewer than --sigma-windows x "
-                         f"--sigma-len = {need}")
-    return ids[:need].reshape(n_windows, length)
-
-
-class _StdCore:
-    """Wraps a float attention core; keeps the std of each layer's post-RoPE q and k."""
-
-    def __init__(self, inner, n_layers):
-        self.inner = inner
-        self.q = [[] for _ in range(n_layers)]
-        self.k = [[] for _ in range(n_layers)]
-
-    def forward(self, q, k, v, key_mask, layer, train=False):
-        self.q[layer].append(float(np.std(q, dtype=np.float64)))
-        self.k[layer].append(float(np.std(k, dtype=np.float64)))
-        return self.inner.forward(q, k, v, key_mask, layer, train)
-
-
-def decoder_sigma(model, windows: np.ndarray):
-    """Per-layer (sigma_q, sigma_k) (L,) float32 (HAD.md: the mean over minibatches of the
-    std of all elements of the post-RoPE q, resp. k; one window per minibatch, all valid)."""
-    inner = model.attention_core
-    rec = _StdCore(inner, model.config.num_hidden_layers)
-    model.attention_core = rec
-    try:
-        for w in windows:
-            model.forward(w[None], compute_logits=False)
-    finally:
-        model.attention_core = inner
-    return (np.array([np.mean(x) for x in rec.q], np.float32),
-            np.array([np.mean(x) for x in rec.k], np.float32))
-
-
 def load_models(args, log):
     """[(label, model, info dict)] in the order teacher, binarized, students."""
     import hadref
@@ -115,19 +72,19 @@ def load_models(args, log):
     models = [("teacher", teacher, {"file": args.teacher, "kind": "float"})]
     if args.binarized:
         from hadref.had.causal_core import binarized_teacher
+        from hadref.had.decoder_binarize import binarize_decoder
 
         began = time.perf_counter()
-        windows = pydoc_windows(teacher.tokenizer, args.sigma_windows, args.sigma_len)
-        sq, sk = decoder_sigma(teacher, windows)
-        log(f"# sigma of the binarized teacher from {windows.shape[0]} x {windows.shape[1]} "
-            f"tokens of pydoc_data.topics in {time.perf_counter() - began:.0f} s")
+        first, info = binarize_decoder(teacher, args.sigma_windows, args.sigma_len,
+                                       top_n_ratio=args.top_n_ratio)
+        log(f"# binarized teacher: sigma from {info['sigma_text']} in "
+            f"{time.perf_counter() - began:.0f} s")
         for label, top_n in _top_n_variants(args):
-            model = binarized_teacher(teacher, sq, sk, top_n=top_n, top_n_ratio=args.top_n_ratio)
+            model = first if top_n is None else binarized_teacher(
+                teacher, info["sigma_q"], info["sigma_k"], top_n=top_n)
             models.append((f"binarized{label}", model, {
-                "file": args.teacher, "kind": "binarized teacher (no distillation)",
-                "top_n": top_n, "top_n_ratio": args.top_n_ratio,
-                "sigma_q": sq.tolist(), "sigma_k": sk.tolist(),
-                "sigma_text": f"pydoc_data.topics, first {windows.size} tokens"}))
+                "file": args.teacher, "kind": "binarized teacher (no distillation)", **info,
+                "top_n": top_n, "top_n_ratio": None if top_n else args.top_n_ratio}))
     for path in args.student or []:
         student = hadref.load(path)
         had = getattr(student, "had", None) or {}

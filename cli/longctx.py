@@ -44,9 +44,21 @@ def parse_depths(value: str) -> list[float]:
 @click.option("--resume", is_flag=True,
               help="Continue the run saved in --json (same options): finished trials are kept.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --json file.")
+@click.option("--binarize", is_flag=True,
+              help="Float teacher: hard-binarize the post-RoPE Q and K (sigma measured on the "
+                   "teacher over --sigma-windows windows of Python's pydoc_data.topics), "
+                   "causal top-N on the packed kernels and key cache; no distillation.")
+@click.option("--top-n", type=click.IntRange(min=1), default=None,
+              help="--binarize: a fixed N (default: N = round(--top-n-ratio x keys)).")
+@click.option("--top-n-ratio", type=click.FloatRange(min=0.0, min_open=True, max=1.0),
+              default=None, help="--binarize: N / keys (default: the paper's 0.117).")
+@click.option("--sigma-windows", type=click.IntRange(min=1), default=4, show_default=True,
+              help="--binarize: windows for sigma estimation.")
+@click.option("--sigma-len", type=click.IntRange(min=2), default=1024, show_default=True,
+              help="--binarize: tokens per sigma window.")
 @click.option("--quiet", is_flag=True, help="No line per trial.")
 def passkey(model_file, lengths, depths, trials, seed, max_new_tokens, json_path, resume,
-            overwrite, quiet):
+            overwrite, binarize, top_n, top_n_ratio, sigma_windows, sigma_len, quiet):
     """Passkey retrieval (Landmark attention's needle test, kept in RULER): a random 5-digit
     key inside repeated filler text, asked for at the end; a trial is correct when the
     key's digits appear in the greedy continuation. One prefill per trial (KV cache).
@@ -78,7 +90,19 @@ def passkey(model_file, lengths, depths, trials, seed, max_new_tokens, json_path
         claim_outputs({"--json": json_path}, overwrite=overwrite, resume=resume)
     if not Path(model_file).exists():
         raise HadrefError(f"{model_file}: no such file (MODEL.h5)")
+    if not binarize and (top_n is not None or top_n_ratio is not None):
+        raise HadrefError("--top-n and --top-n-ratio: only with --binarize (a student runs at "
+                          "its own N)")
+    if top_n is not None and top_n_ratio is not None:
+        raise HadrefError("--top-n and --top-n-ratio: give one (a fixed N, or N scaled with "
+                          "the keys)")
     model = _load_decoder(model_file)
+    binarized = None
+    if binarize:
+        from hadref.had.decoder_binarize import binarize_decoder
+
+        model, binarized = binarize_decoder(model, sigma_windows, sigma_len, top_n=top_n,
+                                            top_n_ratio=top_n_ratio)
     limit = model.config.max_position_embeddings
     for n in length_list:
         if n + max_new_tokens > limit:
@@ -91,8 +115,10 @@ def passkey(model_file, lengths, depths, trials, seed, max_new_tokens, json_path
                           f"filler is {shortest} tokens)")
     settings = {"lengths": length_list, "depths": depth_list, "trials": trials, "seed": seed,
                 "max_new_tokens": max_new_tokens, "model": str(model_file),
-                "model_kind": _model_kind(model), "top_n": _had(model, "top_n"),
-                "top_n_ratio": _had(model, "top_n_ratio"),
+                "model_kind": "binarized" if binarized else _model_kind(model),
+                "top_n": binarized["top_n"] if binarized else _had(model, "top_n"),
+                "top_n_ratio": binarized["top_n_ratio"] if binarized else _had(model, "top_n_ratio"),
+                "binarized": binarized,
                 "filler": "Landmark attention (Mohtashami & Jaggi 2023)"}
     if json_path is not None:
         remove_stale_temps(json_path)

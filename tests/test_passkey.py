@@ -198,6 +198,8 @@ def test_json_is_written_atomically(model_file, tmp_path, monkeypatch):
     (["--lengths", "250"], "too short"),
     (["--trials", "0"], "--trials"),
     (["--resume"], "--resume: needs --json"),
+    (["--top-n", "4"], "only with --binarize"),
+    (["--binarize", "--top-n", "4", "--top-n-ratio", "0.1"], "give one"),
 ])
 def test_bad_options_exit_2(model_file, extra, message):
     r = error(run("passkey", model_file, "--lengths", "400", *extra), message)

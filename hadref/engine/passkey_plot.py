@@ -67,8 +67,8 @@ def plot_passkey(paths, out, labels=None) -> Path:
     if labels is not None and len(labels) != len(runs):
         raise HadrefError(f"--label: {len(labels)} labels for {len(runs)} results files")
     names = labels or [label_of(d, p) for d, p in zip(runs, paths)]
-    fig, axes = plt.subplots(1, len(runs) + 1, figsize=(3.6 * (len(runs) + 1), 3.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(runs) + 1, figsize=(3.8 * (len(runs) + 1), 3.8),
+                             squeeze=False, layout="constrained")
     axes = axes[0]
     image = None
     for ax, data, name in zip(axes, runs, names):
@@ -100,7 +100,7 @@ def plot_passkey(paths, out, labels=None) -> Path:
     curves.grid(alpha=0.3)
     curves.legend(fontsize=7)
     if image is not None:
-        fig.colorbar(image, ax=list(axes[:-1]), fraction=0.04, label="accuracy (%)")
+        fig.colorbar(image, ax=list(axes[:-1]), shrink=0.8, label="accuracy (%)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     from hadref.files import atomic_file
