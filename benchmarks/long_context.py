@@ -18,8 +18,9 @@ HAD student file (``--student``) -- it measures:
 - optionally llama.cpp on the same GGUF (``llama-cpp-python``, only if importable: never
   a dependency), one thread, prefill and decoding at the same contexts.
 
-The JSON (``--json``) is written after every part, atomically; ``--resume`` keeps the
-parts already there (same settings) and runs the rest. ``--md`` writes the tables.
+The JSON (``--json``) is written after every (model, part), atomically, with the date and
+load average of each; ``--resume`` keeps the parts already there (same text, lengths and
+steps; models may be added) and runs the rest. ``--md`` writes the tables.
 
     OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/long_context.py \\
         --teacher smollm2.h5 --binarized --text ../shared/seeds/*.txt \\
@@ -40,6 +41,8 @@ from pathlib import Path
 import numpy as np
 
 PARTS = ("perplexity", "speed")
+# settings that only add models: a --resume may add a model to a finished run
+_MODEL_LIST = ("binarized", "student", "fixed_top_n")
 
 
 def cpu_name() -> str:
@@ -242,16 +245,16 @@ def markdown(data) -> str:
     if speed:
         lines += ["## Prefill and decoding (one thread, KV cache)", "",
                   "| model | context | prefill s | prefill tok/s | decode tok/s | cache | "
-                  "cache B/token |", "|---|---:|---:|---:|---:|---|---:|"]
+                  "cache B/token | measured (load) |", "|---|---:|---:|---:|---:|---|---:|---|"]
         for label, rows in speed.items():
+            when = data["models"][label].get("when", {}).get("speed", {})
+            stamp = f"{when.get('date', '?')} ({when.get('load', '?')})"
             for r in rows:
                 per = r["cache_bytes_per_token"]
+                per = "-" if per is None else f"{per:.0f}"
                 lines.append(f"| {label} | {r['context']} | {r['prefill_s']:.2f} | "
                              f"{r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.2f} | "
-                             f"{r['cache_type']} | {per:.0f} |" if per is not None else
-                             f"| {label} | {r['context']} | {r['prefill_s']:.2f} | "
-                             f"{r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.2f} | "
-                             f"{r['cache_type']} | - |")
+                             f"{r['cache_type']} | {per} | {stamp} |")
         ref = speed.get("teacher")
         if ref:
             lines += ["", "Ratios to the float teacher (decode tok/s, prefill time):", ""]
@@ -336,10 +339,12 @@ def main(argv=None):
     data = {"settings": settings, "machine": machine, "models": {}}
     if args.resume and Path(args.json).exists():
         old = json.loads(Path(args.json).read_text())
-        if old.get("settings") != settings:
-            raise SystemExit(f"--resume: {args.json} was run with other settings")
+        differ = [k for k in settings if k not in _MODEL_LIST
+                  and old.get("settings", {}).get(k) != settings[k]]
+        if differ:
+            raise SystemExit(f"--resume: {args.json} was run with other {', '.join(differ)}")
         data["models"] = old.get("models", {})
-        data["machine_first"] = old.get("machine_first", old.get("machine"))
+        data["machine"] = old.get("machine", machine)
     log(f"# {machine['cpu']}, load {machine['load_start']}, {ids.size} of {all_ids.size} "
         f"tokens of {', '.join(map(str, text_files))}")
     for part in parts:
@@ -360,6 +365,10 @@ def main(argv=None):
                     log(f"{label:>24} context {r['context']:>5}: prefill {r['prefill_s']:7.2f} s "
                         f"({r['prefill_tok_s']:.1f} tok/s), decoding {r['decode_tok_s']:.2f} "
                         f"tok/s, cache {r['cache_bytes_per_token']} B/token")
+            entry.setdefault("when", {})[part] = {
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+                "wall_s": round(time.perf_counter() - began, 1), "commit": machine["commit"]}
             log(f"# {label}: {part} in {time.perf_counter() - began:.0f} s")
             save_json(args.json, data)
     if args.llama_cpp and "llama_cpp" not in data:
