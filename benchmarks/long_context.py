@@ -56,7 +56,11 @@ def cpu_name() -> str:
 
 
 def git_commit() -> str | None:
+    """The commit of this checkout, or of a snapshot (a COMMIT file beside benchmarks/)."""
     here = Path(__file__).resolve().parent
+    stamp = here.parent / "COMMIT"
+    if stamp.is_file():
+        return stamp.read_text().strip() or None
     try:
         out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=10)
