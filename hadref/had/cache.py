@@ -15,6 +15,7 @@ from hadref.had.attention import (
     _attend,
     _check_d,
     _key_valid,
+    _kv_group,
     _pack,
     _scores,
     _topn_groups,
@@ -30,7 +31,9 @@ class PackedKeyCache:
     ``ceil(d/64) * 8`` bytes per token and head instead of ``4 d`` for float32 keys.
 
     k: (..., n, d), v: (..., n, dv) float; key_mask: bool broadcastable to (..., n);
-    sigma_k: the layer's key coefficient (> 0).
+    sigma_k: the layer's key coefficient (> 0). Queries may have more heads (axis -3)
+    than the keys when that is a multiple of the key heads (grouped-query attention:
+    query head j reads key head j // (h_q / h_kv); the keys are packed once per key head).
 
     >>> cache = hadref.PackedKeyCache(k, v)
     >>> cache.append(k_new, v_new)                  # (..., t, d), (..., t, dv)
@@ -95,13 +98,13 @@ class PackedKeyCache:
 
     def topn(self, q, top_n, causal=False):
         """:func:`hamming_topn` of float queries (..., m, d) against the cached keys."""
-        q = self._check_q(q)
+        q, kv_group = self._check_q(q)
         top_n = check_top_n(top_n)
-        m, n = q.shape[-2], self._n
-        idx, lev, _ = _topn_groups(_pack(q, "q").reshape(self._groups, m, self._words),
-                                   self._bits, self._valid, n, self.d, top_n, causal)
-        return (idx.reshape(*self.lead, m, top_n),
-                _scores(idx, lev, self.d).reshape(*self.lead, m, top_n))
+        m, n, lead = q.shape[-2], self._n, q.shape[:-2]
+        idx, lev, _ = _topn_groups(_pack(q, "q").reshape(-1, m, self._words),
+                                   self._bits, self._valid, n, self.d, top_n, causal, kv_group)
+        return (idx.reshape(*lead, m, top_n),
+                _scores(idx, lev, self.d).reshape(*lead, m, top_n))
 
     def attend(self, q, top_n, sigma_q: float = 1.0, causal=False):
         """HAD attention of queries (..., m, d) over the cached keys and values -> (..., m, dv).
@@ -109,17 +112,17 @@ class PackedKeyCache:
         Same result as ``had_attention(q, K, V, top_n, sigma_q, sigma_k, key_mask, causal)``
         on everything appended so far.
         """
-        q = self._check_q(q)
+        q, kv_group = self._check_q(q)
         top_n = check_top_n(top_n)
         sigma_q = check_positive(sigma_q, "sigma_q")
         m, n = q.shape[-2], self._n
-        out = _attend(_pack(q, "q").reshape(self._groups, m, self._words), self._bits,
+        out = _attend(_pack(q, "q").reshape(-1, m, self._words), self._bits,
                       self._v, self._valid, n, self.d, top_n,
-                      _two_scale(sigma_q, self.sigma_k, self.d), causal)
-        return out.reshape(*self.lead, m, self.dv)
+                      _two_scale(sigma_q, self.sigma_k, self.d), causal, kv_group=kv_group)
+        return out.reshape(*q.shape[:-2], m, self.dv)
 
     def _check_q(self, q):
         q = _as_float(q, "q", finite=False)
-        if q.shape[:-2] != self.lead or q.shape[-1] != self.d:
+        if q.shape[-1] != self.d:
             raise HadrefError(f"q: expected shape {(*self.lead, 'm', self.d)}, got {q.shape}")
-        return q
+        return q, _kv_group(q.shape[:-2], self.lead, "q", "the cached keys")
