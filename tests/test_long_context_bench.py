@@ -60,3 +60,29 @@ def test_float_teacher_run_and_resume(bench, files, tmp_path, capsys):
     bench.main(args + ["--resume"])
     assert out.read_text() == before
     assert "already in" in capsys.readouterr().out
+
+
+def test_binarized_teacher_perplexity_is_added_by_resume(bench, files, tmp_path):
+    model_file, text = files
+    out = tmp_path / "lc.json"
+    args = ["--teacher", str(model_file), "--text", str(text), "--tokens", "300",
+            "--seq", "64,150", "--parts", "perplexity", "--json", str(out),
+            "--sigma-windows", "2", "--sigma-len", "100"]
+    bench.main(args)
+    first = json.loads(out.read_text())["models"]["teacher"]
+    bench.main(args + ["--binarized", "--fixed-top-n", "4", "--resume"])
+    data = json.loads(out.read_text())
+    assert data["models"]["teacher"] == first  # kept, not rerun
+    for label in ("binarized", "binarized N=4"):
+        entry = data["models"][label]
+        assert entry["info"]["kind"] == "binarized teacher (no distillation)"
+        assert len(entry["info"]["sigma_q"]) == 2 and "pydoc_data.topics" in entry["info"]["sigma_text"]
+        assert [r["seq"] for r in entry["perplexity"]["lengths"]] == [64, 150]
+    assert data["models"]["binarized N=4"]["info"]["top_n"] == 4
+    assert data["models"]["binarized"]["info"]["top_n_ratio"] == pytest.approx(0.117)
+    # binarizing changes the model: another perplexity than the float teacher's
+    assert data["models"]["binarized"]["perplexity"]["lengths"][0]["ppl"] != \
+        first["perplexity"]["lengths"][0]["ppl"]
+    # other text settings cannot resume
+    with pytest.raises(SystemExit, match="other tokens"):
+        bench.main([*args[:5], "200", *args[6:], "--resume"])
