@@ -321,3 +321,52 @@ def test_binarized_teacher_shares_weights_and_runs_hard():
     assert not np.allclose(hard.forward(ids).logits, model.forward(ids).logits)
     with pytest.raises(HadrefError, match="sigma_q"):
         binarized_teacher(model, [1.0], [1.0])
+
+
+def _student(seed=5, top_n=None):
+    model = tiny_model(seed=seed, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    model.attention_core = HADCausalCore.for_inference(rng.uniform(0.5, 1.5, 2),
+                                                       rng.uniform(0.5, 1.5, 2), top_n=top_n,
+                                                       top_n_ratio=0.3)
+    return model
+
+
+@pytest.mark.parametrize("top_n", [2, 5])
+def test_cached_generation_on_packed_keys_equals_full_forwards(top_n):
+    # a fixed N: with N = ratio * length, a cached position keeps what it computed with the
+    # N of its own time, while a full forward gives every row the N of the whole length
+    model = _student(top_n=top_n)
+    prompt = np.array([3, 7, 11, 5, 9, 1, 4])
+    new = model.generate(prompt, 10, stop_at_eos=False)
+    seq = list(prompt)
+    for _ in range(10):  # greedy from full forwards (packed kernels, no cache)
+        seq.append(int(np.argmax(model.forward(np.array([seq])).logits[0, -1])))
+    assert new.tolist() == seq[len(prompt):]
+    cache = model.new_kv_cache(len(seq))
+    from hadref.had.cache import PackedCausalKVCache
+
+    assert isinstance(cache, PackedCausalKVCache)
+    model.step(np.array([seq[:5]]), cache)
+    model.step(np.array([seq[5:9]]), cache)  # several new positions at once
+    for t in range(9, len(seq)):
+        step = model.step(np.array([[seq[t]]]), cache)[0]
+    full = model.forward(np.array([seq])).logits[0, -1]
+    np.testing.assert_allclose(step, full, rtol=1e-5, atol=1e-5)
+    # and the dense training path of the same selection
+    dense = _student(top_n=top_n)
+    dense.attention_core.use_kernels = False
+    np.testing.assert_allclose(dense.forward(np.array([seq])).logits[0, -1], full, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_packed_cache_bytes_per_token():
+    from hadref.had.cache import PackedCausalKVCache
+
+    cache = PackedCausalKVCache(30, 1, 3, 16, 64, np.float32)  # SmolLM2-135M's attention
+    assert cache.key_bytes_per_token == 8
+    assert cache.bytes_per_token == 30 * 3 * (8 + 64 * 4)
+    float_cache = CausalFloatAttentionCore().new_kv_cache(30, 1, 3, 16, 64, np.float32)
+    assert float_cache.nbytes // 16 == 30 * 3 * 2 * 64 * 4
+    with pytest.raises(HadrefError, match="capacity"):
+        cache.append(0, np.zeros((1, 3, 17, 64), np.float32), np.zeros((1, 3, 17, 64), np.float32))
