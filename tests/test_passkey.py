@@ -250,3 +250,21 @@ def test_plot(model_file, tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     error(run("plot", "passkey", tmp_path / "bad.json", "-o", png), "not a hadref passkey")
     error(run("plot", "passkey", a, "-o", png, "--label", "x", "--label", "y"), "--label")
+
+
+def test_binarized_teacher(model_file, tmp_path):
+    """--binarize: the float teacher on HAD's causal core (packed kernels, packed key cache),
+    sigma and N in the settings; a --resume with another N is refused."""
+    out = tmp_path / "bin.json"
+    args = ["passkey", model_file, "--lengths", "400", "--depths", "2", "--trials", "2",
+            "--quiet", "--binarize", "--sigma-windows", "1", "--sigma-len", "100"]
+    ok(run(*args, "--json", out))
+    data = json.loads(out.read_text())
+    s = data["settings"]
+    assert s["model_kind"] == "binarized" and s["top_n"] is None
+    assert s["top_n_ratio"] == pytest.approx(0.117)
+    assert len(s["binarized"]["sigma_q"]) == 2 and "pydoc_data.topics" in s["binarized"]["sigma_text"]
+    assert data["complete"] and len(data["cells"]) == 2
+    error(run(*args, "--top-n", "4", "--json", out, "--resume"), "top_n = None")
+    ok(run(*args, "--top-n", "4", "--json", tmp_path / "fixed.json"))
+    assert json.loads((tmp_path / "fixed.json").read_text())["settings"]["top_n"] == 4
