@@ -250,6 +250,14 @@ def test_plot(model_file, tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     error(run("plot", "passkey", tmp_path / "bad.json", "-o", png), "not a hadref passkey")
     error(run("plot", "passkey", a, "-o", png, "--label", "x", "--label", "y"), "--label")
+    # files of one model merge into one panel: lengths and depths the unions
+    from hadref.engine.passkey_plot import merge_runs, read_passkey
+
+    merged, names = merge_runs([read_passkey(a), read_passkey(b)], ["m", "m"])
+    assert names == ["m"] and merged[0]["settings"]["lengths"] == [400, 500]
+    assert merged[0]["settings"]["depths"] == [0.0, 0.5, 1.0]
+    assert len(merged[0]["by_cell"]) == 6 + 2 - 2  # b's two 400-token cells are a's too
+    assert merged[0]["by_length"]["400"]["trials"] == 3
 
 
 def test_binarized_teacher(model_file, tmp_path):

@@ -1,7 +1,9 @@
 """The passkey figure: accuracy against prompt length and needle depth (``hadref plot passkey``).
 
 Input: one or several results files of ``hadref passkey --json`` (the teacher, the
-binarized teacher, a student). Each file is one panel: a heatmap of accuracy (%) with the
+binarized teacher, a student). Files of one model (the same label: by default the model
+file's name and kind) are merged into one panel, so that grids run separately (1k-2k with
+more trials, 8k with fewer) draw together. Each model is one panel: a heatmap of accuracy (%) with the
 needle depth on the vertical axis and the prompt length on the horizontal one, each cell
 annotated with its accuracy and trial count; a last panel draws the accuracy per length of
 every file as curves (length on a log axis).
@@ -40,6 +42,35 @@ def label_of(data: dict, path) -> str:
     return name if kind == "float" else f"{name} ({kind})"
 
 
+def merge_runs(runs: list, names: list) -> tuple[list, list]:
+    """Runs with equal names merged: lengths and depths the sorted unions, the cells of all
+    (a cell run in two files: the one with more trials)."""
+    merged, order = {}, []
+    for data, name in zip(runs, names):
+        if name not in merged:
+            merged[name] = {"settings": {"lengths": [], "depths": []}, "cells": {}}
+            order.append(name)
+        m = merged[name]
+        m["settings"]["lengths"] = sorted(set(m["settings"]["lengths"]) | set(data["settings"]["lengths"]))
+        m["settings"]["depths"] = sorted(set(m["settings"]["depths"]) | set(data["settings"]["depths"]))
+        for c in data["by_cell"]:
+            key = (c["length"], c["depth"])
+            if key not in m["cells"] or c["trials"] > m["cells"][key]["trials"]:
+                m["cells"][key] = c
+    out = []
+    for name in order:
+        m = merged[name]
+        cells = list(m["cells"].values())
+        by_length = {}
+        for n in m["settings"]["lengths"]:
+            mine = [c for c in cells if c["length"] == n]
+            tot, good = sum(c["trials"] for c in mine), sum(c["correct"] for c in mine)
+            by_length[str(n)] = {"trials": tot, "correct": good,
+                                 "accuracy": good / tot if tot else None}
+        out.append({"settings": m["settings"], "by_cell": cells, "by_length": by_length})
+    return out, order
+
+
 def accuracy_grid(data: dict):
     """(depths, lengths, acc (D, L) with NaN where no trial ran, trials (D, L) int)."""
     s = data["settings"]
@@ -66,7 +97,7 @@ def plot_passkey(paths, out, labels=None) -> Path:
     runs = [read_passkey(p) for p in paths]
     if labels is not None and len(labels) != len(runs):
         raise HadrefError(f"--label: {len(labels)} labels for {len(runs)} results files")
-    names = labels or [label_of(d, p) for d, p in zip(runs, paths)]
+    runs, names = merge_runs(runs, labels or [label_of(d, p) for d, p in zip(runs, paths)])
     fig, axes = plt.subplots(1, len(runs) + 1, figsize=(3.8 * (len(runs) + 1), 3.8),
                              squeeze=False, layout="constrained")
     axes = axes[0]
