@@ -134,7 +134,8 @@ def _model_kind(model) -> str:
     had = getattr(model, "had", None)
     if had is None:
         return "float"
-    return str(had.get("stage", "had")) if isinstance(had, dict) else "had"
+    stage = had.get("stage") if isinstance(had, dict) else None
+    return f"HAD student, stage {stage}" if stage else "HAD student"
 
 
 def _had(model, name):

@@ -86,3 +86,34 @@ def test_binarized_teacher_perplexity_is_added_by_resume(bench, files, tmp_path)
     # other text settings cannot resume
     with pytest.raises(SystemExit, match="other tokens"):
         bench.main([*args[:5], "200", *args[6:], "--resume"])
+
+
+def test_student_file_speed_and_passkey(bench, files, tmp_path):
+    """A HAD student file (had metadata): long_context times it on its packed key cache (half
+    the float cache's bytes and less at d = 4: 8 bytes of sign bits per key), and at a fixed N;
+    passkey records its stage and N."""
+    from cli_run import ok, run
+
+    model_file, text = files
+    teacher = hadref.load(model_file)
+    student_file = hadref.save(teacher, tmp_path / "student.h5", had={
+        "sigma_q": [0.9, 1.1], "sigma_k": [1.2, 0.8], "top_n": 0, "top_n_ratio": 0.2,
+        "stage": "4", "settings": {}, "teacher_sha256": "ab" * 32})
+    out = tmp_path / "lc.json"
+    bench.main(["--teacher", str(model_file), "--student", str(student_file), "--fixed-top-n", "3",
+                "--text", str(text), "--tokens", "300", "--seq", "150", "--contexts", "100",
+                "--decode-steps", "2", "--json", str(out)])
+    models = json.loads(out.read_text())["models"]
+    assert set(models) == {"teacher", "student student", "student student N=3"}
+    for label in ("student student", "student student N=3"):
+        row = models[label]["speed"][0]
+        assert row["cache_type"] == "PackedCausalKVCache"
+        assert row["cache_bytes_per_token"] < models["teacher"]["speed"][0]["cache_bytes_per_token"]
+    assert models["student student N=3"]["info"]["top_n"] == 3
+    assert models["student student"]["info"]["top_n_ratio"] == pytest.approx(0.2)
+    pk_json = tmp_path / "pk.json"
+    ok(run("passkey", student_file, "--lengths", "400", "--depths", "1", "--trials", "1",
+           "--quiet", "--json", pk_json))
+    s = json.loads(pk_json.read_text())["settings"]
+    assert s["model_kind"] == "HAD student, stage 4" and s["top_n"] == 0
+    assert s["top_n_ratio"] == pytest.approx(0.2)
