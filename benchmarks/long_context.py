@@ -155,7 +155,9 @@ def measure_speed(model, ids, contexts, steps):
     """[{context, prefill_s, prefill_tok_s, decode_tok_s, cache_bytes_per_token, ...}]."""
     rows = []
     model.generate(ids[:64], 2)  # compile the kernels outside the timings
-    for n in contexts:
+    limit = model.config.max_position_embeddings
+    for asked in contexts:
+        n = min(asked, limit - steps - 1)  # at the context limit: as many as fit
         cache = model.new_kv_cache(n + steps + 1)
         began = time.perf_counter()
         logits = model.step(ids[None, :n], cache)[0]
@@ -166,7 +168,7 @@ def measure_speed(model, ids, contexts, steps):
             token = int(np.argmax(model.step(np.array([[token]]), cache)[0]))
         decode = time.perf_counter() - began
         per_token = cache_bytes(cache) / cache.capacity if hasattr(cache, "capacity") else None
-        rows.append({"context": int(n), "prefill_s": round(prefill, 6),
+        rows.append({"context": int(n), "asked_context": int(asked), "prefill_s": round(prefill, 6),
                      "prefill_tok_s": round(n / prefill, 2), "decode_steps": int(steps),
                      "decode_s": round(decode, 6), "decode_tok_s": round(steps / decode, 3),
                      "cache_type": type(cache).__name__, "cache_bytes": cache_bytes(cache),

@@ -31,30 +31,32 @@ def files(tmp_path_factory):
                        eos_token_id=0, bos_token_id=0)
     model.tokenizer = char_tokenizer()
     text = folder / "held_out.txt"
-    text.write_text(pk.INTRO + "".join(pk.FILLER * 6), encoding="utf-8")
+    text.write_text(pk.INTRO + "".join(pk.FILLER * 12), encoding="utf-8")
     return hadref.save(model, folder / "tiny.h5"), text
 
 
 def test_float_teacher_run_and_resume(bench, files, tmp_path, capsys):
     model_file, text = files
     out, md = tmp_path / "lc.json", tmp_path / "lc.md"
-    args = ["--teacher", str(model_file), "--text", str(text), "--tokens", "300",
-            "--seq", "64,150", "--contexts", "100,200", "--decode-steps", "3",
+    args = ["--teacher", str(model_file), "--text", str(text), "--tokens", "1024",
+            "--seq", "64,150", "--contexts", "100,1024", "--decode-steps", "3",
             "--json", str(out), "--md", str(md)]
     bench.main(args)
     data = json.loads(out.read_text())
     teacher = data["models"]["teacher"]
     assert [r["seq"] for r in teacher["perplexity"]["lengths"]] == [64, 150]
-    assert teacher["perplexity"]["tokens"] == 300
-    assert teacher["perplexity"]["lengths"][0]["windows"] == 4
+    assert teacher["perplexity"]["tokens"] == 1024
+    assert teacher["perplexity"]["lengths"][0]["windows"] == 16
     rows = teacher["speed"]
-    assert [r["context"] for r in rows] == [100, 200]
+    # at the context limit (1024 positions) the context leaves room for the decoded tokens
+    assert [r["context"] for r in rows] == [100, 1020]
+    assert [r["asked_context"] for r in rows] == [100, 1024]
     cfg = hadref.load(model_file).config
     float_bytes = cfg.num_hidden_layers * cfg.num_key_value_heads * 2 * cfg.head_dim * 4
     assert all(r["cache_bytes_per_token"] == float_bytes for r in rows)
     assert all(r["decode_tok_s"] > 0 and r["prefill_s"] > 0 for r in rows)
     text_md = md.read_text()
-    assert "| teacher | 150 |" in text_md and "| teacher | 200 |" in text_md
+    assert "| teacher | 150 |" in text_md and "| teacher | 1020 |" in text_md
     # --resume: nothing left to run, the file is unchanged
     before = out.read_text()
     bench.main(args + ["--resume"])
