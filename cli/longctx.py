@@ -113,6 +113,12 @@ def passkey(model_file, lengths, depths, trials, seed, max_new_tokens, json_path
     if min(length_list) < shortest + 10:
         raise HadrefError(f"--lengths: {min(length_list)} tokens is too short (the prompt without "
                           f"filler is {shortest} tokens)")
+    for n in length_list:  # the built prompts: within half a filler sentence of the length
+        longest = max(builder.build(n, d, "0" * 5).ids.size for d in depth_list)
+        if longest + max_new_tokens > limit:
+            raise HadrefError(f"--lengths: {n} tokens make prompts of up to {longest} tokens; "
+                              f"with {max_new_tokens} new ones they exceed the model's context "
+                              f"length ({limit}); ask for {limit - max_new_tokens - 8} or less")
     settings = {"lengths": length_list, "depths": depth_list, "trials": trials, "seed": seed,
                 "max_new_tokens": max_new_tokens, "model": str(model_file),
                 "model_kind": "binarized" if binarized else _model_kind(model),

@@ -196,6 +196,7 @@ def test_json_is_written_atomically(model_file, tmp_path, monkeypatch):
     (["--lengths", "0"], "--lengths"),
     (["--lengths", "2000"], "exceed the model's context length (1024)"),
     (["--lengths", "250"], "too short"),
+    (["--lengths", "1015"], "make prompts of up to"),
     (["--trials", "0"], "--trials"),
     (["--resume"], "--resume: needs --json"),
     (["--top-n", "4"], "only with --binarize"),
