@@ -14,7 +14,9 @@ HAD student file (``--student``) -- it measures:
   for a float model, packed sign bits for a HAD one), timed, at each ``--contexts`` T;
 - decoding: ``--decode-steps`` greedy one-token steps after that prefill, timed
   (tokens/s; the LM head included), and the cache's bytes per token of context (the
-  cache's arrays / its capacity);
+  cache's arrays / its capacity). With ``--speed-rounds R`` the models are timed
+  together: each prefills, then R rounds of decoding alternate between them and the
+  median round counts, so that a load change on a shared machine hits all alike;
 - optionally llama.cpp on the same GGUF (``llama-cpp-python``, only if importable: never
   a dependency), one thread, prefill and decoding at the same contexts.
 
@@ -42,7 +44,7 @@ import numpy as np
 
 PARTS = ("perplexity", "speed")
 # settings that only add models: a --resume may add a model to a finished run
-_MODEL_LIST = ("binarized", "student", "fixed_top_n")
+_MODEL_LIST = ("binarized", "student", "fixed_top_n", "speed_rounds")
 
 
 def cpu_name() -> str:
@@ -177,6 +179,48 @@ def measure_speed(model, ids, contexts, steps):
     return rows
 
 
+def measure_speed_interleaved(models, ids, contexts, steps, rounds, log=print):
+    """The speed of several models under the same load: at each context every model
+    prefills once (timed), then ``rounds`` rounds of ``steps`` decoded tokens each go model
+    after model (A B C A B C ...); decode tok/s is the median over the rounds.
+    models: [(label, model)] -> {label: [row per context]} (rows as :func:`measure_speed`,
+    plus ``decode_tok_s_rounds``)."""
+    out = {label: [] for label, _ in models}
+    for _, model in models:
+        model.generate(ids[:64], 2)  # compile the kernels outside the timings
+    limit = min(m.config.max_position_embeddings for _, m in models)
+    for asked in contexts:
+        n = min(asked, limit - steps * rounds - 1)
+        state = {}
+        for label, model in models:
+            cache = model.new_kv_cache(n + steps * rounds + 1)
+            began = time.perf_counter()
+            logits = model.step(ids[None, :n], cache)[0]
+            state[label] = [cache, int(np.argmax(logits)), time.perf_counter() - began, []]
+            log(f"# {label}: prefill of {n} tokens in {state[label][2]:.1f} s")
+        for _ in range(rounds):
+            for label, model in models:
+                cache, token, _, times = state[label]
+                began = time.perf_counter()
+                for _ in range(steps):
+                    token = int(np.argmax(model.step(np.array([[token]]), cache)[0]))
+                times.append(time.perf_counter() - began)
+                state[label][1] = token
+        for label, _ in models:
+            cache, _, prefill, times = state[label]
+            rates = [steps / t for t in times]
+            per_token = cache_bytes(cache) / cache.capacity if hasattr(cache, "capacity") else None
+            out[label].append({
+                "context": int(n), "asked_context": int(asked), "prefill_s": round(prefill, 6),
+                "prefill_tok_s": round(n / prefill, 2), "decode_steps": int(steps),
+                "decode_rounds": int(rounds), "decode_tok_s": round(float(np.median(rates)), 3),
+                "decode_tok_s_rounds": [round(r, 3) for r in rates],
+                "cache_type": type(cache).__name__, "cache_bytes": cache_bytes(cache),
+                "cache_bytes_per_token": per_token})
+        del state
+    return out
+
+
 def measure_llama_cpp(ids, contexts, steps, threads=1):
     """llama.cpp on SmolLM2's GGUF via llama-cpp-python, or a reason why not."""
     try:
@@ -219,7 +263,8 @@ def settings_of(args, text_files, n_tokens) -> dict:
             "text": [str(p) for p in text_files], "tokens": n_tokens, "seq": args.seq,
             "contexts": args.contexts, "decode_steps": args.decode_steps,
             "sigma_windows": args.sigma_windows, "sigma_len": args.sigma_len,
-            "top_n_ratio": args.top_n_ratio, "fixed_top_n": args.fixed_top_n or []}
+            "top_n_ratio": args.top_n_ratio, "fixed_top_n": args.fixed_top_n or [],
+            "speed_rounds": args.speed_rounds}
 
 
 def save_json(path, data):
@@ -307,6 +352,10 @@ def main(argv=None):
     ap.add_argument("--top-n-ratio", type=float, default=0.117)
     ap.add_argument("--fixed-top-n", type=int, action="append",
                     help="also the HAD models at this fixed N (repeatable)")
+    ap.add_argument("--speed-rounds", type=int, default=1,
+                    help="> 1: time all models together, decoding in rounds that alternate "
+                         "between the models (median over rounds: the same load for each)")
+    ap.add_argument("--redo", default="", help="parts to measure again (dropped first)")
     ap.add_argument("--llama-cpp", action="store_true",
                     help="also time llama.cpp (llama-cpp-python, if importable)")
     ap.add_argument("--json", required=True)
@@ -353,7 +402,32 @@ def main(argv=None):
         data["machine"] = old.get("machine", machine)
     log(f"# {machine['cpu']}, load {machine['load_start']}, {ids.size} of {all_ids.size} "
         f"tokens of {', '.join(map(str, text_files))}")
+    for part in [p for p in args.redo.split(",") if p]:
+        for entry in data["models"].values():
+            entry.pop(part, None)
+            entry.get("when", {}).pop(part, None)
     for part in parts:
+        if part == "speed" and args.speed_rounds > 1:
+            todo = [(label, model, info) for label, model, info in models
+                    if "speed" not in data["models"].get(label, {})]
+            if not todo:
+                continue
+            began = time.perf_counter()
+            rows = measure_speed_interleaved([(lab, m) for lab, m, _ in todo], ids, args.contexts,
+                                             args.decode_steps, args.speed_rounds, log)
+            for label, _, info in todo:
+                entry = data["models"].setdefault(label, {"info": info})
+                entry["speed"] = rows[label]
+                entry.setdefault("when", {})["speed"] = {
+                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+                    "wall_s": round(time.perf_counter() - began, 1), "commit": machine["commit"],
+                    "interleaved_with": [lab for lab, _, _ in todo]}
+                for r in rows[label]:
+                    log(f"{label:>24} context {r['context']:>5}: prefill {r['prefill_s']:7.2f} s, "
+                        f"decoding {r['decode_tok_s']:.2f} tok/s (rounds {r['decode_tok_s_rounds']})")
+            save_json(args.json, data)
+            continue
         for label, model, info in models:
             entry = data["models"].setdefault(label, {"info": info})
             if part in entry:

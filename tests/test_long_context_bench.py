@@ -119,3 +119,23 @@ def test_student_file_speed_and_passkey(bench, files, tmp_path):
     s = json.loads(pk_json.read_text())["settings"]
     assert s["model_kind"] == "HAD student, stage 4" and s["top_n"] == 0
     assert s["top_n_ratio"] == pytest.approx(0.2)
+
+
+def test_interleaved_speed_rounds_and_redo(bench, files, tmp_path):
+    model_file, text = files
+    out = tmp_path / "lc.json"
+    base = ["--teacher", str(model_file), "--binarized", "--sigma-windows", "1", "--sigma-len",
+            "100", "--text", str(text), "--tokens", "300", "--seq", "150", "--contexts", "100",
+            "--decode-steps", "2", "--parts", "speed", "--json", str(out)]
+    bench.main(base)
+    single = json.loads(out.read_text())["models"]
+    assert "decode_rounds" not in single["teacher"]["speed"][0]
+    bench.main(base + ["--speed-rounds", "3", "--redo", "speed", "--resume"])
+    models = json.loads(out.read_text())["models"]
+    for label in ("teacher", "binarized"):
+        row = models[label]["speed"][0]
+        assert row["decode_rounds"] == 3 and len(row["decode_tok_s_rounds"]) == 3
+        assert row["decode_tok_s"] == pytest.approx(float(np.median(row["decode_tok_s_rounds"])),
+                                                    rel=1e-3)
+        assert models[label]["when"]["speed"]["interleaved_with"] == ["teacher", "binarized"]
+    assert models["binarized"]["speed"][0]["cache_type"] == "PackedCausalKVCache"
