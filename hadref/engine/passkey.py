@@ -16,7 +16,7 @@ The prompt is built in tokens, from the token ids of its pieces (each piece star
 space, so the ids are those of the whole text): the intro, ``n_before`` filler sentences,
 the needle, ``n_after`` filler sentences, the question. The number of sentences is chosen
 so that the prompt has ``length`` tokens to within half a sentence (a filler sentence is
-5 to 6 tokens with SmolLM2's tokenizer), and ``n_before / (n_before + n_after)`` is the
+4 to 5 tokens with SmolLM2's tokenizer), and ``n_before / (n_before + n_after)`` is the
 asked depth (0: the key right after the intro, 1: right before the question), to within
 one sentence. The key of a trial is drawn from ``numpy.random.default_rng`` seeded with
 (seed, length, depth in millionths, trial): a cell's trials never depend on which other
