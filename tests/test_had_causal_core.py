@@ -321,6 +321,7 @@ def test_binarized_teacher_shares_weights_and_runs_hard():
     assert not np.allclose(hard.forward(ids).logits, model.forward(ids).logits)
     with pytest.raises(HadrefError, match="sigma_q"):
         binarized_teacher(model, [1.0], [1.0])
+    assert hard.had["stage"] == "binarized" and hard.had["top_n"] == 3 and model.had is None
 
 
 def _student(seed=5, top_n=None):
@@ -337,7 +338,7 @@ def test_cached_generation_on_packed_keys_equals_full_forwards(top_n):
     # a fixed N: with N = ratio * length, a cached position keeps what it computed with the
     # N of its own time, while a full forward gives every row the N of the whole length
     model = _student(top_n=top_n)
-    prompt = np.array([3, 7, 11, 5, 9, 1, 4])
+    prompt = np.array([3, 7, 11, 5, 9, 1, 4] * 3)  # 21 rows: the prefill runs the tile kernel
     new = model.generate(prompt, 10, stop_at_eos=False)
     seq = list(prompt)
     for _ in range(10):  # greedy from full forwards (packed kernels, no cache)
@@ -348,8 +349,9 @@ def test_cached_generation_on_packed_keys_equals_full_forwards(top_n):
 
     assert isinstance(cache, PackedCausalKVCache)
     model.step(np.array([seq[:5]]), cache)
-    model.step(np.array([seq[5:9]]), cache)  # several new positions at once
-    for t in range(9, len(seq)):
+    model.step(np.array([seq[5:22]]), cache)  # 17 new positions at once: tiles after a cache
+    model.step(np.array([seq[22:25]]), cache)  # and 3 (rows)
+    for t in range(25, len(seq)):
         step = model.step(np.array([[seq[t]]]), cache)[0]
     full = model.forward(np.array([seq])).logits[0, -1]
     np.testing.assert_allclose(step, full, rtol=1e-5, atol=1e-5)
@@ -370,3 +372,56 @@ def test_packed_cache_bytes_per_token():
     assert float_cache.nbytes // 16 == 30 * 3 * 2 * 64 * 4
     with pytest.raises(HadrefError, match="capacity"):
         cache.append(0, np.zeros((1, 3, 17, 64), np.float32), np.zeros((1, 3, 17, 64), np.float32))
+
+
+def test_training_selection_equals_packed_topn_exactly():
+    import hadref
+
+    rng = np.random.default_rng(11)
+    b, t, d = 2, 37, 64
+    q = rng.standard_normal((b, HQ, t, d))
+    k, v = (rng.standard_normal((b, HKV, t, d)) for _ in range(2))
+    k[:, :, 20:30] = k[:, :, 3:4]  # ties at the N-th place
+    mask = np.ones((b, t), bool)
+    mask[0, 5] = False
+    mask[1, 25:] = False
+    core = HADCausalCore([0.3], [0.4], top_n=6, transform="ste")  # ste selects as hard
+    core.max_block_rows = 8
+    _, cache = core.forward(q, k, v, mask, 0, train=True)
+    idx, _ = hadref.hamming_topn(hadref.pack_signs(q), hadref.pack_signs(k), d, 6,
+                                 key_mask=mask[:, None, :], causal=True)
+    stored = cache.idx.reshape(b, HQ, t, -1)
+    used = cache.probs.reshape(stored.shape) > 0
+    for flat in np.ndindex(b, HQ, t):
+        assert sorted(stored[flat][used[flat]]) == sorted(idx[flat][idx[flat] >= 0]), flat
+
+
+def test_decoder_gradient_with_the_attention_loss_from_a_recorded_teacher():
+    teacher = tiny_model(seed=6)
+    rec = RecordingCausalCore(CausalFloatAttentionCore(), weight=0.8)
+    teacher.attention_core = rec
+    rng = np.random.default_rng(7)
+    ids = rng.integers(0, 23, size=(2, 6))
+    mask = np.ones((2, 6), int)
+    mask[1, 5:] = 0
+    teacher.forward(ids, mask)
+    student = tiny_model(seed=8)
+    core = HADCausalCore([0.8, 1.1], [1.2, 0.9], top_n=3, transform="tanh2", c=0.7)
+    core.attention_targets = rec
+    student.attention_core = core
+    weight = rng.standard_normal((2, 6, 23)) * mask[..., None]
+
+    def loss():
+        core.attention_loss = 0.0
+        out = float((student.forward(ids, mask, train=True).logits * weight).sum())
+        return out + rec.weight * core.attention_loss
+
+    loss()
+    assert core.attention_loss > 0
+    grads = student.backward(dlogits=weight)
+    for name in ("layers.0.self_attn.q_proj.weight", "layers.1.self_attn.k_proj.weight",
+                 "layers.0.mlp.up_proj.weight"):
+        entries = pick_entries(student.params[name].size, 10, np.random.default_rng(9))
+        student._cache = None
+        assert_gradient(grads[name], loss, student.params[name], entries, rtol=1e-4, atol=1e-8,
+                        err_msg=name)

@@ -99,3 +99,13 @@ def test_bad_had_group_in_a_decoder_file(teacher, tmp_path):
         del f["had/sigma_k"]
     result = CliRunner().invoke(main, ["info", str(path)])
     assert result.exit_code == 2 and "missing dataset had/sigma_k" in result.output
+
+
+def test_binarized_teacher_saves_as_a_student_file(teacher, tmp_path):
+    from hadref.had.causal_core import binarized_teacher
+
+    hard = binarized_teacher(teacher, [0.9, 1.1], [1.2, 0.8], top_n=None, top_n_ratio=0.5)
+    back = hadref.load(save(hard, tmp_path / "binarized.h5"))
+    assert back.had["stage"] == "binarized" and back.attention_core.top_n is None
+    ids = np.array([[3, 4, 5, 10, 12, 7]])
+    np.testing.assert_array_equal(back.forward(ids).logits, hard.forward(ids).logits)
