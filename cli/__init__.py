@@ -19,6 +19,7 @@ _COMMANDS = {
     "info": "convert:info",
     "generate": "decoder:generate",
     "perplexity": "decoder:perplexity",
+    "passkey": "longctx:passkey",
     "bench": "bench:bench",
     "finetune": "train:finetune",
     "distill": "train:distill",
