@@ -31,6 +31,7 @@ from hadref.checks import check_positive, check_top_n, is_int
 from hadref.errors import HadrefError
 from hadref.had import workspaces as _ws
 from hadref.had.kernels import fused as _fused
+from hadref.had.kernels import tile as _tile
 from hadref.had.kernels.finite import count_nonfinite_rows as _count_nonfinite_rows
 from hadref.had.kernels.pack import pack_rows as _pack_rows
 
@@ -228,8 +229,8 @@ _BLOCK_BYTES = 128 * 1024  # a block of V that stays in a core's L2 cache (row k
 _TILE_MIN_ROWS = 16
 # Tile kernel: levels in 8 bits up to this d (d + 1, the level of a padding key, must fit)
 _LEVELS8_MAX_D = 254
-# The tile kernel's ``last_stage`` argument for each ``stop_after`` of ``_attend``
-_STOP_AFTER = {None: 3, "levels": 1, "select": 2}
+# The tile kernel's ``stop_after`` code for each ``stop_after`` word of ``_attend``
+_STOP_AFTER = {None: _tile.RUN_ALL, "levels": _tile.STOP_LEVELS, "select": _tile.STOP_SELECT}
 
 
 def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal, stop_after=None,

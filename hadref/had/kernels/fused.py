@@ -45,7 +45,7 @@ def _levels(q_row, k_bits, valid, valid_before, limit, d, levels):
 
 @njit(cache=True)
 def _tiles_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, decay, causal,
-                 last_stage, out, lev, q_lanes, limit, st, u16, picks, weight, total, acc,
+                 stop_after, out, lev, q_lanes, limit, st, u16, picks, weight, total, acc,
                  kv_group):
     """Tiles c, c + chunks, ... of 32 query rows (one worker's share). A plain function
     called from the ``prange`` loop, as ``_rows_chunk``."""
@@ -58,19 +58,20 @@ def _tiles_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n,
         rows = min(LANES, m - i0)
         gk = g // kv_group
         guess = attend_tile(q_bits[g], k_bits[gk], v[gk], valid[gk], valid_before[gk], i0, rows,
-                            m, n, d, top_n, decay, causal, guess, last_stage,
+                            m, n, d, top_n, decay, causal, guess, stop_after,
                             out[g, i0:i0 + rows], lev,
                             q_lanes, limit, st, u16, picks, weight, total, acc)
 
 
 @njit(cache=True, parallel=True)
 def attend_tiles(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale, causal,
-                 last_stage, out, lev_ws, q_ws, limit_ws, st_ws, u16_ws, picks_ws, weight_ws,
+                 stop_after, out, lev_ws, q_ws, limit_ws, st_ws, u16_ws, picks_ws, weight_ws,
                  total_ws, acc_ws, kv_group=1):
     """HAD attention, fused, by tiles of 32 query rows (``tile.attend_tile``).
 
-    Arrays as the module docstring; out: (G, m, dv) written when last_stage is 3 (1 or 2
-    stop after the levels or the selection, see ``attend_tile``). Workspaces (C chunks):
+    Arrays as the module docstring; out: (G, m, dv) written when stop_after is
+    ``tile.RUN_ALL`` (``STOP_LEVELS`` / ``STOP_SELECT`` stop earlier, see ``attend_tile``).
+    Workspaces (C chunks):
     lev_ws (C, n + 64, 32) uint8 (d <= 254) or uint16; q_ws (C, W, 32) uint64;
     limit_ws (C, 32) int32; st_ws (C, 8, 32) int64; u16_ws (C, 4, 32) uint16;
     picks_ws (C, 32) uint64; weight_ws (C, 32, d + 2) and acc_ws (C, 32, dv) of v's dtype;
@@ -80,7 +81,7 @@ def attend_tiles(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale,
     decay = level_decay(two_scale, d)
     for c in prange(chunks):
         _tiles_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, decay,
-                     causal, last_stage, out, lev_ws[c], q_ws[c], limit_ws[c], st_ws[c],
+                     causal, stop_after, out, lev_ws[c], q_ws[c], limit_ws[c], st_ws[c],
                      u16_ws[c], picks_ws[c], weight_ws[c], total_ws[c], acc_ws[c], kv_group)
 
 

@@ -34,6 +34,8 @@ from hadref.had.kernels.causal import key_limit
 from hadref.had.kernels.softmax_av import finish, level_weights
 
 LANES = simd.LANES
+# stop_after codes of attend_tile: where the benchmark's split stops the kernel
+STOP_LEVELS, STOP_SELECT, RUN_ALL = 1, 2, 3
 BLOCK = simd.BLOCK
 
 # per-lane search state: rows of the int64 lane workspace
@@ -153,15 +155,16 @@ def _block_sums(acc, r, v, start, bits, lev, weight, wide, narrow):
 
 @njit(cache=True)
 def attend_tile(q_bits, k_bits, v, valid, valid_before, i0, rows, m, n, d, top_n, decay,
-                causal, guess, last_stage, out, lev, q_lanes, limit, st, u16, picks, weight,
+                causal, guess, stop_after, out, lev, q_lanes, limit, st, u16, picks, weight,
                 total, acc):
     """Rows ``i0 .. i0+rows-1`` (rows <= 32) of one group into ``out`` (rows, dv).
 
     q_bits (m, W), k_bits (>= n, W) uint64; v (>= n, dv); valid (>= n,) bool;
     valid_before (>= n+1,) int32 prefix counts; decay: ``softmax_av.level_decay``; guess:
-    a likely threshold level (the last tile's); last_stage: 3 (the attention), or 1 / 2 to
-    stop after the levels / after the selection (for the benchmark's split,
-    ``attention._attend(stop_after=...)``; out is then not written). Workspaces:
+    a likely threshold level (the last tile's); stop_after: RUN_ALL (the attention), or
+    STOP_LEVELS / STOP_SELECT to stop after the levels / after the selection (the
+    benchmark's split, ``attention._attend(stop_after=...)``; out is then not written).
+    Workspaces:
     lev (>= n + 64, 32) uint8 (d <= 254) or uint16;
     q_lanes (W, 32) uint64; limit (32,) int32; st (8, 32) int64; u16 (4, 32) uint16;
     picks (32,) uint64; weight (32, d+2) and acc (32, dv) of v's dtype; total (32,)
@@ -187,7 +190,7 @@ def attend_tile(q_bits, k_bits, v, valid, valid_before, i0, rows, m, n, d, top_n
         simd.tile_levels_dense(q_lanes, k_bits, stop, lev, u16[_TOP])
     else:
         simd.tile_levels(q_lanes, k_bits, valid, limit, stop, np.uint16(d + 1), lev, u16[_TOP])
-    if last_stage == 1:
+    if stop_after == STOP_LEVELS:
         return guess
     _thresholds(lev, stop, d, guess, st, u16)
     for r in range(LANES):
@@ -220,12 +223,12 @@ def attend_tile(q_bits, k_bits, v, valid, valid_before, i0, rows, m, n, d, top_n
         simd.select_block(lev, start, u16[_THRESHOLD], u16[_TIES_BLOCK], picks)
         for r in range(LANES):
             st[_TIES, r] += u16[_TIES_BLOCK, r]
-        if last_stage == 2:
+        if stop_after == STOP_SELECT:
             continue
         for r in range(rows):
             if picks[r] != 0:
                 total[r] += _block_sums(acc, r, v, start, picks[r], lev, weight, wide, narrow)
-    if last_stage == 2:
+    if stop_after == STOP_SELECT:
         return guess
     for r in range(rows):
         finish(acc[r], total[r], st[_N_EFF, r], out[r])
