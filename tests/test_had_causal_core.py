@@ -1,0 +1,291 @@
+"""HADCausalCore (HAD in the Llama decoder): causal top-N with grouped-query heads against a
+NumPy reference, gradients by finite differences, the layer-by-layer attention loss against
+an all-at-once reference, the packed path, the recording core and the binarized teacher."""
+
+import math
+
+import numpy as np
+import pytest
+from gradcheck import assert_gradient, pick_entries
+
+from hadref.engine.config import LlamaConfig
+from hadref.engine.layers.causal_attention import CausalFloatAttentionCore
+from hadref.engine.llama import LlamaModel
+from hadref.errors import HadrefError
+from hadref.had.binarize import sign_pm1
+from hadref.had.causal_core import HADCausalCore, RecordingCausalCore
+
+B, HQ, HKV, T, D = 2, 4, 2, 7, 5
+
+
+def _inputs(dtype=np.float64, seed=0, t=T, d=D):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((B, HQ, t, d)).astype(dtype)
+    k, v = (rng.standard_normal((B, HKV, t, d)).astype(dtype) for _ in range(2))
+    mask = np.ones((B, t), bool)
+    mask[1, t - 2:] = False
+    mask[1, 1] = False
+    return q, k, v, mask
+
+
+def _transformed(x, sigma, transform, c):
+    if transform == "tanh1":
+        return c * sigma * np.tanh(x / (c * sigma))
+    if transform == "tanh2":
+        return sigma * np.tanh(x / (c * sigma))
+    return sigma * sign_pm1(x)
+
+
+def _ref_topn(scores, valid, top_n):
+    """Top-N mask per row by a full stable sort: score descending, index ascending."""
+    keep = np.zeros(scores.shape, bool)
+    flat_s = scores.reshape(-1, scores.shape[-1])
+    flat_v = np.broadcast_to(valid, scores.shape).reshape(flat_s.shape)
+    out = keep.reshape(flat_s.shape)
+    for r in range(flat_s.shape[0]):
+        cand = np.flatnonzero(flat_v[r])
+        order = cand[np.lexsort((cand, -flat_s[r, cand]))]
+        out[r, order[:top_n]] = True
+    return keep
+
+
+def reference(q, k, v, mask, sq, sk, transform, c, top_n):
+    """Full (T, T) maps with K/V repeated per query head -> (ctx, scores, valid, probs)."""
+    g = q.shape[1] // k.shape[1]
+    kr, vr = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
+    d, t = q.shape[-1], q.shape[2]
+    if transform in ("ste", "hard"):  # the exact integer dot product of the signs
+        scores = sign_pm1(q) @ np.swapaxes(sign_pm1(kr), -1, -2) * (sq * sk / math.sqrt(d))
+    else:
+        qt, kt = _transformed(q, sq, transform, c), _transformed(kr, sk, transform, c)
+        scores = qt @ np.swapaxes(kt, -1, -2) / math.sqrt(d)
+    valid = mask[:, None, None, :] & (np.arange(t)[None, :] <= np.arange(t)[:, None])
+    keep = _ref_topn(scores, valid, top_n)
+    z = np.where(keep, scores, -np.inf)
+    top = z.max(-1, keepdims=True)
+    top[~np.isfinite(top)] = 0
+    p = np.exp(z - top)
+    p /= np.maximum(p.sum(-1, keepdims=True), 1e-300)
+    return p @ vr, scores, np.broadcast_to(valid, scores.shape), p
+
+
+@pytest.mark.parametrize("transform", ["tanh1", "tanh2", "ste", "hard"])
+@pytest.mark.parametrize("top_n", [1, 3, 100])
+def test_forward_equals_reference_with_repeated_kv(transform, top_n):
+    q, k, v, mask = _inputs(seed=1)
+    k[:, :, 4] = k[:, :, 2]  # ties between keys
+    core = HADCausalCore([0.9, 1.3], [1.1, 0.8], top_n=top_n, transform=transform, c=1.7)
+    core.max_block_rows = 3  # several query blocks
+    ctx, cache = core.forward(q, k, v, mask, 1)
+    assert cache is None
+    ref = reference(q, k, v, mask, 1.3, 0.8, transform, 1.7, top_n)[0]
+    np.testing.assert_allclose(ctx, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_top_n_for_and_settings():
+    core = HADCausalCore([1.0], [1.0])
+    assert core.top_n_for(256) == 30 and core.top_n_for(1) == 1 and core.top_n_for(1024) == 120
+    assert HADCausalCore([1.0], [1.0], top_n=7).top_n_for(1000) == 7
+    with pytest.raises(HadrefError, match="transform"):
+        core.transform = "soft"
+    with pytest.raises(HadrefError, match="top_n_ratio"):
+        HADCausalCore([1.0], [1.0], top_n_ratio=0.0)
+    with pytest.raises(HadrefError, match="sigma_k"):
+        HADCausalCore([1.0, 2.0], [1.0])
+    q, k, v, mask = _inputs()
+    with pytest.raises(HadrefError, match="multiple"):
+        core.forward(q[:, :3], k, v, mask, 0)
+    with pytest.raises(HadrefError, match="inference only"):
+        HADCausalCore([1.0], [1.0], transform="hard").forward(q, k, v, mask, 0, train=True)
+
+
+def _weights(shape, seed):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+@pytest.mark.parametrize("transform,c", [("tanh1", 5.0), ("tanh1", 1.2), ("tanh2", 1.0),
+                                         ("tanh2", 0.3)])
+def test_tanh_gradients_match_finite_differences(transform, c):
+    q, k, v, mask = _inputs(seed=2)
+    core = HADCausalCore([0.9, 1.3], [1.1, 0.8], top_n=3, transform=transform, c=c)
+    core.max_block_rows = 2
+    w = _weights(q.shape, 3)
+
+    def loss():
+        return float((core.forward(q, k, v, mask, 1, train=True)[0] * w).sum())
+
+    ctx, cache = core.forward(q, k, v, mask, 1, train=True)
+    dq, dk, dv = core.backward(cache, w)
+    for name, arr, grad in (("q", q, dq), ("k", k, dk), ("v", v, dv)):
+        assert_gradient(grad, loss, arr, rtol=2e-5, atol=1e-8, err_msg=name)
+
+
+def test_ste_gradient_is_its_definition_and_v_by_finite_differences():
+    q, k, v, mask = _inputs(seed=4)
+    sq, sk, t = 0.8, 1.1, 1.0
+    core = HADCausalCore([sq], [sk], top_n=2, transform="ste", ste_t=t)
+    core.max_block_rows = 3
+    w = _weights(q.shape, 5)
+    ctx, cache = core.forward(q, k, v, mask, 0, train=True)
+    dq, dk, dv = core.backward(cache, w)
+    _, _, _, p = reference(q, k, v, mask, sq, sk, "ste", 1.0, 2)
+    g = HQ // HKV
+    kb, vr = sk * sign_pm1(np.repeat(k, g, 1)), np.repeat(v, g, 1)
+    qb = sq * sign_pm1(q)
+    dp = w @ np.swapaxes(vr, -1, -2)
+    ds = p * (dp - (dp * p).sum(-1, keepdims=True)) / math.sqrt(D)
+    np.testing.assert_allclose(dq, (ds @ kb) * (np.abs(q / sq) <= t), rtol=1e-12, atol=1e-13)
+    dk_rep = (np.swapaxes(ds, -1, -2) @ qb).reshape(B, HKV, g, T, D).sum(2)
+    np.testing.assert_allclose(dk, dk_rep * (np.abs(k / sk) <= t), rtol=1e-12, atol=1e-13)
+    assert_gradient(dv, lambda: float((core.forward(q, k, v, mask, 0)[0] * w).sum()), v,
+                    rtol=1e-6, atol=1e-9)
+
+
+class _Targets:
+    def __init__(self, qk, weight):
+        self._qk, self.weight = qk, weight
+
+    def qk(self, layer):
+        return self._qk[layer]
+
+
+def _attention_kl_all_at_once(teacher, student_scores, valid_all, mask, n_maps):
+    """HAD.md's L_attn from full (T, T) maps of every layer at once."""
+    total = 0.0
+    rows = mask[:, None, :, None]
+    for (q_t, k_t), s_s, valid in zip(teacher, student_scores, valid_all):
+        g = q_t.shape[1] // k_t.shape[1]
+        s_t = q_t @ np.swapaxes(np.repeat(k_t, g, 1), -1, -2) / math.sqrt(q_t.shape[-1])
+
+        def log_softmax(x):
+            z = np.where(valid, x, -np.inf)
+            top = z.max(-1, keepdims=True)
+            top[~np.isfinite(top)] = 0
+            return z - top - np.log(np.exp(z - top).sum(-1, keepdims=True))
+
+        lt, ls = log_softmax(s_t), log_softmax(s_s)
+        with np.errstate(invalid="ignore"):
+            total += np.where(valid & rows, np.exp(lt) * (lt - ls), 0.0).sum()
+    return total / (n_maps * mask.sum())
+
+
+@pytest.mark.parametrize("transform", ["tanh1", "ste"])
+def test_attention_loss_layer_by_layer_equals_all_at_once(transform):
+    rng = np.random.default_rng(6)
+    layers = 2
+    student = [_inputs(seed=10 + i) for i in range(layers)]
+    mask = student[0][3]
+    teacher = [(rng.standard_normal((B, HQ, T, D)), rng.standard_normal((B, HKV, T, D)))
+               for _ in range(layers)]
+    sq, sk = [0.9, 1.2], [1.1, 0.7]
+    core = HADCausalCore(sq, sk, top_n=2, transform=transform, c=2.0)
+    core.max_block_rows = 3
+    core.attention_targets = _Targets(teacher, 0.5)
+    core.attention_loss = 0.0
+    scores, valids = [], []
+    for layer, (q, k, v, _) in enumerate(student):
+        core.forward(q, k, v, mask, layer, train=True)
+        _, s, valid, _ = reference(q, k, v, mask, sq[layer], sk[layer], transform, 2.0, 2)
+        scores.append(s)
+        valids.append(valid)
+    expected = _attention_kl_all_at_once(teacher, scores, valids, mask, layers * HQ)
+    assert core.attention_loss == pytest.approx(expected, rel=1e-10)
+    core.attention_loss = 0.0
+    core.attention_targets = None
+    core.forward(*student[0][:3], mask, 0, train=True)
+    assert core.attention_loss == 0.0
+
+
+def test_attention_loss_gradient_matches_finite_differences():
+    q, k, v, mask = _inputs(seed=7)
+    rng = np.random.default_rng(8)
+    teacher = {1: (rng.standard_normal(q.shape), rng.standard_normal(k.shape))}
+    core = HADCausalCore([0.9, 1.3], [1.1, 0.8], top_n=3, transform="tanh1", c=1.5)
+    core.max_block_rows = 3
+    weight = 0.7
+    core.attention_targets = _Targets(teacher, weight)
+    w = _weights(q.shape, 9)
+
+    def loss():
+        core.attention_loss = 0.0
+        ctx, _ = core.forward(q, k, v, mask, 1, train=True)
+        return float((ctx * w).sum()) + weight * core.attention_loss
+
+    loss()
+    ctx, cache = core.forward(q, k, v, mask, 1, train=True)
+    assert core.attention_loss > 0
+    dq, dk, dv = core.backward(cache, w)
+    for name, arr, grad in (("q", q, dq), ("k", k, dk), ("v", v, dv)):
+        assert_gradient(grad, loss, arr, rtol=2e-5, atol=1e-8, err_msg=name)
+
+
+def tiny_config(**kw):
+    base = dict(vocab_size=23, hidden_size=16, intermediate_size=10, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=4, rms_norm_eps=1e-6,
+                rope_theta=1000.0, max_position_embeddings=64, bos_token_id=1, eos_token_id=2)
+    return LlamaConfig(**{**base, **kw})
+
+
+def tiny_model(seed=0, dtype=np.float64, **kw):
+    return LlamaModel.random(tiny_config(**kw), seed=seed, dtype=dtype, std=0.5)
+
+
+@pytest.mark.parametrize("transform", ["tanh1", "tanh2", "ste"])
+def test_decoder_gradients_with_the_had_core(transform):
+    model = tiny_model(seed=1)
+    model.attention_core = HADCausalCore([0.8, 1.1], [1.2, 0.9], top_n=3, transform=transform,
+                                         c=1.5)
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 23, size=(2, 6))
+    mask = np.ones((2, 6), int)
+    mask[1, 4:] = 0
+    weight = rng.standard_normal((2, 6, 23)) * mask[..., None]
+
+    def loss():
+        return float((model.forward(ids, mask, train=True).logits * weight).sum())
+
+    model.forward(ids, mask, train=True)
+    grads = model.backward(dlogits=weight)
+    names = ["layers.1.self_attn.v_proj.weight", "layers.1.self_attn.o_proj.weight"]
+    if transform != "ste":  # ste: q, k reach the loss only through signs (no true gradient)
+        names += ["layers.0.self_attn.q_proj.weight", "layers.0.self_attn.k_proj.weight",
+                  "embed_tokens.weight"]
+    for name in names:
+        entries = pick_entries(model.params[name].size, 12, np.random.default_rng(4))
+        model._cache = None
+        assert_gradient(grads[name], loss, model.params[name], entries, rtol=1e-4, atol=1e-8,
+                        err_msg=name)
+
+
+def test_causal_future_tokens_do_not_change_earlier_outputs():
+    model = tiny_model(seed=2)
+    model.attention_core = HADCausalCore([0.8, 1.1], [1.2, 0.9], top_n=2, transform="ste")
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 23, size=(1, 10))
+    other = ids.copy()
+    other[0, 6:] = rng.integers(0, 23, size=4)
+    a = model.forward(ids).logits
+    b = model.forward(other).logits
+    np.testing.assert_array_equal(a[:, :6], b[:, :6])
+    assert not np.allclose(a[:, 6:], b[:, 6:])
+
+
+def test_recording_core_keeps_post_rope_qk_and_serves_as_targets():
+    teacher = tiny_model(seed=3)
+    rec = RecordingCausalCore(CausalFloatAttentionCore(), weight=0.25)
+    teacher.attention_core = rec
+    ids = np.random.default_rng(6).integers(0, 23, size=(2, 5))
+    plain = tiny_model(seed=3).forward(ids).logits
+    np.testing.assert_array_equal(teacher.forward(ids).logits, plain)
+    q0, k0 = rec.qk(0)
+    assert q0.shape == (2, 4, 5, 4) and k0.shape == (2, 2, 5, 4)
+    with pytest.raises(HadrefError, match="nothing recorded"):
+        rec.qk(5)
+    # the student is the teacher with a HAD core: tanh1 at large c is about the float core,
+    # so the attention loss is small but positive
+    student = tiny_model(seed=3)
+    core = HADCausalCore([1.0, 1.0], [1.0, 1.0], top_n=5, transform="tanh1", c=50.0)
+    core.attention_targets = rec
+    student.attention_core = core
+    student.forward(ids, train=True)
+    assert 0 < core.attention_loss < 1e-3
