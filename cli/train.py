@@ -255,6 +255,9 @@ def _lm_options(f):
                      help="--lm: use only the first N windows of the text (demos, tests)."),
         click.option("--attn-weight", type=FINITE, default=1.0, show_default=True,
                      help="--lm: weight of the attention KL in the loss (HAD.md: 1)."),
+        click.option("--eval-windows", type=click.IntRange(min=0), default=4, show_default=True,
+                     help="--lm: held-out windows scored (perplexity, KL to the teacher, hard "
+                          "binarization) after sigma and after each stage."),
         click.option("--no-stage-files", is_flag=True,
                      help="--lm: do not write OUT-stageK.h5 after each stage."),
     ]
@@ -330,8 +333,8 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
             no_dropout, seed, no_finetune, ft_epochs, ft_steps, ft_lr, ft_batch_size,
             ft_weight_decay, ft_warmup_ratio, ft_clip, data_dir, skip_bad_rows, train_limit,
             dev_limit, lm, data_texts, data_corpora, data_samples, sample_temperature, holdout,
-            held_out_texts, max_windows, attn_weight, no_stage_files, log_path, ckpt_path,
-            checkpoint_every, resume, overwrite, quiet, as_json):
+            held_out_texts, max_windows, attn_weight, eval_windows, no_stage_files, log_path,
+            ckpt_path, checkpoint_every, resume, overwrite, quiet, as_json):
     """Distill TEACHER.h5 into a HAD student (binarized queries and keys, top-N attention).
 
     Sigma estimation, then stages 1-4 (HAD.md): tanh with c decaying from 5 to 1, tanh
@@ -356,7 +359,8 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
         ("--data-text", data_texts), ("--data-corpus", data_corpora),
         ("--data-samples", data_samples), ("--held-out-text", held_out_texts),
         ("--max-windows", max_windows is not None), ("--no-stage-files", no_stage_files),
-        ("--attn-weight", attn_weight != 1.0), ("--holdout", holdout != 0.05),
+        ("--attn-weight", attn_weight != 1.0), ("--eval-windows", eval_windows != 4),
+        ("--holdout", holdout != 0.05),
         ("--sample-temperature", sample_temperature != 1.0)) if given]
     if lm:
         glue_given = [name for name, given in (
@@ -372,8 +376,8 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
                     top_n_ratio, temperature, no_attn_loss, attn_loss_stages, no_tanh,
                     sigma_batches, sigma_batch_size, max_len, seed, data_texts, data_corpora,
                     data_samples, sample_temperature, holdout, held_out_texts, max_windows,
-                    attn_weight, no_stage_files, log_path, ckpt_path, checkpoint_every, resume,
-                    overwrite, quiet, as_json)
+                    attn_weight, eval_windows, no_stage_files, log_path, ckpt_path,
+                    checkpoint_every, resume, overwrite, quiet, as_json)
         return
     if lm_given:
         raise HadrefError(f"{lm_given[0]} is an option of --lm (decoder distillation on text)")
@@ -429,8 +433,8 @@ def _distill_lm(teacher_path, out, schedule, gamma, c_start, c_mid, c_end, stage
                 top_n_ratio, temperature, no_attn_loss, attn_loss_stages, no_tanh,
                 sigma_batches, sigma_batch_size, max_len, seed, data_texts, data_corpora,
                 data_samples, sample_temperature, holdout, held_out_texts, max_windows,
-                attn_weight, no_stage_files, log_path, ckpt_path, checkpoint_every, resume,
-                overwrite, quiet, as_json):
+                attn_weight, eval_windows, no_stage_files, log_path, ckpt_path,
+                checkpoint_every, resume, overwrite, quiet, as_json):
     """``hadref distill --lm``: the options -> :func:`hadref.distill.lm_run.run_distill_lm`."""
     from hadref.data.text import TextSource
     from hadref.distill.lm_run import run_distill_lm
@@ -451,7 +455,8 @@ def _distill_lm(teacher_path, out, schedule, gamma, c_start, c_mid, c_end, stage
                      else 0.117 if top_n_ratio is None else top_n_ratio),
         temperature=temperature, attn_loss=not no_attn_loss,
         attn_loss_stages=_stage_list(attn_loss_stages, "--attn-loss-stages"), tanh=not no_tanh,
-        max_len=max_len, seed=seeds[0], attn_weight=attn_weight, **given)
+        max_len=max_len, seed=seeds[0], attn_weight=attn_weight, eval_windows=eval_windows,
+        **given)
     data = TextSource(texts=tuple(data_texts), corpora=tuple(data_corpora), samples=data_samples,
                       sample_temperature=sample_temperature, holdout=holdout,
                       held_out_texts=tuple(held_out_texts), max_windows=max_windows)

@@ -3,19 +3,15 @@ differences, sigma on post-RoPE q/k, the trainer on tiny random decoders (2 laye
 heads, short windows: every stage and ablation runs, a few steps lower the loss, crash-resume
 is bit-identical), the student file, and bad inputs (exit 2, one line)."""
 
-import json
 import math
 
 import numpy as np
 import pytest
-from cli_run import error, ok, run
 from gradcheck import assert_gradient
 
 from hadref.data.text import (
-    TextSource,
     Windows,
     WindowStream,
-    build_windows,
     check_held_out,
     corpus_documents,
     cut_windows,
@@ -172,3 +168,176 @@ def test_lm_settings_defaults_and_checks():
                          (dict(lr=float("nan")), "--lr")]:
         with pytest.raises(HadrefError, match=message):
             LMDistillSettings(**bad).check()
+
+
+# --- the trainer on a tiny random decoder ---------------------------------------------------
+
+
+class _ListLog:
+    def __init__(self):
+        self.records = []
+
+    def write(self, **record):
+        self.records.append(record)
+
+
+def _byte_tokenizer():
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    from hadref.engine.bpe_tokenizer import BPETokenizer, tokenizer_json_from_vocab
+
+    tokens = ["<|endoftext|>", "<|im_start|>"] + sorted(ByteLevel.alphabet())
+    return BPETokenizer(tokenizer_json_from_vocab(tokens, [], [3, 3] + [1] * 256))
+
+
+def _tiny_decoder(seed=0):
+    """2 layers, 4 query heads on 2 key heads (grouped), d 8, a byte tokenizer; the
+    weights are sharpened a little so that attention is not uniform."""
+    from hadref.engine.config import LlamaConfig
+    from hadref.engine.llama import LlamaModel
+
+    cfg = LlamaConfig(vocab_size=258, hidden_size=32, intermediate_size=48,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      head_dim=8, max_position_embeddings=64, bos_token_id=1, eos_token_id=0)
+    model = LlamaModel.random(cfg, seed=seed, std=0.2)
+    model.tokenizer = _byte_tokenizer()
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = _tiny_decoder()
+    rng = np.random.default_rng(5)
+    windows = Windows(rng.integers(2, 258, size=(24, 12)).astype(np.int32),
+                      np.ones((24, 12), bool))
+    windows.mask[-1, 9:] = False          # one padded window
+    train, held = split_holdout(windows, 0.1, 0)
+    return model, train, held
+
+
+# gamma 0.5: stage 1 c = 5, 2.5, 1.25 (3 steps); stage 2 c = 1 ... 0.0625 (5 steps)
+_FAST = dict(gamma=0.5, stage3_steps=2, stage4_steps=2, sigma_batches=2, batch_size=2,
+             max_len=12, lr=3e-3, lr_stage4=1e-3, top_n=4, top_n_ratio=None, eval_windows=2)
+
+
+def _params_equal(a, b):
+    return all(np.array_equal(a.params[n], b.params[n]) for n in a.params)
+
+
+def test_stages_run_and_change_what_they_should(tiny):
+    from hadref.distill.lm_trainer import distill_lm
+
+    teacher, train, held = tiny
+    before = {n: v.copy() for n, v in teacher.params.items()}
+    log, seen, files = _ListLog(), [], []
+    student, scores = distill_lm(teacher, train, held, LMDistillSettings(**_FAST), log=log,
+                                 on_step=seen.append,
+                                 on_stage=lambda k, m: files.append((k, m.had["stage"],
+                                                                     m.attention_core.transform)))
+    assert seen == list(range(1, 13))
+    steps = [r for r in log.records if "stage" in r and "event" not in r]
+    assert [r["stage"] for r in steps] == [1] * 3 + [2] * 5 + [3] * 2 + [4] * 2
+    assert [r["c"] for r in steps[:8]] == [5.0, 2.5, 1.25, 1.0, 0.5, 0.25, 0.125, 0.0625]
+    assert all(r["c"] is None for r in steps[8:])
+    assert all(r["l_attn"] is not None and r["l_attn"] > 0 for r in steps[:10])
+    assert all(r["l_attn"] is None and r["lr"] == 1e-3 for r in steps[10:])
+    assert all(np.isfinite(r["loss"]) and r["l_out"] >= 0 for r in steps)
+    assert all(np.array_equal(before[n], teacher.params[n]) for n in before)
+    assert type(teacher.attention_core).__name__ == "CausalFloatAttentionCore"
+    assert all(not np.array_equal(student.params[n], teacher.params[n]) for n in student.params)
+    # held-out scores: the float teacher, the binarized teacher (0) and after every stage
+    assert sorted(scores) == ["0", "1", "2", "3", "4", "teacher"]
+    assert "kl" not in scores["teacher"] and all(scores[k]["kl"] > 0 for k in "01234")
+    evals = [r for r in log.records if r.get("event") == "eval"]
+    assert [r["stage"] for r in evals] == [0, 1, 2, 3, 4]
+    assert files == [(1, "1", "hard"), (2, "2", "hard"), (3, "3", "hard"), (4, "4", "hard")]
+    assert student.had["stage"] == "4" and student.had["top_n"] == 4
+    assert student.attention_core.transform == "hard" and student.attention_core.use_kernels
+    sigma = [r for r in log.records if r.get("event") == "sigma"][0]
+    np.testing.assert_array_equal(student.had["sigma_q"], np.float32(sigma["sigma_q"]))
+
+
+def test_sigma_is_the_std_of_post_rope_q_and_k(tiny):
+    from hadref.distill.lm_sigma import estimate_sigma_lm
+    from hadref.engine.layers.causal_attention import CausalFloatAttentionCore
+    from hadref.had.causal_core import RecordingCausalCore
+
+    teacher, train, _ = tiny
+    sq, sk = estimate_sigma_lm(teacher, train, n_batches=1, batch_size=len(train), seed=0)
+    rec = RecordingCausalCore(CausalFloatAttentionCore())
+    saved, teacher.attention_core = teacher.attention_core, rec
+    try:
+        order = np.random.default_rng([0, 0x5161]).choice(len(train), len(train), replace=False)
+        teacher.forward(train.ids[order].astype(np.int64), train.mask[order].astype(np.int64))
+    finally:
+        teacher.attention_core = saved
+    mask = train.mask[order]
+    for layer in range(2):
+        q, k = rec.qk(layer)
+        assert sq[layer] == pytest.approx(np.std(q.transpose(0, 2, 1, 3)[mask]), rel=1e-6)
+        assert sk[layer] == pytest.approx(np.std(k.transpose(0, 2, 1, 3)[mask]), rel=1e-6)
+    assert q.shape[1] == 4 and k.shape[1] == 2   # post-RoPE q of 4 heads, k of 2 key heads
+
+
+def test_a_few_steps_lower_the_loss(tiny):
+    """Stage 3 alone (STE) at a fixed batch: the output + attention loss falls."""
+    from hadref.distill.lm_trainer import distill_lm
+
+    teacher, train, _ = tiny
+    one = train.subset([0, 1])
+    log = _ListLog()
+    distill_lm(teacher, one, None, LMDistillSettings(
+        **{**_FAST, "gamma": 0.01, "c_start": 1.5, "stage3_steps": 12, "stage4_steps": 0,
+           "lr": 1e-2}), log=log)
+    steps = [r for r in log.records if r.get("stage") == 3 and "event" not in r]
+    assert len(steps) == 12
+    assert steps[-1]["loss"] < 0.7 * steps[0]["loss"]
+
+
+@pytest.mark.parametrize("ablation", [dict(attn_loss=False), dict(tanh=False),
+                                      dict(attn_loss_stages=[1, 2])])
+def test_ablations(tiny, ablation):
+    from hadref.distill.lm_trainer import distill_lm
+
+    teacher, train, held = tiny
+    log = _ListLog()
+    distill_lm(teacher, train, None, LMDistillSettings(**{**_FAST, **ablation}), log=log)
+    steps = [r for r in log.records if "stage" in r and "event" not in r]
+    assert [r["stage"] for r in steps] == [1] * 3 + [2] * 5 + [3] * 2 + [4] * 2
+    if ablation.get("attn_loss") is False:
+        assert all(r["l_attn"] is None for r in steps)
+    elif ablation.get("tanh") is False:     # w/o Tanh: STE from the first step, no c
+        assert all(r["c"] is None for r in steps) and steps[0]["l_attn"] > 0
+    else:
+        assert all(r["l_attn"] is None for r in steps if r["stage"] == 3)
+
+
+def _crash_at(step_no):
+    def on_step(step):
+        if step == step_no:
+            raise RuntimeError("simulated crash")
+    return on_step
+
+
+def test_crash_resume_is_bit_identical(tiny, tmp_path):
+    from hadref.distill.lm_trainer import distill_lm
+
+    teacher, train, held = tiny
+    settings = LMDistillSettings(**_FAST)
+    straight, straight_scores = distill_lm(teacher, train, held, settings)
+    ckpt = tmp_path / "crash.ckpt.h5"
+    for crash in (2, 9):          # inside stage 1 (tanh, c mid-decay) and inside stage 3
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            distill_lm(teacher, train, held, settings, checkpoint_path=ckpt,
+                       checkpoint_every=0.0, on_step=_crash_at(crash))
+        resumed, resumed_scores = distill_lm(teacher, train, held, settings,
+                                             checkpoint_path=ckpt, resume=True)
+        assert _params_equal(straight, resumed)
+        assert resumed_scores == straight_scores
+    # a resume with other settings is refused, naming the setting
+    with pytest.raises(RuntimeError):
+        distill_lm(teacher, train, held, settings, checkpoint_path=ckpt, checkpoint_every=0.0,
+                   on_step=_crash_at(3))
+    with pytest.raises(HadrefError, match="top_n"):
+        distill_lm(teacher, train, held, LMDistillSettings(**{**_FAST, "top_n": 5}),
+                   checkpoint_path=ckpt, resume=True)

@@ -50,7 +50,9 @@ class LMDistillSettings(DistillSettings):
     :class:`DistillSettings` except: schedule 'quick' (``LM_SCHEDULES``), top_n None with
     top_n_ratio 0.117 (N = round(0.117 T) for a window of T tokens), batch_size 1,
     sigma_batches 8 windows of sigma_batch_size 1, dropout False; attn_weight multiplies
-    L_attn in the total loss (HAD.md: 1)."""
+    L_attn in the total loss (HAD.md: 1); eval_windows: how many of the held-out windows
+    are scored after sigma and after each stage (each costs a student and a teacher
+    forward)."""
 
     schedule: str = "quick"
     batch_size: int = 1
@@ -60,6 +62,7 @@ class LMDistillSettings(DistillSettings):
     sigma_batch_size: int = 1
     dropout: bool = False
     attn_weight: float = 1.0
+    eval_windows: int = 4       # held-out windows scored after sigma and each stage (0: none)
 
     def __post_init__(self):
         if self.schedule not in LM_SCHEDULES:
@@ -98,6 +101,8 @@ class LMDistillSettings(DistillSettings):
             raise HadrefError(f"--attn-weight must be >= 0, got {self.attn_weight}")
         if self.batch_size < 1:
             raise HadrefError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.eval_windows < 0:
+            raise HadrefError(f"--eval-windows must be >= 0, got {self.eval_windows}")
         if self.max_len < 2:
             raise HadrefError(f"--max-len must be at least 2, got {self.max_len}")
         if self.dropout:

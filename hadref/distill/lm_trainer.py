@@ -37,18 +37,6 @@ from hadref.errors import HadrefError
 from hadref.train.loop import TrainLoop
 
 
-class TeacherTargets:
-    """The attention-distillation targets the HAD causal core reads layer by layer: the
-    teacher's post-RoPE q (B, h_q, T, d) and k (B, h_kv, T, d) of the last teacher forward
-    (a RecordingCausalCore), and the loss weight."""
-
-    def __init__(self, recorder, weight: float):
-        self.recorder, self.weight = recorder, float(weight)
-
-    def qk(self, layer):
-        return self.recorder.qk(layer)
-
-
 def training_core(sigma_q, sigma_k, settings: LMDistillSettings):
     from hadref.had.causal_core import HADCausalCore
 
@@ -62,6 +50,15 @@ def inference_core(sigma_q, sigma_k, settings: LMDistillSettings):
 
     return HADCausalCore.for_inference(sigma_q, sigma_k, top_n=settings.top_n,
                                        top_n_ratio=_ratio(settings))
+
+
+def eval_core(sigma_q, sigma_k, settings: LMDistillSettings):
+    """Hard binarization + causal top-N on the dense NumPy path (the same numbers as the
+    packed kernels, which the student file runs on): the stage-end evaluations."""
+    from hadref.had.causal_core import HADCausalCore
+
+    return HADCausalCore(sigma_q, sigma_k, top_n=settings.top_n, top_n_ratio=_ratio(settings),
+                         transform="hard")
 
 
 def _ratio(settings) -> float:
@@ -129,6 +126,8 @@ def distill_lm(teacher, train: Windows, held: Windows | None, settings: LMDistil
         raise HadrefError(f"training windows have {train.max_len} tokens, --max-len is "
                           f"{settings.max_len}")
     schedule = settings.make_schedule()
+    if held is not None:
+        held = held.subset(np.arange(min(settings.eval_windows, len(held))))
     stream = WindowStream(train, settings.batch_size, settings.seed)
     student = teacher.astype(teacher.dtype)
     student.had = None
@@ -162,7 +161,9 @@ def distill_lm(teacher, train: Windows, held: Windows | None, settings: LMDistil
             log.write(event="sigma", sigma_q=sigma_q.tolist(), sigma_k=sigma_k.tolist())
         if held is not None and len(held):
             scores["teacher"] = held_out_scores(teacher, None, held)
-            binarized = teacher.astype(teacher.dtype)   # a copy: the teacher stays float
+            from hadref.had.causal_core import binarized_teacher
+
+            binarized = binarized_teacher(teacher, sigma_q, sigma_k)  # weights shared
             scores["0"] = _stage_eval(binarized, teacher, sigma_q, sigma_k, settings, held, 0, 0,
                                       log, progress)
             del binarized
@@ -171,8 +172,9 @@ def distill_lm(teacher, train: Windows, held: Windows | None, settings: LMDistil
     float_core = teacher.attention_core
     from hadref.had.causal_core import RecordingCausalCore
 
-    recorder = RecordingCausalCore(float_core)
-    targets = TeacherTargets(recorder, settings.attn_weight)
+    # the teacher's post-RoPE q, k of the last forward, with the loss weight: the targets
+    # the student's core reads layer by layer
+    recorder = RecordingCausalCore(float_core, settings.attn_weight)
     if progress is not None:
         progress.start(schedule.total_steps, loop.step)
 
@@ -188,7 +190,7 @@ def distill_lm(teacher, train: Windows, held: Windows | None, settings: LMDistil
             z_t = teacher.forward(batch.input_ids, batch.attention_mask).logits
         finally:
             teacher.attention_core = float_core
-        core.attention_targets = targets if attn else None
+        core.attention_targets = recorder if attn else None
         core.attention_loss = 0.0
         try:
             out_s = student.forward(batch.input_ids, batch.attention_mask, train=True)
@@ -227,10 +229,11 @@ def distill_lm(teacher, train: Windows, held: Windows | None, settings: LMDistil
     return student, scores
 
 
-def _with_inference(model, sigma_q, sigma_k, settings, stage, teacher_sha256, fn):
-    """Run fn() with ``model`` on its inference core and ``model.had`` set, then restore."""
+def _with_inference(model, sigma_q, sigma_k, settings, stage, teacher_sha256, fn, core=None):
+    """Run fn() with ``model`` on ``core`` (default: its inference core) and ``model.had``
+    set, then restore both."""
     saved_core, saved_had = model.attention_core, getattr(model, "had", None)
-    model.attention_core = inference_core(sigma_q, sigma_k, settings)
+    model.attention_core = core or inference_core(sigma_q, sigma_k, settings)
     model.had = lm_had_metadata(sigma_q, sigma_k, settings, stage, teacher_sha256)
     try:
         return fn()
@@ -239,9 +242,10 @@ def _with_inference(model, sigma_q, sigma_k, settings, stage, teacher_sha256, fn
 
 
 def _stage_eval(model, teacher, sigma_q, sigma_k, settings, held, number, step, log, progress):
-    # the model as inference sees it: hard binarization + top-N on the packed kernels
+    # the model as inference sees it: hard binarization + causal top-N
     scores = _with_inference(model, sigma_q, sigma_k, settings, number, "",
-                             lambda: held_out_scores(model, teacher, held, settings.temperature))
+                             lambda: held_out_scores(model, teacher, held, settings.temperature),
+                             core=eval_core(sigma_q, sigma_k, settings))
     if log is not None:
         log.write(event="eval", split="held-out", stage=number, step=step, binarized=True,
                   **scores)
