@@ -3,10 +3,13 @@ differences, sigma on post-RoPE q/k, the trainer on tiny random decoders (2 laye
 heads, short windows: every stage and ablation runs, a few steps lower the loss, crash-resume
 is bit-identical), the student file, and bad inputs (exit 2, one line)."""
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_run import error, ok, run
 from gradcheck import assert_gradient
 
 from hadref.data.text import (
@@ -341,3 +344,106 @@ def test_crash_resume_is_bit_identical(tiny, tmp_path):
     with pytest.raises(HadrefError, match="top_n"):
         distill_lm(teacher, train, held, LMDistillSettings(**{**_FAST, "top_n": 5}),
                    checkpoint_path=ckpt, resume=True)
+
+
+# --- the job and the command ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lm_files(tmp_path_factory):
+    from hadref.engine.io import save
+
+    folder = tmp_path_factory.mktemp("lm")
+    save(_tiny_decoder(), folder / "teacher.h5")
+    words = "the cat sat on a mat while the dog ran to the park and back again".split()
+    rng = np.random.default_rng(0)
+    docs = [" ".join(rng.choice(words, size=30)) + "." for _ in range(12)]
+    (folder / "train.txt").write_text("\n\n".join(docs))
+    return folder
+
+
+_CLI_FAST = ["--gamma", "0.5", "--stage3-steps", "1", "--stage4-steps", "1",
+             "--sigma-batches", "1", "--top-n", "4", "--max-len", "16", "--lr", "1e-3",
+             "--eval-windows", "1", "--quiet"]
+
+
+def test_cli_writes_a_student_per_stage_and_a_final_one(lm_files, tmp_path):
+    import hadref
+
+    out = tmp_path / "student.h5"
+    r = ok(run("distill", lm_files / "teacher.h5", "--lm", "--data-text", lm_files / "train.txt",
+               *_CLI_FAST, "-o", out, "--json"))
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["student"] == str(out) and result["steps"] == 10
+    assert sorted(result["held_out"]) == ["0", "1", "2", "3", "4", "teacher"]
+    assert [Path(p).name for p in result["stage_files"]] == [
+        "student-stage1.h5", "student-stage2.h5", "student-stage3.h5"]
+    student = hadref.load(out)
+    assert student.had["stage"] == "4" and student.had["top_n"] == 4
+    assert type(student.attention_core).__name__ == "HADCausalCore"
+    assert hadref.load(tmp_path / "student-stage2.h5").had["stage"] == "2"
+    assert not (tmp_path / "student.ckpt.h5").exists()
+    log = [json.loads(line) for line in (tmp_path / "student.log.jsonl").read_text().splitlines()]
+    assert log[0]["event"] == "start" and log[0]["data"]["train_windows"] >= 1
+
+
+def test_cli_resume_after_interrupt_finishes_the_same(lm_files, tmp_path):
+    """A straight CLI run and one killed after 3 steps then resumed write equal students."""
+    import hadref
+    from hadref.data.text import TextSource
+    from hadref.distill.lm_run import run_distill_lm
+
+    settings = LMDistillSettings(gamma=0.5, stage3_steps=1, stage4_steps=1, sigma_batches=1,
+                                 top_n=4, top_n_ratio=None, max_len=16, lr=1e-3, eval_windows=1)
+    data = TextSource(texts=(str(lm_files / "train.txt"),))
+    run_distill_lm(lm_files / "teacher.h5", settings, tmp_path / "a.h5", data=data,
+                   progress=False, stage_files=False)
+
+    def crash(step):
+        if step == 3:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError):
+        run_distill_lm(lm_files / "teacher.h5", settings, tmp_path / "b.h5", data=data,
+                       progress=False, checkpoint_every=0.0, on_step=crash, stage_files=False)
+    assert (tmp_path / "b.ckpt.h5").exists()
+    run_distill_lm(lm_files / "teacher.h5", settings, tmp_path / "b.h5", data=data,
+                   progress=False, resume=True, stage_files=False)
+    a, b = hadref.load(tmp_path / "a.h5"), hadref.load(tmp_path / "b.h5")
+    assert _params_equal(a, b)
+    np.testing.assert_array_equal(a.had["sigma_q"], b.had["sigma_q"])
+
+
+def test_cli_bad_inputs(lm_files, tmp_path):
+    from hadref.engine.bert import BertModel
+    from hadref.engine.config import BertConfig
+    from hadref.engine.io import save
+
+    teacher, text = lm_files / "teacher.h5", lm_files / "train.txt"
+    out = ["-o", tmp_path / "s.h5", "--quiet", "--max-len", "16"]
+    error(run("distill", teacher, "--lm", "--task", "sst2", "--data-text", text, *out),
+          "--task is an option of GLUE distillation")
+    error(run("distill", teacher, "--data-text", text, *out), "--data-text is an option of --lm")
+    error(run("distill", teacher, *out), "Missing option '--task'")
+    error(run("distill", teacher, "--lm", *out), "needs text")
+    error(run("distill", teacher, "--lm", "--data-text", tmp_path / "none.txt", *out),
+          "--data-text: file not found")
+    (tmp_path / "bin.txt").write_bytes(b"\x00\x01")
+    error(run("distill", teacher, "--lm", "--data-text", tmp_path / "bin.txt", *out),
+          "is not a text file")
+    error(run("distill", teacher, "--lm", "--data-corpus", "nope", *out), "unknown corpus 'nope'")
+    error(run("distill", teacher, "--lm", "--data-text", text, *out, "--max-len", "100"),
+          "exceeds the teacher's context length")
+    error(run("distill", teacher, "--lm", "--data-text", text, "--top-n-ratio", "2", *out),
+          "--top-n-ratio")
+    error(run("distill", teacher, "--lm", "--data-text", text, "--seed", "0,1", *out), "one seed")
+    error(run("distill", teacher, "--lm", "--data-text", text, "--holdout", "1", *out),
+          "--holdout")
+    error(run("distill", teacher, "--lm", "--data-text", text, "--held-out-text", text, *out),
+          "--held-out-text")
+    enc = tmp_path / "enc.h5"
+    save(BertModel.random(BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=8,
+                                     max_position_embeddings=16)), enc)
+    error(run("distill", enc, "--lm", "--data-text", text, *out), "needs a decoder")
+    assert not (tmp_path / "s.h5").exists()

@@ -179,8 +179,9 @@ def _ngram_keys(ids: np.ndarray, n: int) -> set:
 
 def check_held_out(windows: Windows, eval_streams: dict, span: int = 32) -> None:
     """HadrefError when a training window contains a run of ``span`` tokens that also
-    occurs in one of ``eval_streams`` ({name: (n,) token ids}): evaluation text must not
-    be in the training data."""
+    occurs in one of ``eval_streams`` ({name: (n,) token ids}; windows shorter than
+    ``span``: a run of their length): evaluation text must not be in the training data."""
+    span = min(span, windows.max_len)   # windows shorter than the span: their length
     train = set()
     for ids, mask in zip(windows.ids, windows.mask):
         train |= _ngram_keys(ids[mask], span)
@@ -303,6 +304,12 @@ class TextSource:
             raise HadrefError(f"--max-windows must be at least 1, got {self.max_windows}")
         if not 0.0 <= self.holdout < 1.0:
             raise HadrefError(f"--holdout: expected a fraction in [0, 1), got {self.holdout}")
+        for option, paths in (("--data-text", self.texts),
+                              ("--held-out-text", self.held_out_texts)):
+            for path in paths:
+                if not Path(path).is_file():
+                    raise HadrefError(f"{option}: " + ("file not found" if not Path(path).exists()
+                                                       else "not a file") + f": {path}")
         for name in self.corpora:
             if name not in CORPORA:
                 raise HadrefError(f"--data-corpus: unknown corpus {name!r}; expected one of "

@@ -14,7 +14,7 @@ smaller effective learning rate on this term.
 
 The vocabulary is 49,152 for SmolLM2: (T, V) float64 temporaries for a 1,024-token window
 are 400 MB, so the loss walks the positions in chunks of ``chunk`` rows; peak extra memory
-is a few (chunk, V) float64 arrays. The attention loss L_attn is computed inside the HAD
+is a few (chunk, V) arrays. The attention loss L_attn is computed inside the HAD
 causal core, layer by layer (hadref.had.causal_core, ``attention_targets``).
 """
 
@@ -37,10 +37,11 @@ def next_token_kl(teacher_logits, student_logits, attention_mask=None, temperatu
 
     teacher_logits, student_logits: (B, T, V) float (the teacher's may be of another
     dtype); attention_mask: (B, T), nonzero = valid position (None: all valid). Computed in
-    float64, ``chunk`` positions at a time. Returns (loss: float, dlogits (B, T, V) in the
-    student's dtype, zero at padding positions). ``out``: an array (B, T, V) of the
-    student's dtype to write dlogits into (it may be ``student_logits`` itself: each chunk
-    is read before it is overwritten).
+    the wider of the two dtypes (float32 logits: float32 softmaxes, the sum in float64;
+    float64 in the finite-difference tests), ``chunk`` positions at a time. Returns
+    (loss: float, dlogits (B, T, V) in the student's dtype, zero at padding positions).
+    ``out``: an array (B, T, V) of the student's dtype to write dlogits into (it may be
+    ``student_logits`` itself: each chunk is read before it is overwritten).
     """
     zt = np.asarray(teacher_logits)
     zs = np.asarray(student_logits)
@@ -62,13 +63,14 @@ def next_token_kl(teacher_logits, student_logits, attention_mask=None, temperatu
     zt2, zs2, g2 = zt.reshape(-1, nv), zs.reshape(-1, nv), grad.reshape(-1, nv)
     g2[~valid.reshape(-1)] = 0   # padding rows (never read, also when out is zs)
     tau = float(temperature)
+    work = np.result_type(zt.dtype, zs.dtype, np.float32)
     total = 0.0
     for s in range(0, count, chunk):
         r = rows[s:s + chunk]
-        log_pt = _log_softmax(zt2[r].astype(np.float64) / tau)
-        log_ps = _log_softmax(zs2[r].astype(np.float64) / tau)
+        log_pt = _log_softmax(zt2[r].astype(work) / work.type(tau))
+        log_ps = _log_softmax(zs2[r].astype(work) / work.type(tau))
         pt = np.exp(log_pt)
-        total += float(np.sum(pt * (log_pt - log_ps)))
+        total += float(np.sum(pt * (log_pt - log_ps), dtype=np.float64))
         g2[r] = (np.exp(log_ps) - pt) / (tau * max(count, 1))
     return total / max(count, 1), grad
 

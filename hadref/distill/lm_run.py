@@ -69,6 +69,9 @@ def run_distill_lm(teacher_path, settings=None, out=None, *, data: TextSource = 
                           f"this is an encoder: drop --lm and give --task")
     if getattr(teacher, "had", None) is not None:
         raise HadrefError(f"{teacher_path} is already a HAD student: distill a float model")
+    if settings.max_len > teacher.config.max_position_embeddings:
+        raise HadrefError(f"--max-len {settings.max_len} exceeds the teacher's context length "
+                          f"({teacher.config.max_position_embeddings})")
     teacher_sha256 = file_sha256(teacher_path)
     train, held, info = build_windows_for(data, teacher, settings, say)
     say(f"text: {info['train_windows']} training windows of {settings.max_len} tokens "
@@ -83,10 +86,17 @@ def run_distill_lm(teacher_path, settings=None, out=None, *, data: TextSource = 
     written = []
 
     def on_stage(number, student):
+        # a stage file is a by-product: failing to write one is said, the run goes on
         if stage_files and number != stages[-1]:
             path = stage_file(files.out, number)
-            save(student, path, had=student.had)
+            try:
+                save(student, path, had=student.had)
+            except (HadrefError, OSError) as err:
+                shown.message(f"could not write {path} (student after stage {number}): {err}")
+                log_file.write(event="stage_file", stage=number, path=str(path), error=str(err))
+                return
             written.append(str(path))
+            log_file.write(event="stage_file", stage=number, path=str(path))
             shown.message(f"wrote {path} (student after stage {number})")
 
     try:
