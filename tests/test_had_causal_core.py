@@ -13,7 +13,7 @@ from hadref.engine.layers.causal_attention import CausalFloatAttentionCore
 from hadref.engine.llama import LlamaModel
 from hadref.errors import HadrefError
 from hadref.had.binarize import sign_pm1
-from hadref.had.causal_core import HADCausalCore, RecordingCausalCore
+from hadref.had.causal_core import HADCausalCore, RecordingCausalCore, binarized_teacher
 
 B, HQ, HKV, T, D = 2, 4, 2, 7, 5
 
@@ -289,3 +289,84 @@ def test_recording_core_keeps_post_rope_qk_and_serves_as_targets():
     student.attention_core = core
     student.forward(ids, train=True)
     assert 0 < core.attention_loss < 1e-3
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_hard_dense_forward_equals_packed_kernels(dtype):
+    rng = np.random.default_rng(7)
+    b, t, d = 2, 40, 64
+    q = rng.standard_normal((b, HQ, t, d)).astype(dtype)
+    k, v = (rng.standard_normal((b, HKV, t, d)).astype(dtype) for _ in range(2))
+    k[:, :, 10:20] = k[:, :, 5:6]  # ties
+    q[:, :, :3] = q[:, :, 3:4]
+    mask = np.ones((b, t), bool)
+    mask[1, 30:] = False
+    mask[1, 2] = False
+    sq, sk = [0.6, 1.7], [1.2, 0.4]
+    fast = HADCausalCore.for_inference(sq, sk, top_n=5)
+    slow = HADCausalCore(sq, sk, top_n=5, transform="hard")
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for layer, rows in ((0, t), (1, 9)):  # tile kernel (>= 16 rows) and row kernel
+        args = (q[:, :, :rows], k[:, :, :rows], v[:, :, :rows], mask[:, :rows], layer)
+        ctx_fast = fast.forward(*args)[0]
+        assert ctx_fast.dtype == dtype
+        np.testing.assert_allclose(ctx_fast, slow.forward(*args)[0], rtol=tol, atol=tol)
+
+
+def test_binarized_teacher_shares_weights_and_runs_hard():
+    model = tiny_model(seed=4, dtype=np.float32)
+    hard = binarized_teacher(model, [1.0, 1.0], [1.0, 1.0], top_n=3)
+    assert isinstance(model.attention_core, CausalFloatAttentionCore)
+    assert hard.attention_core.transform == "hard" and hard.attention_core.use_kernels
+    assert hard.params["embed_tokens.weight"] is model.params["embed_tokens.weight"]
+    ids = np.array([[3, 4, 5, 6, 7, 8]])
+    assert not np.allclose(hard.forward(ids).logits, model.forward(ids).logits)
+    with pytest.raises(HadrefError, match="sigma_q"):
+        binarized_teacher(model, [1.0], [1.0])
+
+
+def _student(seed=5, top_n=None):
+    model = tiny_model(seed=seed, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    model.attention_core = HADCausalCore.for_inference(rng.uniform(0.5, 1.5, 2),
+                                                       rng.uniform(0.5, 1.5, 2), top_n=top_n,
+                                                       top_n_ratio=0.3)
+    return model
+
+
+@pytest.mark.parametrize("top_n", [2, 5])
+def test_cached_generation_on_packed_keys_equals_full_forwards(top_n):
+    # a fixed N: with N = ratio * length, a cached position keeps what it computed with the
+    # N of its own time, while a full forward gives every row the N of the whole length
+    model = _student(top_n=top_n)
+    prompt = np.array([3, 7, 11, 5, 9, 1, 4])
+    new = model.generate(prompt, 10, stop_at_eos=False)
+    seq = list(prompt)
+    for _ in range(10):  # greedy from full forwards (packed kernels, no cache)
+        seq.append(int(np.argmax(model.forward(np.array([seq])).logits[0, -1])))
+    assert new.tolist() == seq[len(prompt):]
+    cache = model.new_kv_cache(len(seq))
+    from hadref.had.cache import PackedCausalKVCache
+
+    assert isinstance(cache, PackedCausalKVCache)
+    model.step(np.array([seq[:5]]), cache)
+    model.step(np.array([seq[5:9]]), cache)  # several new positions at once
+    for t in range(9, len(seq)):
+        step = model.step(np.array([[seq[t]]]), cache)[0]
+    full = model.forward(np.array([seq])).logits[0, -1]
+    np.testing.assert_allclose(step, full, rtol=1e-5, atol=1e-5)
+    # and the dense training path of the same selection
+    dense = _student(top_n=top_n)
+    dense.attention_core.use_kernels = False
+    np.testing.assert_allclose(dense.forward(np.array([seq])).logits[0, -1], full, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_packed_cache_bytes_per_token():
+    from hadref.had.cache import PackedCausalKVCache
+
+    cache = PackedCausalKVCache(30, 1, 3, 16, 64, np.float32)  # SmolLM2-135M's attention
+    assert cache.key_bytes_per_token == 8
+    assert cache.bytes_per_token == 30 * 3 * (8 + 64 * 4)
+    float_cache = CausalFloatAttentionCore().new_kv_cache(30, 1, 3, 16, 64, np.float32)
+    assert float_cache.nbytes // 16 == 30 * 3 * 2 * 64 * 4
+    with pytest.raises(HadrefError, match="capacity"):
+        cache.append(0, np.zeros((1, 3, 17, 64), np.float32), np.zeros((1, 3, 17, 64), np.float32))

@@ -12,6 +12,11 @@ largest scores of each query row survive, ties to the lower key index, padding k
 ``N_eff = min(N, valid keys)``; the softmax ``softmax(score / sqrt(d))`` runs over the
 survivors only; a row without any valid key outputs zeros.
 
+Grouped-query attention: k and v (and the packed keys) may have fewer heads than q on axis
+-3 when h_q is a multiple of h_kv; query head j then reads key/value head
+``j // (h_q / h_kv)``, and the keys are packed once per key head (never copied per query
+head). key_mask then broadcasts against k's leading dims.
+
 Everything else in the module is private. Bad input raises :class:`HadrefError` naming the
 argument and what was expected.
 """
@@ -143,8 +148,22 @@ def _check_d(d) -> int:
     return int(d)
 
 
-def _topn_groups(q_bits, k_bits, valid, n, d, top_n, causal):
-    """(G, m, W), (G, >= n, W) packed -> indices (G, m, N) int32, levels, counts."""
+def _kv_group(q_lead: tuple, k_lead: tuple, q_name: str = "q", k_name: str = "k") -> int:
+    """Query heads per key head: 1 when the leading dims agree; h_q / h_kv when only axis
+    -3 differs and h_q is a multiple of h_kv (grouped-query attention)."""
+    if q_lead == k_lead:
+        return 1
+    if (len(q_lead) == len(k_lead) and len(q_lead) >= 1 and q_lead[:-1] == k_lead[:-1]
+            and q_lead[-1] % k_lead[-1] == 0):
+        return q_lead[-1] // k_lead[-1]
+    raise HadrefError(f"{k_name}: expected leading dims {q_lead} (as {q_name}), or the same "
+                      f"with a number of heads on axis -3 that divides {q_name}'s (grouped "
+                      f"queries), got {k_lead}")
+
+
+def _topn_groups(q_bits, k_bits, valid, n, d, top_n, causal, kv_group=1):
+    """(G, m, W), (G / kv_group, >= n, W) packed -> indices (G, m, N) int32, levels,
+    counts."""
     groups, m, _ = q_bits.shape
     idx = np.full((groups, m, top_n), -1, dtype=np.int32)
     lev = np.full((groups, m, top_n), d + 1, dtype=np.int16)
@@ -154,7 +173,8 @@ def _topn_groups(q_bits, k_bits, valid, n, d, top_n, causal):
     _fused.topn_packed(q_bits, k_bits, valid, _valid_before(valid, n), n, d, top_n,
                        bool(causal), idx, lev, count, np.empty((chunks, n), np.int16),
                        _marks(chunks, n), np.empty((chunks, sel), np.int32),
-                       np.empty((chunks, sel), np.int16), np.empty((chunks, d + 2), np.int32))
+                       np.empty((chunks, sel), np.int16), np.empty((chunks, d + 2), np.int32),
+                       kv_group)
     return idx, lev, count
 
 
@@ -170,9 +190,10 @@ def hamming_topn(q_bits, k_bits, d, top_n, key_mask=None, causal=False):
     """The top-N keys of each query by Hamming similarity of packed sign bits.
 
     q_bits: (..., m, W) uint64 and k_bits: (..., n, W) uint64 from :func:`pack_signs`
-    (same leading dims, W = ceil(d / 64)); d: the unpacked dimension; top_n: N >= 1;
-    key_mask: bool broadcastable to (..., n), True = valid key; causal: query i sees keys
-    ``j <= i + n - m`` only.
+    (same leading dims, W = ceil(d / 64); or fewer heads on axis -3 for k_bits, h_q a
+    multiple of h_kv: grouped queries, see the module docstring); d: the unpacked
+    dimension; top_n: N >= 1; key_mask: bool broadcastable to k_bits' (..., n), True =
+    valid key; causal: query i sees keys ``j <= i + n - m`` only.
 
     Returns ``(indices, scores)``, both (..., m, N) int32: key indices by score descending
     (lower index first on ties) and their scores ``d - 2 * popcount(q XOR k)`` (the dot
@@ -183,30 +204,30 @@ def hamming_topn(q_bits, k_bits, d, top_n, key_mask=None, causal=False):
     top_n = check_top_n(top_n)
     q_bits = _as_bits(q_bits, "q_bits", d)
     k_bits = _as_bits(k_bits, "k_bits", d)
-    lead = q_bits.shape[:-2]
-    if k_bits.shape[:-2] != lead:
-        raise HadrefError(f"k_bits: expected leading dims {lead} (as q_bits), "
-                          f"got {k_bits.shape[:-2]}")
+    lead, k_lead = q_bits.shape[:-2], k_bits.shape[:-2]
+    kv_group = _kv_group(lead, k_lead, "q_bits", "k_bits")
     m, n, words = q_bits.shape[-2], k_bits.shape[-2], q_bits.shape[-1]
-    valid = _key_valid(key_mask, lead, n)
+    valid = _key_valid(key_mask, k_lead, n)
     idx, lev, _ = _topn_groups(q_bits.reshape(-1, m, words), k_bits.reshape(-1, n, words),
-                               valid, n, d, top_n, causal)
+                               valid, n, d, top_n, causal, kv_group)
     return idx.reshape(*lead, m, top_n), _scores(idx, lev, d).reshape(*lead, m, top_n)
 
 
 def _check_qkv(q, k, v, finite_qk: bool = True):
-    """finite_qk=False: q and k are checked for NaN/inf later, by ``_pack(x, name)``."""
+    """finite_qk=False: q and k are checked for NaN/inf later, by ``_pack(x, name)``.
+    Returns q, k, v and the query heads per key head (1 unless grouped)."""
     q = _as_float(q, "q", finite=finite_qk)
     k = _as_float(k, "k", finite=finite_qk)
     v = _as_float(v, "v")
-    if q.shape[:-2] != k.shape[:-2] or v.shape[:-2] != k.shape[:-2]:
-        raise HadrefError(f"q, k, v: expected the same leading dims, got shapes "
-                          f"{q.shape}, {k.shape}, {v.shape}")
+    if v.shape[:-2] != k.shape[:-2]:
+        raise HadrefError(f"v: expected leading dims {k.shape[:-2]} (as k), got shape "
+                          f"{v.shape}")
+    kv_group = _kv_group(q.shape[:-2], k.shape[:-2])
     if q.shape[-1] != k.shape[-1]:
         raise HadrefError(f"k: expected head size d = {q.shape[-1]} (as q), got {k.shape[-1]}")
     if v.shape[-2] != k.shape[-2]:
         raise HadrefError(f"v: expected n = {k.shape[-2]} rows (as k), got {v.shape[-2]}")
-    return q, k, v
+    return q, k, v, kv_group
 
 
 _ROW_KERNEL_GROUP = 32  # the row kernel: query rows that share one pass over V in blocks
@@ -219,8 +240,10 @@ _TILE_MIN_ROWS = 16
 _LEVELS8_MAX_D = 254
 
 
-def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal, last_stage=3):
-    """Packed (G, m, W), (G, >= n, W), v (G, >= n, dv) -> (G, m, dv), a fused kernel.
+def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal, last_stage=3,
+            kv_group=1):
+    """Packed (G, m, W), (G / kv_group, >= n, W), v (G / kv_group, >= n, dv) -> (G, m, dv),
+    a fused kernel (kv_group: query heads per key head).
 
     last_stage 1 or 2 (the benchmark's split of the tile kernel, m >= _TILE_MIN_ROWS
     only): stop after the levels or the selection; the output is then not written."""
@@ -240,7 +263,8 @@ def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal, last_stage
                             np.empty((c, lanes), np.int32), np.empty((c, 8, lanes), np.int64),
                             np.empty((c, 4, lanes), np.uint16), np.empty((c, lanes), np.uint64),
                             np.empty((c, lanes, d + 2), v.dtype),
-                            np.empty((c, lanes), np.float64), np.empty((c, lanes, dv), v.dtype))
+                            np.empty((c, lanes), np.float64), np.empty((c, lanes, dv), v.dtype),
+                            kv_group=kv_group)
         return out
     tile = min(_ROW_KERNEL_GROUP, m)
     c = worker_chunks(groups * ((m + tile - 1) // tile))
@@ -252,7 +276,7 @@ def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal, last_stage
                        np.empty((c, tile, top_n), np.int16),
                        np.empty((c, tile), np.int64), np.empty((c, tile, d + 2), v.dtype),
                        np.empty((c, tile), np.float64), np.empty((c, tile, dv), v.dtype),
-                       np.empty((c, tile), np.int64))
+                       np.empty((c, tile), np.int64), kv_group=kv_group)
     return out
 
 
@@ -260,10 +284,13 @@ def had_attention(q, k, v, top_n, sigma_q=1.0, sigma_k=1.0, key_mask=None, causa
     """HAD attention: binarized queries and keys, top-N, sparse softmax and value sum.
 
     q: (..., m, d), k: (..., n, d), v: (..., n, dv), float32 (float64 accepted; the output
-    takes v's dtype), finite, same leading dims. top_n: N >= 1 (N > n means all keys).
+    takes v's dtype), finite, same leading dims, except that k and v may have fewer heads
+    (axis -3) than q when h_q is a multiple of h_kv (grouped queries: query head j reads
+    key head j // (h_q / h_kv); keys packed once per key head). top_n: N >= 1 (N > n means
+    all keys).
     sigma_q, sigma_k: the layer's standardization coefficients (> 0); only their product
     matters here, as the logit scale ``sigma_q * sigma_k / sqrt(d)``. key_mask: bool
-    broadcastable to (..., n), True = valid key. causal: query i sees keys
+    broadcastable to k's (..., n), True = valid key. causal: query i sees keys
     ``j <= i + n - m``.
 
     Returns (..., m, dv): ``softmax(topN(S) / sqrt(d)) V`` with
@@ -276,27 +303,31 @@ def had_attention(q, k, v, top_n, sigma_q=1.0, sigma_k=1.0, key_mask=None, causa
     top_n = check_top_n(top_n)
     sigma_q = check_positive(sigma_q, "sigma_q")
     sigma_k = check_positive(sigma_k, "sigma_k")
-    q, k, v = _check_qkv(q, k, v, finite_qk=False)
+    q, k, v, kv_group = _check_qkv(q, k, v, finite_qk=False)
     lead, (m, d), (n, dv) = q.shape[:-2], q.shape[-2:], v.shape[-2:]
     _check_d(d)
-    valid = _key_valid(key_mask, lead, n)
+    valid = _key_valid(key_mask, k.shape[:-2], n)
     q_bits = _pack(q, "q").reshape(-1, m, (d + 63) // 64)  # NaN/inf checked while packing
     k_bits = _pack(k, "k").reshape(-1, n, (d + 63) // 64)
     out = _attend(q_bits, k_bits, v.reshape(-1, n, dv), valid, n, d, top_n,
-                  _two_scale(sigma_q, sigma_k, d), causal)
+                  _two_scale(sigma_q, sigma_k, d), causal, kv_group=kv_group)
     return out.reshape(*lead, m, dv)
 
 
 def float_attention(q, k, v, key_mask=None, causal=False):
     """Dense float attention ``softmax(Q K^T / sqrt(d)) V`` (NumPy/BLAS), the reference.
 
-    Shapes, dtypes, key_mask and causal as :func:`had_attention`. One (m, n) score matrix
-    per (batch, head) at a time, softmax in place (max-subtracted): extra memory m*n floats.
-    A row without any valid key outputs zeros.
+    Shapes (grouped queries too: keys and values repeated per query head here), dtypes,
+    key_mask and causal as :func:`had_attention`. One (m, n) score matrix per (batch, head)
+    at a time, softmax in place (max-subtracted): extra memory m*n floats. A row without
+    any valid key outputs zeros.
     """
-    q, k, v = _check_qkv(q, k, v)
+    q, k, v, kv_group = _check_qkv(q, k, v)
     lead, (m, d), (n, dv) = q.shape[:-2], q.shape[-2:], v.shape[-2:]
-    valid = _key_valid(key_mask, lead, n)
+    valid = _key_valid(key_mask, k.shape[:-2], n)
+    if kv_group > 1:  # the reference repeats keys, values and masks per query head
+        k, v = np.repeat(k, kv_group, axis=-3), np.repeat(v, kv_group, axis=-3)
+        valid = np.repeat(valid, kv_group, axis=0)
     dtype = np.result_type(q, k, v)
     qf, kf, vf = q.reshape(-1, m, d), k.reshape(-1, n, d), v.reshape(-1, n, dv)
     out = np.empty((qf.shape[0], m, dv), dtype=dtype)

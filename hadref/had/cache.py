@@ -1,7 +1,9 @@
-"""``PackedKeyCache``: keys packed once as sign bits, with their values, for decoding.
+"""Key caches on packed sign bits, for decoding: keys packed once, with their values.
 
-Each new query attends over the whole cache through the same kernels as
-:func:`hadref.had.attention.had_attention`, without touching float keys again.
+``PackedKeyCache`` (plain arrays, the public API) and ``PackedCausalKVCache`` (the
+decoder's per-layer cache behind ``HADCausalCore``). Each new query attends over the whole
+cache through the same kernels as :func:`hadref.had.attention.had_attention`, without
+touching float keys again; grouped queries read their key head (no copies per query head).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from hadref.had.attention import (
     _attend,
     _check_d,
     _key_valid,
+    _kv_group,
     _pack,
     _scores,
     _topn_groups,
@@ -30,7 +33,9 @@ class PackedKeyCache:
     ``ceil(d/64) * 8`` bytes per token and head instead of ``4 d`` for float32 keys.
 
     k: (..., n, d), v: (..., n, dv) float; key_mask: bool broadcastable to (..., n);
-    sigma_k: the layer's key coefficient (> 0).
+    sigma_k: the layer's key coefficient (> 0). Queries may have more heads (axis -3)
+    than the keys when that is a multiple of the key heads (grouped-query attention:
+    query head j reads key head j // (h_q / h_kv); the keys are packed once per key head).
 
     >>> cache = hadref.PackedKeyCache(k, v)
     >>> cache.append(k_new, v_new)                  # (..., t, d), (..., t, dv)
@@ -95,13 +100,13 @@ class PackedKeyCache:
 
     def topn(self, q, top_n, causal=False):
         """:func:`hamming_topn` of float queries (..., m, d) against the cached keys."""
-        q = self._check_q(q)
+        q, kv_group = self._check_q(q)
         top_n = check_top_n(top_n)
-        m, n = q.shape[-2], self._n
-        idx, lev, _ = _topn_groups(_pack(q, "q").reshape(self._groups, m, self._words),
-                                   self._bits, self._valid, n, self.d, top_n, causal)
-        return (idx.reshape(*self.lead, m, top_n),
-                _scores(idx, lev, self.d).reshape(*self.lead, m, top_n))
+        m, n, lead = q.shape[-2], self._n, q.shape[:-2]
+        idx, lev, _ = _topn_groups(_pack(q, "q").reshape(-1, m, self._words),
+                                   self._bits, self._valid, n, self.d, top_n, causal, kv_group)
+        return (idx.reshape(*lead, m, top_n),
+                _scores(idx, lev, self.d).reshape(*lead, m, top_n))
 
     def attend(self, q, top_n, sigma_q: float = 1.0, causal=False):
         """HAD attention of queries (..., m, d) over the cached keys and values -> (..., m, dv).
@@ -109,17 +114,88 @@ class PackedKeyCache:
         Same result as ``had_attention(q, K, V, top_n, sigma_q, sigma_k, key_mask, causal)``
         on everything appended so far.
         """
-        q = self._check_q(q)
+        q, kv_group = self._check_q(q)
         top_n = check_top_n(top_n)
         sigma_q = check_positive(sigma_q, "sigma_q")
         m, n = q.shape[-2], self._n
-        out = _attend(_pack(q, "q").reshape(self._groups, m, self._words), self._bits,
+        out = _attend(_pack(q, "q").reshape(-1, m, self._words), self._bits,
                       self._v, self._valid, n, self.d, top_n,
-                      _two_scale(sigma_q, self.sigma_k, self.d), causal)
-        return out.reshape(*self.lead, m, self.dv)
+                      _two_scale(sigma_q, self.sigma_k, self.d), causal, kv_group=kv_group)
+        return out.reshape(*q.shape[:-2], m, self.dv)
 
     def _check_q(self, q):
         q = _as_float(q, "q", finite=False)
-        if q.shape[:-2] != self.lead or q.shape[-1] != self.d:
+        if q.shape[-1] != self.d:
             raise HadrefError(f"q: expected shape {(*self.lead, 'm', self.d)}, got {q.shape}")
-        return q
+        return q, _kv_group(q.shape[:-2], self.lead, "q", "the cached keys")
+
+
+class PackedCausalKVCache:
+    """The decoder's key/value cache with keys as packed sign bits (``HADCausalCore``).
+
+    Per layer: ``key_bits[layer]`` (B * h_kv, capacity, ceil(d/64)) uint64 (8 bytes per key
+    per key head at d <= 64), ``values[layer]`` (B * h_kv, capacity, d) in ``dtype``
+    (float32 for a float32 model); ``lengths[layer]``: positions filled. Keys are packed
+    once as they arrive and never kept in float; each new query runs the fused kernels
+    (the row kernel for a few new positions) against the first ``lengths[layer]`` keys,
+    query head j reading key head ``j // (h_q / h_kv)``. Made by
+    :meth:`hadref.had.causal_core.HADCausalCore.new_kv_cache`.
+    """
+
+    def __init__(self, num_layers, batch, num_kv_heads, capacity, head_dim, dtype):
+        self.d = _check_d(head_dim)
+        self.batch, self.num_kv_heads, self.capacity = int(batch), int(num_kv_heads), int(capacity)
+        groups, words = self.batch * self.num_kv_heads, (self.d + 63) // 64
+        self.key_bits = [np.zeros((groups, capacity, words), np.uint64) for _ in range(num_layers)]
+        self.values = [np.zeros((groups, capacity, self.d), dtype) for _ in range(num_layers)]
+        self.lengths = [0] * num_layers
+        self._valid = np.ones((groups, capacity), np.bool_)  # decoding has no padding keys
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held for keys and values, all layers, at full capacity."""
+        return int(sum(a.nbytes for a in self.key_bits) + sum(a.nbytes for a in self.values))
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Bytes per cached position, all layers and key heads (packed keys + values)."""
+        return self.nbytes // max(1, self.capacity * self.batch) if self.capacity else 0
+
+    @property
+    def key_bytes_per_token(self) -> int:
+        """Bytes of packed keys per position, per layer and key head (8 at d <= 64)."""
+        return self.key_bits[0].shape[2] * 8 if self.key_bits else 0
+
+    def append(self, layer, k, v) -> int:
+        """Pack and store t new keys k (B, h_kv, t, d) with their values v; returns the
+        number of keys now cached for the layer."""
+        k = _as_float(k, "k", finite=False)
+        v = np.asarray(v)
+        expected = (self.batch, self.num_kv_heads, k.shape[2], self.d)
+        if k.shape != expected or v.shape != expected:
+            raise HadrefError(f"kv cache: expected k and v of shape {expected}, got "
+                              f"{k.shape} and {v.shape}")
+        start, t = self.lengths[layer], k.shape[2]
+        if start + t > self.capacity:
+            raise HadrefError(f"kv cache: {start + t} positions exceed its capacity "
+                              f"{self.capacity}")
+        groups = self.batch * self.num_kv_heads
+        self.key_bits[layer][:, start:start + t] = _pack(k, "k").reshape(groups, t, -1)
+        self.values[layer][:, start:start + t] = v.reshape(groups, t, self.d)
+        self.lengths[layer] = start + t
+        return start + t
+
+    def attend(self, layer, q, top_n, sigma_q, sigma_k):
+        """HAD attention of the newest positions' queries q (B, h_q, t, d) over the layer's
+        cached keys (the t newest included), causal -> (B, h_q, t, d) in the values' dtype."""
+        q = _as_float(q, "q", finite=False)
+        nb, hq, t, d = q.shape
+        if nb != self.batch or d != self.d or hq % self.num_kv_heads:
+            raise HadrefError(f"q: expected shape ({self.batch}, a multiple of "
+                              f"{self.num_kv_heads}, t, {self.d}), got {q.shape}")
+        n = self.lengths[layer]
+        out = _attend(_pack(q, "q").reshape(nb * hq, t, -1), self.key_bits[layer],
+                      self.values[layer], self._valid, n, self.d, check_top_n(top_n),
+                      _two_scale(sigma_q, sigma_k, self.d), True,
+                      kv_group=hq // self.num_kv_heads)
+        return out.reshape(nb, hq, t, d)

@@ -368,15 +368,16 @@ class HADCausalCore:
     def forward_cached(self, q, k, v, kv_cache, layer):
         """q (B, h_q, t, d), k, v (B, h_kv, t, d): the t positions after the cached ones ->
         ctx (B, h_q, t, d). N = top_n_for(all keys so far), as a full forward of the
-        sequence up to here; the ``hard`` selection whatever the core's transform."""
-        self._check_layer(layer)
-        from hadref.had import attention as hamming
+        sequence up to here; the ``hard`` selection whatever the core's transform.
 
-        q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
+        With a fixed top_n, cached decoding equals full forwards exactly (same selection).
+        With N = top_n_ratio * length, each cached position keeps the keys and values it
+        computed with the N of its own time, whereas a full forward of the longer sequence
+        gives every row the N of the whole length: the two then differ (slightly)."""
+        self._check_layer(layer)
         n = kv_cache.append(layer, k, v)
         sq, sk = float(self.sigma_q[layer]), float(self.sigma_k[layer])
-        return hamming.attend_packed_cache(q, kv_cache.key_bits[layer], kv_cache.values[layer],
-                                           n, self.top_n_for(n), sq, sk)
+        return kv_cache.attend(layer, q, self.top_n_for(n), sq, sk)
 
 
 # --- blocks --------------------------------------------------------------------------------

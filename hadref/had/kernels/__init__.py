@@ -8,6 +8,8 @@ their inputs (shapes, dtypes, contiguity are checked there).
 ``pack``           ``pack_rows``: float (R, d) -> uint64 (R, ceil(d/64)), bit set iff x >= 0,
                    and the NaN/inf check of the same rows (one read of q and k)
 ``finite``         ``count_nonfinite_rows``: the input check for NaN/inf, parallel
+``causal``         ``key_limit``: the keys a query row sees with ``causal`` (one definition
+                   for the row and tile kernels)
 ``popcount``       ``ctpop64`` (LLVM ``ctpop``: one POPCNT instruction), ``row_levels``
 ``select``         counting top-N over the d+1 popcount levels; float partial select
                    (quickselect) for the training path
@@ -27,6 +29,8 @@ their inputs (shapes, dtypes, contiguity are checked there).
 Conventions (``../shared/HAD.md``): popcount *level* ``l = popcount(q XOR k)`` in 0..d, the
 dot product of the +-1 sign vectors is ``d - 2 l``; a smaller level is a larger score. Ties
 go to the lower key index; padding (and, with ``causal``, future) keys are never selected;
+grouped-query attention: the drivers take ``kv_group`` (query heads per key head) and read
+key group ``g // kv_group`` for query group g;
 ``N_eff = min(N, selectable keys)``; a row with no selectable key outputs zeros.
 """
 

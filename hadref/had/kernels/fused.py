@@ -3,9 +3,12 @@
 Arrays are flattened to G = prod(leading dims) groups:
 ``q_bits (G, m, W)``, ``k_bits (G, >= n, W)`` uint64, ``v (G, >= n, dv)`` float,
 ``valid (G, >= n)`` bool with ``valid_before (G, >= n + 1)`` int32 its prefix counts
-(``valid_before[g, j]`` = valid keys among the first j). Only the first ``n`` keys (an
+(``valid_before[g, j]`` = valid keys among the first j). Grouped-query attention: with
+``kv_group`` (query heads per key head, default 1) the key side has G / kv_group groups
+and query group g reads key group ``g // kv_group`` (q laid out (B*h_q, m, W), k
+(B*h_kv, n, W)): keys, values and masks are stored once per key head. Only the first ``n`` keys (an
 argument) are used, so a growing key cache passes its whole buffer without a copy. Query row ``i`` with
-``causal`` sees keys ``j <= i + n - m`` (queries aligned to the end of the keys, as in
+``causal`` sees keys ``j <= i + n - m`` (``causal.key_limit``; queries aligned to the end of the keys, as in
 decoding; ``m == n`` is ordinary causal attention).
 
 Two fused kernels compute the same attention: ``attend_tiles`` (``tile.attend_tile``:
@@ -20,19 +23,13 @@ value sum (the selection is integer and exact; exp is untouched).
 
 from numba import njit, prange
 
+from hadref.had.kernels.causal import key_limit
 from hadref.had.kernels.popcount import row_levels, row_levels_unmasked
 from hadref.had.kernels.select import counting_topn, order_by_level
 from hadref.had.kernels.softmax_av import accumulate, finish, level_decay, level_weights, softmax_av_row
 from hadref.had.kernels.tile import LANES, attend_tile
 
 _VALUE_SUM_MATH = {"contract", "reassoc"}
-
-
-@njit(cache=True, inline="always")
-def _limit(i, m, n, causal):
-    if not causal:
-        return n
-    return max(0, min(n, i + n - m + 1))
 
 
 @njit(cache=True, inline="always")
@@ -47,7 +44,8 @@ def _levels(q_row, k_bits, valid, valid_before, limit, d, levels):
 
 @njit(cache=True)
 def _tiles_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, decay, causal,
-                 last_stage, out, lev, q_lanes, limit, st, u16, picks, weight, total, acc):
+                 last_stage, out, lev, q_lanes, limit, st, u16, picks, weight, total, acc,
+                 kv_group):
     """Tiles c, c + chunks, ... of 32 query rows (one worker's share). A plain function
     called from the ``prange`` loop, as ``_rows_chunk``."""
     groups, m, _ = q_bits.shape
@@ -57,7 +55,8 @@ def _tiles_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n,
         g = t // tiles
         i0 = (t - g * tiles) * LANES
         rows = min(LANES, m - i0)
-        guess = attend_tile(q_bits[g], k_bits[g], v[g], valid[g], valid_before[g], i0, rows,
+        gk = g // kv_group
+        guess = attend_tile(q_bits[g], k_bits[gk], v[gk], valid[gk], valid_before[gk], i0, rows,
                             m, n, d, top_n, decay, causal, guess, last_stage,
                             out[g, i0:i0 + rows], lev,
                             q_lanes, limit, st, u16, picks, weight, total, acc)
@@ -66,7 +65,7 @@ def _tiles_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n,
 @njit(cache=True, parallel=True)
 def attend_tiles(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale, causal,
                  last_stage, out, lev_ws, q_ws, limit_ws, st_ws, u16_ws, picks_ws, weight_ws,
-                 total_ws, acc_ws):
+                 total_ws, acc_ws, kv_group=1):
     """HAD attention, fused, by tiles of 32 query rows (``tile.attend_tile``).
 
     Arrays as the module docstring; out: (G, m, dv) written when last_stage is 3 (1 or 2
@@ -81,13 +80,13 @@ def attend_tiles(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale,
     for c in prange(chunks):
         _tiles_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, decay,
                      causal, last_stage, out, lev_ws[c], q_ws[c], limit_ws[c], st_ws[c],
-                     u16_ws[c], picks_ws[c], weight_ws[c], total_ws[c], acc_ws[c])
+                     u16_ws[c], picks_ws[c], weight_ws[c], total_ws[c], acc_ws[c], kv_group)
 
 
 @njit(cache=True, fastmath=_VALUE_SUM_MATH)
 def _rows_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, decay,
                   causal, out, block, levels, marks, sel_idx, sel_lev, sel_count, weight,
-                  total, acc, cursor):
+                  total, acc, cursor, kv_group):
     """Tiles c, c + chunks, ... of query rows (one worker's share).
 
     A tile is ``sel_idx.shape[0]`` consecutive query rows of one (batch, head). Each row
@@ -107,12 +106,13 @@ def _rows_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, 
         g = t // tiles
         i0 = (t - g * tiles) * tile
         rows = min(tile, m - i0)
+        gk = g // kv_group
         end = 0
         for r in range(rows):
             i = i0 + r
-            limit = _limit(i, m, n, causal)
-            _levels(q_bits[g, i], k_bits[g], valid[g], valid_before[g], limit, d, levels)
-            n_eff, top, thr = counting_topn(levels, limit, valid_before[g, limit], d, top_n,
+            limit = key_limit(i, m, n, causal)
+            _levels(q_bits[g, i], k_bits[gk], valid[gk], valid_before[gk], limit, d, levels)
+            n_eff, top, thr = counting_topn(levels, limit, valid_before[gk, limit], d, top_n,
                                             guess, marks, sel_idx[r], sel_lev[r])
             sel_count[r] = n_eff
             level_weights(n_eff, top, thr, decay, weight[r])
@@ -130,7 +130,7 @@ def _rows_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, 
                 stop = start
                 while stop < sel_count[r] and sel_idx[r, stop] < b1:
                     stop += 1
-                total[r] += accumulate(sel_idx[r], sel_lev[r], start, stop, v[g], weight[r],
+                total[r] += accumulate(sel_idx[r], sel_lev[r], start, stop, v[gk], weight[r],
                                        acc[r])
                 cursor[r] = stop
         for r in range(rows):
@@ -140,7 +140,7 @@ def _rows_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, 
 @njit(cache=True, parallel=True)
 def attend_rows(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale, causal, out,
                   block, levels_ws, marks_ws, idx_ws, lev_ws, count_ws, weight_ws, total_ws,
-                  acc_ws, cursor_ws):
+                  acc_ws, cursor_ws, kv_group=1):
     """HAD attention, fused, one query row at a time: XOR-popcount, counting top-N,
     sparse softmax, value sum (per tile of R rows, V is streamed in blocks).
 
@@ -156,20 +156,21 @@ def attend_rows(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale, 
         _rows_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n,
                       decay, causal, out, block, levels_ws[c], marks_ws[c], idx_ws[c],
                       lev_ws[c], count_ws[c], weight_ws[c], total_ws[c], acc_ws[c],
-                      cursor_ws[c])
+                      cursor_ws[c], kv_group)
 
 
 @njit(cache=True)
 def _topn_chunk(c, chunks, q_bits, k_bits, valid, valid_before, n, d, top_n, causal, out_idx,
-                out_lev, out_count, levels, marks, sel_idx, sel_lev, count):
+                out_lev, out_count, levels, marks, sel_idx, sel_lev, count, kv_group):
     groups, m, _ = q_bits.shape
     guess = d // 2
     for r in range(c, groups * m, chunks):
         g = r // m
         i = r - g * m
-        limit = _limit(i, m, n, causal)
-        _levels(q_bits[g, i], k_bits[g], valid[g], valid_before[g], limit, d, levels)
-        n_eff, top, thr = counting_topn(levels, limit, valid_before[g, limit], d, top_n,
+        gk = g // kv_group
+        limit = key_limit(i, m, n, causal)
+        _levels(q_bits[g, i], k_bits[gk], valid[gk], valid_before[gk], limit, d, levels)
+        n_eff, top, thr = counting_topn(levels, limit, valid_before[gk, limit], d, top_n,
                                         guess, marks, sel_idx, sel_lev)
         guess = thr
         order_by_level(sel_idx, sel_lev, n_eff, top, thr, count, out_idx[g, i], out_lev[g, i])
@@ -178,7 +179,7 @@ def _topn_chunk(c, chunks, q_bits, k_bits, valid, valid_before, n, d, top_n, cau
 
 @njit(cache=True, parallel=True)
 def topn_packed(q_bits, k_bits, valid, valid_before, n, d, top_n, causal, out_idx, out_lev,
-                out_count, levels_ws, marks_ws, idx_ws, lev_ws, count_ws):
+                out_count, levels_ws, marks_ws, idx_ws, lev_ws, count_ws, kv_group=1):
     """Stage 1 alone: the top-N of every query row, ordered.
 
     out_idx (G, m, N) int32 and out_lev (G, m, N) int16: written in positions
@@ -192,11 +193,11 @@ def topn_packed(q_bits, k_bits, valid, valid_before, n, d, top_n, causal, out_id
     for c in prange(chunks):
         _topn_chunk(c, chunks, q_bits, k_bits, valid, valid_before, n, d, top_n, causal,
                     out_idx, out_lev, out_count, levels_ws[c], marks_ws[c], idx_ws[c], lev_ws[c],
-                    count_ws[c])
+                    count_ws[c], kv_group)
 
 
 @njit(cache=True, fastmath=_VALUE_SUM_MATH)
-def _av_chunk(c, chunks, sel_idx, sel_lev, sel_count, v, decay, out, weight, acc):
+def _av_chunk(c, chunks, sel_idx, sel_lev, sel_count, v, decay, out, weight, acc, kv_group):
     groups, m, _ = sel_idx.shape
     for r in range(c, groups * m, chunks):
         g = r // m
@@ -204,12 +205,13 @@ def _av_chunk(c, chunks, sel_idx, sel_lev, sel_count, v, decay, out, weight, acc
         n_eff = sel_count[g, i]
         top = sel_lev[g, i, 0] if n_eff > 0 else 0
         last = sel_lev[g, i, n_eff - 1] if n_eff > 0 else 0
-        softmax_av_row(sel_idx[g, i], sel_lev[g, i], n_eff, top, last, v[g], decay,
+        softmax_av_row(sel_idx[g, i], sel_lev[g, i], n_eff, top, last, v[g // kv_group], decay,
                        weight, acc, out[g, i])
 
 
 @njit(cache=True, parallel=True)
-def attend_from_topn(sel_idx, sel_lev, sel_count, v, two_scale, out, weight_ws, acc_ws):
+def attend_from_topn(sel_idx, sel_lev, sel_count, v, two_scale, out, weight_ws, acc_ws,
+                     kv_group=1):
     """Stage 2 alone: sparse softmax and value sum from ``topn_packed``'s output.
 
     Workspaces: weight_ws (C, d+2) and acc_ws (C, dv) of v's dtype.
@@ -218,4 +220,4 @@ def attend_from_topn(sel_idx, sel_lev, sel_count, v, two_scale, out, weight_ws, 
     decay = level_decay(two_scale, weight_ws.shape[1] - 2)  # weight_ws is (C, d + 2)
     for c in prange(chunks):
         _av_chunk(c, chunks, sel_idx, sel_lev, sel_count, v, decay, out, weight_ws[c],
-                  acc_ws[c])
+                  acc_ws[c], kv_group)

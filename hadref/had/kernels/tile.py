@@ -30,6 +30,7 @@ import numpy as np
 from numba import njit
 
 from hadref.had.kernels import simd
+from hadref.had.kernels.causal import key_limit
 from hadref.had.kernels.softmax_av import finish, level_weights
 
 LANES = simd.LANES
@@ -172,7 +173,7 @@ def attend_tile(q_bits, k_bits, v, valid, valid_before, i0, rows, m, n, d, top_n
         lim = 0
         if r < rows:
             i = i0 + r
-            lim = n if not causal else max(0, min(n, i + n - m + 1))
+            lim = key_limit(i, m, n, causal)
         for w in range(words):
             q_lanes[w, simd.lane_slot(r)] = q_bits[i0 + r, w] if r < rows else np.uint64(0)
         limit[r] = lim
