@@ -47,6 +47,27 @@ def convert(src, out, heads, overwrite):
                + ("" if info["tokenizer"] else " (no tokenizer found beside the weights)"))
 
 
+def _had_lines(had, decoder=False):
+    """The HAD lines of ``hadref info`` (metadata dict of hadref.engine.io, or None)."""
+    if had is None:
+        click.echo("HAD         none (a float model)")
+        return
+    sq = ", ".join(f"{x:.4g}" for x in had["sigma_q"])
+    sk = ", ".join(f"{x:.4g}" for x in had["sigma_k"])
+    n = f"top_n={had['top_n']}"
+    if decoder:
+        n = (f"top_n={had['top_n']}" if had["top_n"] else
+             f"top_n=ratio {had['top_n_ratio']:g} x length")
+        n += " (causal, packed key cache)"
+    click.echo(f"HAD         {n} stage={had['stage']} ste_t={had['ste_t']}")
+    click.echo(f"  sigma_q   {sq}")
+    click.echo(f"  sigma_k   {sk}")
+    if had["teacher_sha256"]:
+        click.echo(f"  teacher   sha256 {had['teacher_sha256']}")
+    if had["settings"]:
+        click.echo(f"  settings  {json.dumps(had['settings'], sort_keys=True)}")
+
+
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON object.")
@@ -75,6 +96,7 @@ def info(file, as_json):
         click.echo(f"parameters  {data['parameters']:,}")
         click.echo(f"tokenizer   {'yes' if data['tokenizer'] else 'no'}")
         click.echo(f"chat        {'template' if data['chat_template'] else 'none'}")
+        _had_lines(data["had"], decoder=True)
         return
     click.echo("family      bert (encoder)")
     click.echo(f"encoder     BERT L={cfg['num_hidden_layers']} H={cfg['hidden_size']} "
@@ -86,19 +108,7 @@ def info(file, as_json):
     click.echo(f"head        {data['head'] if data['head'] else 'none'}"
                + (" labels" if data["head"] else ""))
     click.echo(f"tokenizer   {'yes' if data['tokenizer'] else 'no'}")
-    had = data["had"]
-    if had is None:
-        click.echo("HAD         none (a float model)")
-    else:
-        sq = ", ".join(f"{x:.4g}" for x in had["sigma_q"])
-        sk = ", ".join(f"{x:.4g}" for x in had["sigma_k"])
-        click.echo(f"HAD         top_n={had['top_n']} stage={had['stage']} ste_t={had['ste_t']}")
-        click.echo(f"  sigma_q   {sq}")
-        click.echo(f"  sigma_k   {sk}")
-        if had["teacher_sha256"]:
-            click.echo(f"  teacher   sha256 {had['teacher_sha256']}")
-        if had["settings"]:
-            click.echo(f"  settings  {json.dumps(had['settings'], sort_keys=True)}")
+    _had_lines(data["had"])
     from hadref.train.provenance import describe_lines
 
     for line in describe_lines(data.get("provenance")):

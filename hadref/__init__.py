@@ -12,6 +12,7 @@ Decoder models (Llama family, e.g. SmolLM2 from GGUF)::
     model = hadref.load("weights/smollm2.h5")       # a LlamaModel
     out = model.forward(input_ids)                  # out.logits (B, T, V) float32
     new = model.generate(model.tokenizer.encode("The capital of France is"), 16)
+    model.attention_core = hadref.HADCausalCore(sigma_q, sigma_k, top_n=None)  # HAD in it
 
 HAD attention on plain arrays (Numba kernels on packed sign bits)::
 
@@ -52,6 +53,7 @@ _PUBLIC = {
     "float_attention": "hadref.had.attention",
     "PackedKeyCache": "hadref.had.cache",
     "HADAttentionCore": "hadref.had.core",
+    "HADCausalCore": "hadref.had.causal_core",
     # jobs on model files (what the CLI's finetune / distill / evaluate run)
     "run_finetune": "hadref.train.jobs",
     "run_distill": "hadref.distill.run",

@@ -370,3 +370,25 @@ def test_packed_cache_bytes_per_token():
     assert float_cache.nbytes // 16 == 30 * 3 * 2 * 64 * 4
     with pytest.raises(HadrefError, match="capacity"):
         cache.append(0, np.zeros((1, 3, 17, 64), np.float32), np.zeros((1, 3, 17, 64), np.float32))
+
+
+def test_training_selection_equals_packed_topn_exactly():
+    import hadref
+
+    rng = np.random.default_rng(11)
+    b, t, d = 2, 37, 64
+    q = rng.standard_normal((b, HQ, t, d))
+    k, v = (rng.standard_normal((b, HKV, t, d)) for _ in range(2))
+    k[:, :, 20:30] = k[:, :, 3:4]  # ties at the N-th place
+    mask = np.ones((b, t), bool)
+    mask[0, 5] = False
+    mask[1, 25:] = False
+    core = HADCausalCore([0.3], [0.4], top_n=6, transform="ste")  # ste selects as hard
+    core.max_block_rows = 8
+    _, cache = core.forward(q, k, v, mask, 0, train=True)
+    idx, _ = hadref.hamming_topn(hadref.pack_signs(q), hadref.pack_signs(k), d, 6,
+                                 key_mask=mask[:, None, :], causal=True)
+    stored = cache.idx.reshape(b, HQ, t, -1)
+    used = cache.probs.reshape(stored.shape) > 0
+    for flat in np.ndindex(b, HQ, t):
+        assert sorted(stored[flat][used[flat]]) == sorted(idx[flat][idx[flat] >= 0]), flat

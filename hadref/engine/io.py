@@ -20,6 +20,9 @@ Decoder files (LlamaModel, :mod:`hadref.engine.llama`) share that root and say
                            (embed_tokens.weight, layers.{i}.self_attn.q_proj.weight, ...,
                            norm.weight); a tied LM head stores nothing extra
     /tokenizer.json        the byte-level BPE tokenizer.json
+    /had                   HAD student only (HADCausalCore): datasets sigma_q (L,),
+                           sigma_k (L,); attrs top_n (0: N = top_n_ratio x length),
+                           top_n_ratio, ste_t, stage, settings (JSON), teacher_sha256
 
 A file is self-contained. Writing goes through a temporary file in the same folder and
 ``os.replace``, so a failed save or convert never leaves a half-written file.
@@ -42,6 +45,7 @@ from hadref.files import atomic_file
 FORMAT_VERSION = 1
 _HAD_REQUIRED = ("sigma_q", "sigma_k", "top_n")
 _HAD_DEFAULTS = {"ste_t": 1.0, "stage": "hard", "settings": {}, "teacher_sha256": ""}
+_DEFAULT_RATIO = 0.117  # decoder students: N = ratio x length when top_n is 0 (the paper's)
 
 
 # --- HDF5 -------------------------------------------------------------------------------------
@@ -51,13 +55,17 @@ def save(model: BertModel, path, had: dict | None = None) -> Path:
 
     had: HAD student metadata ``{"sigma_q": (L,), "sigma_k": (L,), "top_n": int, and
     optionally "ste_t": float, "stage": str, "settings": dict, "teacher_sha256": str}``;
-    None saves ``model.had`` (None for a plain model). Returns the path.
+    for a decoder (LlamaModel) also ``"top_n_ratio": float`` in (0, 1], and ``top_n`` may be
+    0 (N = top_n_ratio x length). None saves ``model.had`` (None for a plain model).
+    Returns the path.
     """
     path = Path(path)
     if getattr(model, "family", None) == "llama":
+        if had is None:
+            had = getattr(model, "had", None)
         if had is not None:
-            raise HadrefError("had: HAD metadata for a decoder file is not supported yet")
-        return _save_llama(model, path)
+            had = _checked_had(had, model.config.num_hidden_layers, "had", decoder=True)
+        return _save_llama(model, path, had)
     if had is None:
         had = model.had
     if had is not None:
@@ -79,17 +87,24 @@ def save(model: BertModel, path, had: dict | None = None) -> Path:
             f.create_dataset("tokenizer.json", track_times=False,
                              data=np.frombuffer(model.tokenizer.json.encode("utf-8"), np.uint8))
         if had is not None:
-            g = f.create_group("had")
-            g.create_dataset("sigma_q", data=had["sigma_q"], track_times=False)
-            g.create_dataset("sigma_k", data=had["sigma_k"], track_times=False)
-            g.attrs["top_n"] = had["top_n"]
-            g.attrs["ste_t"] = had["ste_t"]
-            g.attrs["stage"] = had["stage"]
-            g.attrs["settings"] = json.dumps(had["settings"], sort_keys=True)
-            g.attrs["teacher_sha256"] = had["teacher_sha256"]
+            _write_had(f, had)
 
     _atomic_h5(path, write)
     return path
+
+
+def _write_had(f, had: dict) -> None:
+    """The /had group of a checked metadata dict (``_checked_had``)."""
+    g = f.create_group("had")
+    g.create_dataset("sigma_q", data=had["sigma_q"], track_times=False)
+    g.create_dataset("sigma_k", data=had["sigma_k"], track_times=False)
+    g.attrs["top_n"] = had["top_n"]
+    if "top_n_ratio" in had:
+        g.attrs["top_n_ratio"] = had["top_n_ratio"]
+    g.attrs["ste_t"] = had["ste_t"]
+    g.attrs["stage"] = had["stage"]
+    g.attrs["settings"] = json.dumps(had["settings"], sort_keys=True)
+    g.attrs["teacher_sha256"] = had["teacher_sha256"]
 
 
 def load(path, dtype=np.float32) -> BertModel:
@@ -150,7 +165,7 @@ def describe(path) -> dict:
                 "config": model.config.to_dict(), "parameters": model.num_parameters(),
                 "tokenizer": model.tokenizer is not None,
                 "chat_template": model.chat_template is not None,
-                "head": None, "pooler": False, "had": None}
+                "head": None, "pooler": False, "had": model.had}
     return {"path": str(path), "format_version": FORMAT_VERSION, "family": "bert",
             "config": model.config.to_dict(),
             "parameters": int(sum(p.size for p in model.params.values())),
@@ -199,13 +214,20 @@ def _read_config_dict(f, path) -> dict:
     return data
 
 
-def _checked_had(had: dict, num_layers: int, where: str) -> dict:
+def _checked_had(had: dict, num_layers: int, where: str, decoder: bool = False) -> dict:
+    """The validated metadata with defaults filled in. decoder: a HADCausalCore student's
+    (top_n 0 allowed, meaning N = top_n_ratio x length; top_n_ratio in (0, 1])."""
     if not isinstance(had, dict):
         raise HadrefError(f"{where}: expected a dict of HAD metadata, got {type(had).__name__}")
     for key in _HAD_REQUIRED:
         if key not in had:
             raise HadrefError(f"{where}: missing field {key!r}")
-    out = {**_HAD_DEFAULTS, **had}
+    known = set(_HAD_REQUIRED) | set(_HAD_DEFAULTS) | ({"top_n_ratio"} if decoder else set())
+    unknown = sorted(set(had) - known)
+    if decoder and unknown:  # (BERT metadata keeps accepting extra fields, as before)
+        raise HadrefError(f"{where}: unknown field {unknown[0]!r} (expected "
+                          f"{', '.join(sorted(known))})")
+    out = {**_HAD_DEFAULTS, **({"top_n_ratio": _DEFAULT_RATIO} if decoder else {}), **had}
     for key in ("sigma_q", "sigma_k"):
         try:
             sigma = np.asarray(out[key], dtype=np.float64)
@@ -217,9 +239,18 @@ def _checked_had(had: dict, num_layers: int, where: str) -> dict:
                               f"(one per layer), got shape {sigma.shape}")
         out[key] = sigma
     top_n = out["top_n"]
-    if isinstance(top_n, (bool, np.bool_)) or not isinstance(top_n, (int, np.integer)) or top_n < 1:
-        raise HadrefError(f"{where}: top_n must be a positive integer, got {top_n!r}")
+    least = 0 if decoder else 1
+    if (isinstance(top_n, (bool, np.bool_)) or not isinstance(top_n, (int, np.integer))
+            or top_n < least):
+        raise HadrefError(f"{where}: top_n must be " + ("an integer >= 0 (0: N = top_n_ratio "
+                          "x length)" if decoder else "a positive integer") + f", got {top_n!r}")
     out["top_n"] = int(top_n)
+    if decoder:
+        ratio = out["top_n_ratio"]
+        if (isinstance(ratio, (bool, np.bool_)) or not isinstance(ratio, (int, float, np.number))
+                or not np.isfinite(ratio) or not 0 < ratio <= 1):
+            raise HadrefError(f"{where}: top_n_ratio must be a number in (0, 1], got {ratio!r}")
+        out["top_n_ratio"] = float(ratio)
     ste_t = out["ste_t"]
     if (isinstance(ste_t, (bool, np.bool_)) or not isinstance(ste_t, (int, float, np.number))
             or not np.isfinite(ste_t) or ste_t <= 0):
@@ -234,7 +265,7 @@ def _checked_had(had: dict, num_layers: int, where: str) -> dict:
     return out
 
 
-def _read_had(f, path, num_layers) -> dict:
+def _read_had(f, path, num_layers, decoder: bool = False) -> dict:
     g = f["had"]
     if not isinstance(g, h5py.Group):
         raise HadrefError(f"{path}: 'had' is not a group")
@@ -243,7 +274,8 @@ def _read_had(f, path, num_layers) -> dict:
         if key not in g:
             raise HadrefError(f"{path}: missing dataset had/{key}")
         had[key] = g[key][()]
-    for key in ("top_n", "ste_t", "stage", "settings", "teacher_sha256"):
+    for key in ("top_n", "ste_t", "stage", "settings", "teacher_sha256") + (
+            ("top_n_ratio",) if decoder else ()):
         if key in g.attrs:
             value = g.attrs[key]
             had[key] = value.item() if isinstance(value, np.generic) else value
@@ -254,7 +286,7 @@ def _read_had(f, path, num_layers) -> dict:
             had["settings"] = json.loads(had["settings"])
         except json.JSONDecodeError:
             raise HadrefError(f"{path}: attribute had/settings is not valid JSON") from None
-    return _checked_had(had, num_layers, f"{path}: group had")
+    return _checked_had(had, num_layers, f"{path}: group had", decoder)
 
 
 def _read_provenance(f, path) -> dict | None:
@@ -492,8 +524,9 @@ def _config_from_shapes(params: dict, where, num_heads: int | None) -> BertConfi
 # --- decoder files (config model_type "llama") ----------------------------------------------
 
 
-def _save_llama(model, path) -> Path:
-    """Write a LlamaModel to path (.h5), atomically (the layout: the module docstring)."""
+def _save_llama(model, path, had=None) -> Path:
+    """Write a LlamaModel to path (.h5), atomically (the layout: the module docstring);
+    had: checked decoder HAD metadata or None."""
     from hadref.engine.llama import check_params as check_llama_params
 
     path = Path(path)
@@ -511,6 +544,8 @@ def _save_llama(model, path) -> Path:
         if model.tokenizer is not None:
             f.create_dataset("tokenizer.json", track_times=False,
                              data=np.frombuffer(model.tokenizer.json.encode("utf-8"), np.uint8))
+        if had is not None:
+            _write_had(f, had)
 
     _atomic_h5(path, write)
     return path
@@ -542,7 +577,15 @@ def _load_llama(f: h5py.File, path, data: dict, dtype=np.float32):
     template = f.attrs.get("chat_template")
     if isinstance(template, bytes):
         template = template.decode("utf-8")
-    return LlamaModel(config, params, tokenizer, None if template is None else str(template))
+    had = _read_had(f, path, config.num_hidden_layers, decoder=True) if "had" in f else None
+    model = LlamaModel(config, params, tokenizer, None if template is None else str(template))
+    if had is not None:
+        from hadref.had.causal_core import HADCausalCore
+
+        model.had = had
+        model.attention_core = HADCausalCore.for_inference(
+            had["sigma_q"], had["sigma_k"], had["top_n"] or None, had["top_n_ratio"])
+    return model
 
 
 def _datasets(group, prefix=""):

@@ -119,7 +119,8 @@ class LlamaModel:
     module docstring, all of one float dtype. ``hadref.load(path)`` is the usual way to get
     one. Attributes: ``config``, ``params``, ``tokenizer`` (hadref.engine.bpe_tokenizer.
     BPETokenizer or None), ``chat_template`` (str or None), ``attention_core``
-    (CausalFloatAttentionCore by default; settable).
+    (CausalFloatAttentionCore by default; settable), ``had`` (a HAD student's metadata,
+    see :func:`hadref.engine.io.save`; None for a float model).
     """
 
     family = "llama"
@@ -134,6 +135,7 @@ class LlamaModel:
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.attention_core = CausalFloatAttentionCore()
+        self.had = None  # HAD student metadata (hadref.engine.io), None for a float model
         self._cache = None
 
     @classmethod
@@ -152,6 +154,7 @@ class LlamaModel:
                            {n: v.astype(dtype) for n, v in self.params.items()},
                            self.tokenizer, self.chat_template)
         other.attention_core = _copy.deepcopy(self.attention_core)
+        other.had = _copy.deepcopy(self.had)
         return other
 
     @property

@@ -44,9 +44,11 @@ import math
 from typing import NamedTuple
 
 import numpy as np
+from numba import njit
 
 from hadref.checks import check_positive, check_top_n, worker_chunks
 from hadref.errors import HadrefError
+from hadref.had.attention_kl import causal_kl_rows
 from hadref.had.binarize import (
     TRANSFORMS,
     BinarizeCache,
@@ -81,8 +83,8 @@ class CausalCoreCache(NamedTuple):
     v: np.ndarray                  # (B, h_kv, T, d)
     q: BinarizeCache               # the query transform's cache
     k: BinarizeCache               # the key transform's cache
-    idx: np.ndarray                # (B, h_kv, g, T, N') int32 selected keys (0 where unused)
-    probs: np.ndarray              # (B, h_kv, g, T, N') their probabilities (0 where unused)
+    idx: np.ndarray                # (B, h_kv, g, T, N') int32 selected keys in key order
+    probs: np.ndarray              # (B, h_kv, g, T, N') their probabilities ((0, 0) unused)
     key_mask: np.ndarray           # (B, T) bool
     block: int                     # query rows per block
     inv_sqrt_d: float
@@ -297,13 +299,14 @@ class HADCausalCore:
             probs = _topn_softmax(scores, valid, top_n)
             ctx[:, :, :, s:e] = np.matmul(probs, v[:, :, None, :e])
             if train:
-                w = min(width, e)
-                sel = np.argpartition(-probs, w - 1, axis=-1)[..., :w] if w < e else \
-                    np.broadcast_to(np.arange(e, dtype=np.int32), probs.shape)
-                idx[:, :, :, s:e, :w] = sel
-                kept[:, :, :, s:e, :w] = np.take_along_axis(probs, sel, axis=-1)
+                block_idx = np.zeros(probs.shape[:-1] + (width,), np.int32)
+                block_kept = np.zeros(probs.shape[:-1] + (width,), dtype)
+                _sparse_rows(probs.reshape(-1, e), block_idx.reshape(-1, width),
+                             block_kept.reshape(-1, width))
+                idx[:, :, :, s:e] = block_idx
+                kept[:, :, :, s:e] = block_kept
             if targets is not None:
-                loss += _block_kl(targets, scores, valid, key_mask, s, e)[0]
+                loss += _block_kl(targets, scores, key_mask, s, e)[0]
         ctx = ctx.reshape(nb, hq, nt, d)
         if not train:
             return ctx, None
@@ -335,10 +338,11 @@ class HADCausalCore:
             factor = (cache.sigma_prod if cache.exact else 1.0) * cache.inv_sqrt_d
         for s in range(0, nt, cache.block):
             e = min(nt, s + cache.block)
-            w = min(cache.idx.shape[-1], e)
             probs = np.zeros((nb, hkv, g, e - s, e), dtype)
-            np.put_along_axis(probs, cache.idx[:, :, :, s:e, :w],
-                              cache.probs[:, :, :, s:e, :w], axis=-1)
+            width = cache.idx.shape[-1]
+            _dense_rows(np.ascontiguousarray(cache.idx[:, :, :, s:e]).reshape(-1, width),
+                        np.ascontiguousarray(cache.probs[:, :, :, s:e]).reshape(-1, width),
+                        probs.reshape(-1, e))
             dc = dctx_g[:, :, :, s:e]
             # dv += sum over the group of P^T dctx
             dv[:, :, :e] += np.matmul(probs.swapaxes(-1, -2), dc).sum(axis=2)
@@ -347,8 +351,7 @@ class HADCausalCore:
             dp *= probs  # dS of the top-N softmax
             if targets is not None:
                 scores = _block_logits(qa_g, ka, s, e, factor, cache.exact, dtype)
-                valid = _block_valid(cache.key_mask, s, e, scores.shape)
-                grad = _block_kl(targets, scores, valid, cache.key_mask, s, e, grad=True)[1]
+                grad = _block_kl(targets, scores, cache.key_mask, s, e, grad=True)[1]
                 dp += dtype(targets[2]) * grad
             dp *= dtype(cache.inv_sqrt_d)  # gradient w.r.t. Q_t K_t^T
             dqt[:, :, :, s:e] = np.matmul(dp, kt[:, :, None, :e])
@@ -382,6 +385,29 @@ class HADCausalCore:
 
 # --- blocks --------------------------------------------------------------------------------
 
+@njit(cache=True)
+def _sparse_rows(probs, idx, kept):
+    """The nonzero entries of each row of probs (R, n) (the top-N survivors; one whose
+    probability underflowed to 0 adds nothing to forward or backward) into idx, kept
+    (R, N') in key order; the rest of each row of idx, kept is left as it was (zeros)."""
+    for r in range(probs.shape[0]):
+        c = 0
+        for j in range(probs.shape[1]):
+            if probs[r, j] != 0 and c < idx.shape[1]:
+                idx[r, c] = j
+                kept[r, c] = probs[r, j]
+                c += 1
+
+
+@njit(cache=True)
+def _dense_rows(idx, kept, probs):
+    """Inverse of ``_sparse_rows``: adds kept (R, N') at columns idx into probs (R, n)
+    (zeros; the unused (0, 0.0) places add nothing)."""
+    for r in range(idx.shape[0]):
+        for c in range(idx.shape[1]):
+            probs[r, idx[r, c]] += kept[r, c]
+
+
 def _block_logits(qa_g, ka, s, e, factor, exact, dtype):
     """(B, h_kv, g, e - s, e) logits of query rows s..e-1 against keys 0..e-1."""
     dots = np.matmul(qa_g[:, :, :, s:e], ka[:, :, None, :e].swapaxes(-1, -2))
@@ -407,38 +433,22 @@ def _topn_softmax(scores, valid, top_n):
     return probs.reshape(scores.shape)
 
 
-def _log_softmax(x, valid):
-    """Masked log-softmax over the last axis in float64; -inf off valid (rows without a
-    valid key: all -inf)."""
-    z = np.where(valid, x.astype(np.float64), -np.inf)
-    top = z.max(axis=-1, keepdims=True)
-    top[~np.isfinite(top)] = 0.0
-    z -= top
-    with np.errstate(divide="ignore"):
-        z -= np.log(np.exp(z).sum(axis=-1, keepdims=True))
-    return z
-
-
-def _block_kl(targets, scores, valid, key_mask, s, e, grad=False):
-    """Sum over the block's maps and valid query rows of KL(softmax(S_T) || softmax(S_S)),
-    and (grad) its gradient w.r.t. the student logits divided by M R (scores' dtype)."""
+def _block_kl(targets, scores, key_mask, s, e, grad=False):
+    """Sum over the block's maps and valid query rows of KL(softmax(S_T) || softmax(S_S))
+    over the keys each row sees, and (grad) its gradient w.r.t. the student logits
+    divided by M R, in scores' dtype (:mod:`hadref.had.attention_kl`)."""
     q_t, k_t, _, norm = targets
     d = q_t.shape[-1]
     s_t = np.matmul(q_t[:, :, :, s:e], k_t[:, :, None, :e].swapaxes(-1, -2))
     s_t *= s_t.dtype.type(1.0 / math.sqrt(d))
-    valid = np.broadcast_to(valid, scores.shape)
-    rows = key_mask[:, None, None, s:e, None]
-    log_pt = _log_softmax(s_t, valid)
-    log_ps = _log_softmax(scores, valid)
-    pt = np.exp(log_pt)
-    use = valid & rows
-    with np.errstate(invalid="ignore"):
-        term = np.where(use, pt * (log_pt - log_ps), 0.0)
-    loss = float(term.sum())
-    if not grad:
-        return loss, None
-    g = np.where(use, np.exp(log_ps) - pt, 0.0) / norm
-    return loss, g.astype(scores.dtype)
+    nb, hkv, g, rows, n = scores.shape
+    shape = (nb, hkv * g, rows, n)
+    out = np.empty(shape if grad else (1, 1, 1, 1), scores.dtype)
+    row_loss = np.empty(shape[:3])
+    causal_kl_rows(np.ascontiguousarray(s_t).reshape(shape),
+                   np.ascontiguousarray(scores).reshape(shape), key_mask, s, 1.0 / norm,
+                   grad, out, row_loss)
+    return float(row_loss.sum()), (out.reshape(scores.shape) if grad else None)
 
 
 # --- the teacher's recording -----------------------------------------------------------------
