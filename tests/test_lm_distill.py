@@ -13,8 +13,10 @@ from cli_run import error, ok, run
 from gradcheck import assert_gradient
 
 from hadref.data.text import (
+    TextSource,
     Windows,
     WindowStream,
+    build_windows,
     check_held_out,
     corpus_documents,
     cut_windows,
@@ -451,3 +453,24 @@ def test_cli_bad_inputs(lm_files, tmp_path):
                                      max_position_embeddings=16)), enc)
     error(run("distill", enc, "--lm", "--data-text", text, *out), "needs a decoder")
     assert not (tmp_path / "s.h5").exists()
+
+
+def test_teacher_samples_and_mixed_sources(tmp_path):
+    """--data-samples: full windows from BOS, deterministic per seed, appended to the text
+    windows before the hold-out."""
+    from hadref.data.text import teacher_samples
+
+    model = _tiny_decoder()
+    a = teacher_samples(model, 3, 10, seed=7)
+    b = teacher_samples(model, 3, 10, seed=7)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    assert a.ids.shape == (3, 10) and a.mask.all() and (a.ids[:, 0] == 1).all()
+    assert not np.array_equal(a.ids, teacher_samples(model, 3, 10, seed=8).ids)
+    assert len({tuple(r) for r in a.ids}) == 3
+    (tmp_path / "t.txt").write_text("hello world, " * 20)
+    source = TextSource(texts=(str(tmp_path / "t.txt"),), samples=2, holdout=0.0)
+    train, held, info = build_windows(source, model, 10, seed=7)
+    assert len(held) == 0 and info["windows"] == len(train) == 2 + 26  # 259 bytes (stripped) + eos: 26 windows
+    assert {tuple(r) for r in a.ids[:2]} <= {tuple(r) for r in train.ids}
+    with pytest.raises(HadrefError, match="needs text"):
+        build_windows(TextSource(), model, 10, 0)
