@@ -470,7 +470,7 @@ def test_teacher_samples_and_mixed_sources(tmp_path):
     (tmp_path / "t.txt").write_text("hello world, " * 20)
     source = TextSource(texts=(str(tmp_path / "t.txt"),), samples=2, holdout=0.0)
     train, held, info = build_windows(source, model, 10, seed=7)
-    assert len(held) == 0 and info["windows"] == len(train) == 2 + 26  # 259 bytes (stripped) + eos: 26 windows
+    assert len(held) == 0 and info["windows"] == len(train) == 2 + 26  # 259 bytes + eos: 26
     assert {tuple(r) for r in a.ids[:2]} <= {tuple(r) for r in train.ids}
     with pytest.raises(HadrefError, match="needs text"):
         build_windows(TextSource(), model, 10, 0)
