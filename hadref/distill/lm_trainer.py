@@ -16,9 +16,10 @@ One step (HAD.md, "Training"; the BERT trainer :mod:`hadref.distill.trainer` is 
 
 The student starts as a copy of the teacher; sigma comes from the teacher
 (:mod:`hadref.distill.lm_sigma`); all weights are trained. After sigma, and after each
-stage, the held-out windows are scored with hard binarization on the packed kernels (the
-inference path): the student's perplexity and its KL to the teacher per token ("stage 0"
-is the teacher binarized without distillation). The loop, checkpoints and resume are
+stage, the first ``eval_windows`` held-out windows are scored with hard binarization and
+causal top-N (the inference math, on the dense NumPy path; the student file runs the same
+on the packed kernels): the student's perplexity and its KL to the teacher per token
+("stage 0" is the teacher binarized without distillation). The loop, checkpoints and resume are
 :class:`hadref.train.loop.TrainLoop`'s.
 """
 
