@@ -15,6 +15,8 @@ import json
 import click
 
 from hadref.cli._common import FINITE, SEED, Finite
+from hadref.data.text import CORPORA as LM_CORPORA
+from hadref.distill.lm_settings import LM_SCHEDULES, describe_lm_schedule
 from hadref.distill.settings import SCHEDULES, describe_schedule
 from hadref.errors import HadrefError
 from hadref.train.finetune import FinetuneSettings
@@ -224,15 +226,56 @@ def _stage_list(text: str, option: str) -> list[int]:
                           f"got {text!r}") from None
 
 
+def _lm_options(f):
+    """The options of ``distill --lm`` (a decoder teacher on plain text)."""
+    opts = [
+        click.option("--lm", is_flag=True,
+                     help="Distill a decoder (SmolLM2 from `hadref convert smollm2`) on plain "
+                          "text: next-token KL at every position, attention KL layer by layer "
+                          "(no --task; see the --data-* options)."),
+        click.option("--data-text", "data_texts", multiple=True,
+                     type=click.Path(dir_okay=False),
+                     help="--lm: a UTF-8 text file (blank lines separate documents); repeatable."),
+        click.option("--data-corpus", "data_corpora", multiple=True,
+                     help="--lm: a corpus an installed package ships ("
+                          + ", ".join(LM_CORPORA) + "; docs/lm-data.md); repeatable."),
+        click.option("--data-samples", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="--lm: also train on this many windows sampled from the teacher "
+                          "(data-free distillation, as LLM-QAT)."),
+        click.option("--sample-temperature", type=FINITE, default=1.0, show_default=True,
+                     help="--lm: sampling temperature of --data-samples."),
+        click.option("--holdout", type=FINITE, default=0.05, show_default=True,
+                     help="--lm: fraction of the windows held out (seeded) and scored after "
+                          "each stage, for choosing settings."),
+        click.option("--held-out-text", "held_out_texts", multiple=True,
+                     type=click.Path(dir_okay=False),
+                     help="--lm: evaluation text that must not be training data (a shared "
+                          "32-token span is an error); repeatable."),
+        click.option("--max-windows", type=click.IntRange(min=1), default=None,
+                     help="--lm: use only the first N windows of the text (demos, tests)."),
+        click.option("--attn-weight", type=FINITE, default=1.0, show_default=True,
+                     help="--lm: weight of the attention KL in the loss (HAD.md: 1)."),
+        click.option("--eval-windows", type=click.IntRange(min=0), default=4, show_default=True,
+                     help="--lm: held-out windows scored (perplexity, KL to the teacher, hard "
+                          "binarization) after sigma and after each stage."),
+        click.option("--no-stage-files", is_flag=True,
+                     help="--lm: do not write OUT-stageK.h5 after each stage."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
 @click.command()
 @click.argument("teacher_path", metavar="TEACHER.h5", type=click.Path(dir_okay=False))
-@click.option("--task", required=True, help=_task_help())
+@click.option("--task", default=None, help=_task_help() + " Required unless --lm.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default=None,
               help="Student file to write (default: TEACHER-had.h5 beside TEACHER).")
-@click.option("--schedule", type=click.Choice(list(SCHEDULES)), default="paper",
-              show_default=True,
+@click.option("--schedule", type=click.Choice(list(SCHEDULES)), default=None,
               help="; ".join(describe_schedule(name) for name in SCHEDULES)
-                   + ". Options given explicitly win.")
+                   + " (default paper); with --lm: "
+                   + "; ".join(describe_lm_schedule(name) for name in LM_SCHEDULES)
+                   + " (default quick). Options given explicitly win.")
 @click.option("--gamma", type=FINITE, default=None, help="Per-minibatch decay of c (schedule's value).")
 @click.option("--c-start", type=FINITE, default=5.0, show_default=True, help="c at the start of stage 1.")
 @click.option("--c-mid", type=FINITE, default=1.0, show_default=True,
@@ -242,8 +285,8 @@ def _stage_list(text: str, option: str) -> list[int]:
               help="Stage 3 (STE) steps (schedule's value).")
 @click.option("--stage4-steps", type=click.IntRange(min=0), default=None,
               help="Stage 4 (output loss only) steps (schedule's value).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Minibatch (paper: 16).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Minibatch (default 16, the paper's; --lm: 1 window).")
 @click.option("--lr", type=FINITE, default=2e-5, show_default=True,
               help="Adam learning rate, stages 1-3 (stage 3: --lr-stage3 when given).")
 @click.option("--lr-stage3", type=FINITE, default=None,
@@ -254,10 +297,12 @@ def _stage_list(text: str, option: str) -> list[int]:
               help="Global gradient-norm clipping (paper: 0.5).")
 @click.option("--ste-t", type=FINITE, default=1.0, show_default=True,
               help="STE window: gradient passes where |x/sigma| <= t.")
-@click.option("--top-n", type=click.IntRange(min=1), default=30, show_default=True,
-              help="Keys kept per query row (paper: 30 at 256 tokens).")
+@click.option("--top-n", type=click.IntRange(min=1), default=None,
+              help="Keys kept per query row (default 30, the paper's at 256 tokens; --lm: "
+                   "N scaled with length, --top-n-ratio).")
 @click.option("--top-n-ratio", type=FINITE, default=None,
-              help="Scale N with length: N = round(ratio * max-len) (paper: ~0.117).")
+              help="Scale N with length: N = round(ratio * max-len) (paper: ~0.117; the "
+                   "--lm default, per window length T of each forward).")
 @click.option("--temperature", type=FINITE, default=1.0, show_default=True,
               help="Output-distillation temperature.")
 @click.option("--no-attn-loss", is_flag=True, help="Ablation 'w/o AD': output loss only, same iterations.")
@@ -266,10 +311,10 @@ def _stage_list(text: str, option: str) -> list[int]:
                    "comma-separated; '1,2' drops it in the STE stage 3.")
 @click.option("--no-tanh", is_flag=True,
               help="Ablation 'w/o Tanh': stages 1-2 replaced by as many STE steps.")
-@click.option("--sigma-batches", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Minibatches for sigma estimation.")
-@click.option("--sigma-batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Examples per sigma minibatch.")
+@click.option("--sigma-batches", type=click.IntRange(min=1), default=None,
+              help="Minibatches for sigma estimation (default 100; --lm: 8).")
+@click.option("--sigma-batch-size", type=click.IntRange(min=1), default=None,
+              help="Examples per sigma minibatch (default 16; --lm: 1 window).")
 @click.option("--max-len", type=click.IntRange(min=8), default=None,
               help="Tokens per example (schedule's value).")
 @click.option("--no-dropout", is_flag=True, help="Train the student without dropout.")
@@ -280,13 +325,16 @@ def _stage_list(text: str, option: str) -> list[int]:
               help="Fail if the teacher has no head for the task instead of fine-tuning one.")
 @(lambda f: _finetune_options(f, "ft-"))
 @_data_options
+@_lm_options
 @_run_options
 def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, stage3_steps,
             stage4_steps, batch_size, lr, lr_stage3, lr_stage4, clip, ste_t, top_n, top_n_ratio,
             temperature, no_attn_loss, attn_loss_stages, no_tanh, sigma_batches, sigma_batch_size, max_len,
             no_dropout, seed, no_finetune, ft_epochs, ft_steps, ft_lr, ft_batch_size,
             ft_weight_decay, ft_warmup_ratio, ft_clip, data_dir, skip_bad_rows, train_limit,
-            dev_limit, log_path, ckpt_path, checkpoint_every, resume, overwrite, quiet, as_json):
+            dev_limit, lm, data_texts, data_corpora, data_samples, sample_temperature, holdout,
+            held_out_texts, max_windows, attn_weight, eval_windows, no_stage_files, log_path,
+            ckpt_path, checkpoint_every, resume, overwrite, quiet, as_json):
     """Distill TEACHER.h5 into a HAD student (binarized queries and keys, top-N attention).
 
     Sigma estimation, then stages 1-4 (HAD.md): tanh with c decaying from 5 to 1, tanh
@@ -295,15 +343,54 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
     fine-tuned exactly as `hadref finetune` would (options --ft-*), saved as
     OUT-teacher.h5 and used. Prints the student's dev metric beside the teacher's.
 
+    With --lm, TEACHER.h5 is a decoder and the data plain text (--data-text, --data-corpus,
+    --data-samples), cut into windows of --max-len tokens; the student is written after
+    each stage too (OUT-stageK.h5).
+
     \b
-    Example:
+    Examples:
       hadref convert minilm -o weights/bert.h5
       hadref distill weights/bert.h5 --task sst2 --schedule quick
+      hadref convert smollm2 -o smollm2.h5
+      hadref distill smollm2.h5 --lm --data-corpus pydoc-topics --max-len 256 -o student.h5
     """
+    keep_freed_memory()   # a training process: reuse freed arrays (see hadref.train.memory)
+    lm_given = [name for name, given in (
+        ("--data-text", data_texts), ("--data-corpus", data_corpora),
+        ("--data-samples", data_samples), ("--held-out-text", held_out_texts),
+        ("--max-windows", max_windows is not None), ("--no-stage-files", no_stage_files),
+        ("--attn-weight", attn_weight != 1.0), ("--eval-windows", eval_windows != 4),
+        ("--holdout", holdout != 0.05),
+        ("--sample-temperature", sample_temperature != 1.0)) if given]
+    if lm:
+        glue_given = [name for name, given in (
+            ("--task", task is not None), ("--data", data_dir is not None),
+            ("--train-limit", train_limit is not None), ("--dev-limit", dev_limit is not None),
+            ("--skip-bad-rows", skip_bad_rows), ("--no-finetune", no_finetune),
+            ("--no-dropout", no_dropout)) if given]
+        if glue_given:
+            raise HadrefError(f"{glue_given[0]} is an option of GLUE distillation, not of --lm "
+                              f"(its text comes from --data-text, --data-corpus or --data-samples)")
+        _distill_lm(teacher_path, out, schedule, gamma, c_start, c_mid, c_end, stage3_steps,
+                    stage4_steps, batch_size, lr, lr_stage3, lr_stage4, clip, ste_t, top_n,
+                    top_n_ratio, temperature, no_attn_loss, attn_loss_stages, no_tanh,
+                    sigma_batches, sigma_batch_size, max_len, seed, data_texts, data_corpora,
+                    data_samples, sample_temperature, holdout, held_out_texts, max_windows,
+                    attn_weight, eval_windows, no_stage_files, log_path, ckpt_path,
+                    checkpoint_every, resume, overwrite, quiet, as_json)
+        return
+    if lm_given:
+        raise HadrefError(f"{lm_given[0]} is an option of --lm (decoder distillation on text)")
+    if task is None:
+        raise HadrefError("Missing option '--task' (or give --lm to distill a decoder on text)")
+    schedule = schedule or "paper"
+    batch_size = 16 if batch_size is None else batch_size
+    top_n = 30 if top_n is None else top_n
+    sigma_batches = 100 if sigma_batches is None else sigma_batches
+    sigma_batch_size = 16 if sigma_batch_size is None else sigma_batch_size
     from hadref.distill.run import run_distill
     from hadref.distill.settings import DistillSettings
 
-    keep_freed_memory()   # a training process: reuse freed arrays (see hadref.train.memory)
     seeds = parse_seeds(seed)
     settings = DistillSettings.from_schedule(
         schedule, gamma=gamma, c_start=c_start, c_mid=c_mid, c_end=c_end,
@@ -339,6 +426,57 @@ def distill(teacher_path, task, out, schedule, gamma, c_start, c_mid, c_end, sta
         click.echo(f"teacher {result['teacher']}: dev {_fmt(result['teacher_metrics'])}")
         click.echo(f"student {result['student']}: dev {_fmt(result['metrics'])} (HAD, N = "
                    f"{result['top_n']}; {result['wall_s']:.0f} s)")
+
+
+def _distill_lm(teacher_path, out, schedule, gamma, c_start, c_mid, c_end, stage3_steps,
+                stage4_steps, batch_size, lr, lr_stage3, lr_stage4, clip, ste_t, top_n,
+                top_n_ratio, temperature, no_attn_loss, attn_loss_stages, no_tanh,
+                sigma_batches, sigma_batch_size, max_len, seed, data_texts, data_corpora,
+                data_samples, sample_temperature, holdout, held_out_texts, max_windows,
+                attn_weight, eval_windows, no_stage_files, log_path, ckpt_path,
+                checkpoint_every, resume, overwrite, quiet, as_json):
+    """``hadref distill --lm``: the options -> :func:`hadref.distill.lm_run.run_distill_lm`."""
+    from hadref.data.text import TextSource
+    from hadref.distill.lm_run import run_distill_lm
+    from hadref.distill.lm_settings import LMDistillSettings
+
+    seeds = parse_seeds(seed)
+    if len(seeds) > 1:
+        raise HadrefError("--seed: distill --lm runs one seed at a time")
+    if schedule is not None and schedule not in LM_SCHEDULES:
+        raise HadrefError(f"--schedule: with --lm one of {', '.join(LM_SCHEDULES)}, got {schedule!r}")
+    given = {k: v for k, v in dict(batch_size=batch_size, sigma_batches=sigma_batches,
+                                   sigma_batch_size=sigma_batch_size).items() if v is not None}
+    settings = LMDistillSettings.from_schedule(
+        schedule or "quick", gamma=gamma, c_start=c_start, c_mid=c_mid, c_end=c_end,
+        stage3_steps=stage3_steps, stage4_steps=stage4_steps, lr=lr, lr_stage3=lr_stage3,
+        lr_stage4=lr_stage4, clip=clip, ste_t=ste_t, top_n=top_n,
+        top_n_ratio=(None if top_n is not None and top_n_ratio is None
+                     else 0.117 if top_n_ratio is None else top_n_ratio),
+        temperature=temperature, attn_loss=not no_attn_loss,
+        attn_loss_stages=_stage_list(attn_loss_stages, "--attn-loss-stages"), tanh=not no_tanh,
+        max_len=max_len, seed=seeds[0], attn_weight=attn_weight, eval_windows=eval_windows,
+        **given)
+    data = TextSource(texts=tuple(data_texts), corpora=tuple(data_corpora), samples=data_samples,
+                      sample_temperature=sample_temperature, holdout=holdout,
+                      held_out_texts=tuple(held_out_texts), max_windows=max_windows)
+    result = run_distill_lm(teacher_path, settings, out, data=data, log=log_path,
+                            checkpoint=ckpt_path, checkpoint_every=checkpoint_every,
+                            resume=resume, overwrite=overwrite, progress=not quiet,
+                            stage_files=not no_stage_files,
+                            notify=lambda message: click.echo(message, err=True))
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    for stage, sc in result["held_out"].items():
+        if "kl" not in sc:
+            click.echo(f"teacher (float): held-out perplexity {sc['ppl']:.3f} ({sc['tokens']} tokens)")
+            continue
+        what = "teacher binarized, no distillation" if stage == "0" else f"after stage {stage}"
+        click.echo(f"{what}: held-out perplexity {sc['ppl']:.3f}, KL to the teacher "
+                   f"{sc['kl']:.4f} per token")
+    click.echo(f"student {result['student']} (HAD, N = {result['effective_top_n']} at "
+               f"{result['max_len']} tokens; {result['wall_s']:.0f} s)")
 
 
 # --- evaluate -----------------------------------------------------------------------------

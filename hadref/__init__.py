@@ -61,6 +61,9 @@ _PUBLIC = {
     "DataSource": "hadref.train.jobs",
     "FinetuneSettings": "hadref.train.finetune",
     "DistillSettings": "hadref.distill.settings",
+    "run_distill_lm": "hadref.distill.lm_run",
+    "LMDistillSettings": "hadref.distill.lm_settings",
+    "TextSource": "hadref.data.text",
     # a training step of your own
     "Adam": "hadref.engine.optim",
     "clip_grad_norm": "hadref.engine.optim",
