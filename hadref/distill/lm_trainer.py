@@ -33,6 +33,7 @@ from hadref.data.text import Windows, WindowStream, window_batch
 from hadref.distill.lm_losses import next_token_kl, token_nll
 from hadref.distill.lm_settings import LMDistillSettings
 from hadref.distill.lm_sigma import estimate_sigma_lm
+from hadref.distill.sigma import sigmas_from_checkpoint
 from hadref.engine.optim import Adam, clip_grad_norm
 from hadref.errors import HadrefError
 from hadref.train.loop import TrainLoop
@@ -145,12 +146,8 @@ def distill_lm(teacher, train: Windows, held: Windows | None, settings: LMDistil
     if resume:
         extra = loop.restore()
         scores = loop.notes.setdefault("held_out", {})
-        layers = teacher.config.num_hidden_layers
-        for key in ("sigma_q", "sigma_k"):
-            if key not in extra or np.shape(extra[key]) != (layers,):
-                raise HadrefError(f"{checkpoint_path}: checkpoint lacks extra/{key} "
-                                  f"({layers} values, one per layer)")
-        sigma_q, sigma_k = extra["sigma_q"], extra["sigma_k"]
+        sigma_q, sigma_k = sigmas_from_checkpoint(extra, teacher.config.num_hidden_layers,
+                                                  checkpoint_path)
     if log is not None and start_record is not None:
         log.write(**start_record)
     if not resume:

@@ -75,3 +75,13 @@ def estimate_sigma(model, data, *, n_batches: int = 100, batch_size: int = 16, s
         raise HadrefError(f"sigma estimation gave non-positive or non-finite values "
                           f"(sigma_q {sigma_q}, sigma_k {sigma_k}): is the teacher trained?")
     return sigma_q, sigma_k
+
+
+def sigmas_from_checkpoint(extra: dict, n_layers: int, checkpoint_path):
+    """(sigma_q, sigma_k) saved with a distillation checkpoint (its ``extra`` arrays),
+    checked to hold one value per layer; a one-line error naming the file otherwise."""
+    for key in ("sigma_q", "sigma_k"):
+        if key not in extra or np.shape(extra[key]) != (n_layers,):
+            raise HadrefError(f"{checkpoint_path}: checkpoint lacks extra/{key} "
+                              f"({n_layers} values, one per layer)")
+    return extra["sigma_q"], extra["sigma_k"]

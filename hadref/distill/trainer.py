@@ -25,7 +25,7 @@ import numpy as np
 from hadref.data.batching import BatchStream
 from hadref.distill.losses import attention_kl, output_loss
 from hadref.distill.settings import DistillSettings
-from hadref.distill.sigma import estimate_sigma
+from hadref.distill.sigma import estimate_sigma, sigmas_from_checkpoint
 from hadref.engine.layers.dropout import BatchRows
 from hadref.engine.optim import Adam, clip_grad_norm
 from hadref.errors import HadrefError
@@ -100,12 +100,8 @@ def distill(teacher, train_data, dev_data, task, settings: DistillSettings, *,
     if resume:
         extra = loop.restore()
         stage_metrics = loop.notes.setdefault("dev_metrics", {})
-        layers = teacher.config.num_hidden_layers
-        for key in ("sigma_q", "sigma_k"):
-            if key not in extra or np.shape(extra[key]) != (layers,):
-                raise HadrefError(f"{checkpoint_path}: checkpoint lacks extra/{key} "
-                                  f"({layers} values, one per layer)")
-        sigma_q, sigma_k = extra["sigma_q"], extra["sigma_k"]
+        sigma_q, sigma_k = sigmas_from_checkpoint(extra, teacher.config.num_hidden_layers,
+                                                  checkpoint_path)
     if log is not None and start_record is not None:   # after a resume is known to be valid
         log.write(**start_record)
     if not resume:

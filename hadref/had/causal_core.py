@@ -46,7 +46,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from hadref.checks import check_positive, check_top_n, worker_chunks
+from hadref.checks import check_top_n, worker_chunks
 from hadref.errors import HadrefError
 from hadref.had.attention_kl import causal_kl_rows
 from hadref.had.binarize import (
@@ -54,10 +54,9 @@ from hadref.had.binarize import (
     BinarizeCache,
     binarize_backward,
     binarize_forward,
-    check_transform,
     sign_pm1,
 )
-from hadref.had.core import _sigmas
+from hadref.had.core import StageSettings, _sigmas
 from hadref.had.kernels.select import float_topn_softmax
 
 DEFAULT_TOP_N_RATIO = 0.117  # the paper's N / length (30 of 256 tokens)
@@ -93,7 +92,7 @@ class CausalCoreCache(NamedTuple):
     targets: tuple | None          # (q_t, k_t, weight / (M R)) when the attention loss is on
 
 
-class HADCausalCore:
+class HADCausalCore(StageSettings):
     """HAD attention for the decoder's attention hook (see the module docstring).
 
     sigma_q, sigma_k: (L,) positive per-layer coefficients; top_n: a fixed N >= 1, or None
@@ -139,34 +138,6 @@ class HADCausalCore:
         """A ``hard`` core on the packed Numba path (what ``hadref.load`` gives a student)."""
         return cls(sigma_q, sigma_k, top_n, top_n_ratio, transform="hard", use_kernels=True)
 
-    # settings the distillation loop changes between steps, validated on every set
-    @property
-    def transform(self) -> str:
-        return self._transform
-
-    @transform.setter
-    def transform(self, value: str) -> None:
-        self._transform = check_transform(value)
-
-    @property
-    def c(self) -> float:
-        return self._c
-
-    @c.setter
-    def c(self, value: float) -> None:
-        self._c = check_positive(value, "c")
-
-    @property
-    def ste_t(self) -> float:
-        return self._ste_t
-
-    @ste_t.setter
-    def ste_t(self, value: float) -> None:
-        self._ste_t = check_positive(value, "ste_t")
-
-    @property
-    def n_layers(self) -> int:
-        return self.sigma_q.size
 
     def top_n_for(self, length: int) -> int:
         """N for ``length`` keys: the fixed top_n, else max(1, round(top_n_ratio * length))."""

@@ -67,6 +67,41 @@ class _LazyProbs(dict):
         return self[key] if key in self else default
 
 
+class StageSettings:
+    """The settings of a HAD core that the distillation loop changes between steps
+    (``transform``, ``c``, ``ste_t``), validated on every set; shared by the encoder's
+    :class:`HADAttentionCore` and the decoder's ``HADCausalCore``. The core sets
+    ``sigma_q`` (L,) itself."""
+
+    @property
+    def transform(self) -> str:
+        return self._transform
+
+    @transform.setter
+    def transform(self, value: str) -> None:
+        self._transform = check_transform(value)
+
+    @property
+    def c(self) -> float:
+        return self._c
+
+    @c.setter
+    def c(self, value: float) -> None:
+        self._c = check_positive(value, "c")
+
+    @property
+    def ste_t(self) -> float:
+        return self._ste_t
+
+    @ste_t.setter
+    def ste_t(self, value: float) -> None:
+        self._ste_t = check_positive(value, "ste_t")
+
+    @property
+    def n_layers(self) -> int:
+        return self.sigma_q.size
+
+
 class HADCoreCache(NamedTuple):
     """What ``HADAttentionCore.forward`` saves for its backward (the packed ``hard`` path
     saves only its transform: it has no backward)."""
@@ -80,7 +115,7 @@ class HADCoreCache(NamedTuple):
     inv_sqrt_d: float = 0.0
 
 
-class HADAttentionCore:
+class HADAttentionCore(StageSettings):
     """HAD attention for the engine's attention hook (training path and packed inference).
 
     sigma_q, sigma_k: (L,) positive per-layer coefficients; top_n: N >= 1; transform: one of
@@ -111,34 +146,6 @@ class HADAttentionCore:
         """A ``hard`` core on the packed Numba path (what ``hadref.load`` gives a student)."""
         return cls(sigma_q, sigma_k, top_n, transform="hard", use_kernels=True)
 
-    # settings the distillation loop changes between steps, validated on every set
-    @property
-    def transform(self) -> str:
-        return self._transform
-
-    @transform.setter
-    def transform(self, value: str) -> None:
-        self._transform = check_transform(value)
-
-    @property
-    def c(self) -> float:
-        return self._c
-
-    @c.setter
-    def c(self, value: float) -> None:
-        self._c = check_positive(value, "c")
-
-    @property
-    def ste_t(self) -> float:
-        return self._ste_t
-
-    @ste_t.setter
-    def ste_t(self, value: float) -> None:
-        self._ste_t = check_positive(value, "ste_t")
-
-    @property
-    def n_layers(self) -> int:
-        return self.sigma_q.size
 
     def __repr__(self) -> str:
         return (f"HADAttentionCore(layers={self.n_layers}, top_n={self.top_n}, "
