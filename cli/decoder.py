@@ -70,14 +70,18 @@ def generate(model_file, prompt, chat, max_new_tokens, temperature, top_k, seed)
               help="Window lengths in tokens (comma-separated).")
 @click.option("--stride", type=click.IntRange(min=1), default=None,
               help="Start a window every S tokens (default: the window length, disjoint).")
+@click.option("--check", is_flag=True,
+              help="HAD student: also require, layer by layer on the first window, that the "
+                   "packed kernels give the dense training path's context on the same q, k, v.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
-def perplexity(model_file, text_file, seq, stride, as_json):
+def perplexity(model_file, text_file, seq, stride, check, as_json):
     """Token NLL and perplexity of MODEL.h5 on --text, per window length and per band of
     window positions (the first 512 predictions, the last 512).
 
     \b
-    Example:
+    Examples:
       hadref perplexity weights/smollm2.h5 --text paper.txt --seq 512,2048,8192 --json
+      hadref perplexity weights/smollm2-had.h5 --text paper.txt --seq 2048 --check
     """
     from hadref.engine.perplexity import perplexity as _perplexity
     from hadref.errors import HadrefError
@@ -95,8 +99,19 @@ def perplexity(model_file, text_file, seq, stride, as_json):
     for n in lengths:
         if n > limit:
             raise HadrefError(f"--seq: {n} tokens exceed the model's context length ({limit})")
-    result = _perplexity(model, model.tokenizer.encode(text), lengths, stride, where=str(path))
+    ids = model.tokenizer.encode(text)
+    result = _perplexity(model, ids, lengths, stride, where=str(path))
     result = {"model": str(model_file), "text": str(path), **result}
+    if check:
+        from hadref.had.decoder_check import check_layers
+
+        result["check"] = check_layers(model, ids[:min(lengths)])
+        if not result["check"]["agree"]:
+            worst = result["check"]["layers"]
+            layer = max(range(len(worst)), key=worst.__getitem__)
+            raise HadrefError(f"--check: the packed kernels and the training path differ at "
+                              f"layer {layer} (relative {worst[layer]:.2e} > "
+                              f"{result['check']['rtol']:g}) on the first {min(lengths)} tokens")
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -106,3 +121,7 @@ def perplexity(model_file, text_file, seq, stride, as_json):
     for r in result["lengths"]:
         click.echo(f"{r['seq']:>6} {r['windows']:>7} {r['nll']:>7.4f} {r['ppl']:>8.3f} "
                    f"{r['first512']['ppl']:>12.3f} {r['last512']['ppl']:>11.3f}")
+    if check:
+        c = result["check"]
+        click.echo(f"check: packed kernels and training path agree at every layer on the first "
+                   f"{c['tokens']} tokens (worst relative difference {c['worst']:.2e})")

@@ -109,3 +109,35 @@ def test_binarized_teacher_saves_as_a_student_file(teacher, tmp_path):
     assert back.had["stage"] == "binarized" and back.attention_core.top_n is None
     ids = np.array([[3, 4, 5, 10, 12, 7]])
     np.testing.assert_array_equal(back.forward(ids).logits, hard.forward(ids).logits)
+
+
+def test_perplexity_check_compares_the_kernels_with_the_training_path_layer_by_layer(
+        teacher, tmp_path, monkeypatch):
+    from hadref.had import decoder_check
+
+    path = save(teacher, tmp_path / "student.h5", had=_had(3, top_n_ratio=0.117))
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sat on the mat and the dog ran to the cat " * 4)
+    result = CliRunner().invoke(main, ["perplexity", str(path), "--text", str(text), "--seq", "16",
+                                       "--check", "--json"])
+    assert result.exit_code == 0, result.output
+    check = json.loads(result.output)["check"]
+    assert check["agree"] and len(check["layers"]) == 2 and check["tokens"] == 16
+    assert 0 <= check["worst"] <= check["rtol"]
+    # a training path that keeps other keys (N = 1 instead of 3) is caught, naming the layer
+    real = decoder_check._ComparingCore.__init__
+
+    def other_n(self, packed, dense, n_layers):
+        dense.top_n = 1
+        real(self, packed, dense, n_layers)
+
+    monkeypatch.setattr(decoder_check._ComparingCore, "__init__", other_n)
+    result = CliRunner().invoke(main, ["perplexity", str(path), "--text", str(text), "--seq", "16",
+                                       "--check"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--check: the packed kernels and the training path differ at layer" in result.output
+    # a float model has nothing to check
+    plain = save(teacher, tmp_path / "plain.h5")
+    result = CliRunner().invoke(main, ["perplexity", str(plain), "--text", str(text), "--seq", "16",
+                                       "--check"])
+    assert result.exit_code == 2 and "expected a HAD decoder student" in result.output
