@@ -27,37 +27,50 @@ def _valid_std(x: np.ndarray, mask: np.ndarray | None) -> float:
     return float(np.std(tokens, dtype=np.float64))
 
 
-def estimate_sigma_lm(model, windows: Windows, *, n_batches: int = 8, batch_size: int = 1,
-                      seed: int = 0):
-    """Per-layer (sigma_q, sigma_k), each (L,) float32, from ``model`` (a LlamaModel with a
-    float attention core) on ``windows``."""
+def sigma_of_batches(model, batches):
+    """Per-layer (sigma_q, sigma_k), each (L,) float32: the mean over ``batches`` (an
+    iterable of (input_ids (B, T) int, attention_mask (B, T) or None)) of the std of each
+    layer's post-RoPE q, resp. k, over valid tokens. The model is left as it was."""
     from hadref.had.causal_core import RecordingCausalCore
 
-    if n_batches < 1 or batch_size < 1:
-        raise HadrefError(f"--sigma-batches and --sigma-batch-size must be >= 1, got "
-                          f"{n_batches} and {batch_size}")
     n_layers = model.config.num_hidden_layers
-    rng = np.random.default_rng([seed, 0x5161])
     inner = model.attention_core
     recorder = RecordingCausalCore(inner)
     model.attention_core = recorder
-    stds = np.zeros((2, n_layers, n_batches))   # [q or k, layer, minibatch], float64
+    stds = [[], []]   # [q or k][minibatch] -> (L,) float64
     try:
-        for i in range(n_batches):
-            idx = rng.choice(len(windows), size=min(batch_size, len(windows)), replace=False)
-            b = window_batch(windows, idx)
-            model.forward(b.input_ids, b.attention_mask, compute_logits=False)
-            mask = b.attention_mask != 0
-            for layer in range(n_layers):
-                q, k = recorder.qk(layer)
-                stds[0, layer, i] = _valid_std(q, mask)
-                stds[1, layer, i] = _valid_std(k, mask)
+        for input_ids, attention_mask in batches:
+            model.forward(input_ids, attention_mask, compute_logits=False)
+            mask = None if attention_mask is None else np.asarray(attention_mask) != 0
+            for which in (0, 1):
+                stds[which].append([_valid_std(recorder.qk(layer)[which], mask)
+                                    for layer in range(n_layers)])
     finally:
         model.attention_core = inner
-    sigma_q = stds[0].mean(axis=1).astype(np.float32)
-    sigma_k = stds[1].mean(axis=1).astype(np.float32)
+    if not stds[0]:
+        raise HadrefError("sigma estimation: no minibatch to measure")
+    sigma_q = np.mean(stds[0], axis=0).astype(np.float32)
+    sigma_k = np.mean(stds[1], axis=0).astype(np.float32)
     if not (np.all(np.isfinite(sigma_q)) and np.all(sigma_q > 0)
             and np.all(np.isfinite(sigma_k)) and np.all(sigma_k > 0)):
         raise HadrefError(f"sigma estimation gave non-positive or non-finite values "
                           f"(sigma_q {sigma_q}, sigma_k {sigma_k})")
     return sigma_q, sigma_k
+
+
+def estimate_sigma_lm(model, windows: Windows, *, n_batches: int = 8, batch_size: int = 1,
+                      seed: int = 0):
+    """Per-layer (sigma_q, sigma_k), each (L,) float32, from ``model`` (a LlamaModel with a
+    float attention core) on ``n_batches`` random minibatches of ``windows``."""
+    if n_batches < 1 or batch_size < 1:
+        raise HadrefError(f"--sigma-batches and --sigma-batch-size must be >= 1, got "
+                          f"{n_batches} and {batch_size}")
+    rng = np.random.default_rng([seed, 0x5161])
+
+    def batches():
+        for _ in range(n_batches):
+            idx = rng.choice(len(windows), size=min(batch_size, len(windows)), replace=False)
+            b = window_batch(windows, idx)
+            yield b.input_ids, b.attention_mask
+
+    return sigma_of_batches(model, batches())

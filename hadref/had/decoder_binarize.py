@@ -38,41 +38,16 @@ def sigma_windows(tokenizer, n_windows: int = 4, length: int = 1024) -> np.ndarr
     return ids[:need].reshape(n_windows, length)
 
 
-class _StdCore:
-    """Wraps a float attention core; keeps the std of each layer's post-RoPE q and k."""
-
-    def __init__(self, inner, n_layers):
-        self.inner = inner
-        self.q = [[] for _ in range(n_layers)]
-        self.k = [[] for _ in range(n_layers)]
-
-    def forward(self, q, k, v, key_mask, layer, train=False):
-        self.q[layer].append(float(np.std(q, dtype=np.float64)))
-        self.k[layer].append(float(np.std(k, dtype=np.float64)))
-        return self.inner.forward(q, k, v, key_mask, layer, train)
-
-
 def decoder_sigma(model, windows) -> tuple[np.ndarray, np.ndarray]:
     """windows (W, T) int -> (sigma_q, sigma_k), each (L,) float32: the mean over windows of
-    the std of each layer's post-RoPE q, resp. k. The model is left as it was."""
+    the std of each layer's post-RoPE q, resp. k (the distillation's definition,
+    :func:`hadref.distill.lm_sigma.sigma_of_batches`, one window per minibatch)."""
+    from hadref.distill.lm_sigma import sigma_of_batches
+
     windows = np.asarray(windows)
     if windows.ndim != 2 or windows.shape[0] < 1:
         raise HadrefError(f"windows: expected (W, T) token ids, got shape {windows.shape}")
-    inner = model.attention_core
-    rec = _StdCore(inner, model.config.num_hidden_layers)
-    model.attention_core = rec
-    try:
-        for w in windows:
-            model.forward(w[None], compute_logits=False)
-    finally:
-        model.attention_core = inner
-    sq = np.array([np.mean(x) for x in rec.q], np.float32)
-    sk = np.array([np.mean(x) for x in rec.k], np.float32)
-    if not (np.all(np.isfinite(sq)) and np.all(sq > 0) and np.all(np.isfinite(sk))
-            and np.all(sk > 0)):
-        raise HadrefError(f"sigma estimation gave non-positive or non-finite values "
-                          f"(sigma_q {sq}, sigma_k {sk})")
-    return sq, sk
+    return sigma_of_batches(model, ((w[None], None) for w in windows))
 
 
 def binarize_decoder(model, n_windows: int = 4, length: int = 1024, top_n: int | None = None,
