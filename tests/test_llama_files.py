@@ -167,6 +167,15 @@ def test_hugging_face_folder(tmp_path):
     for name, value in model.params.items():
         np.testing.assert_array_equal(read.params[name], value, err_msg=name)
     assert read.chat_template == TEMPLATE and read.tokenizer.encode("ab").tolist() == [10]
+    # a tokenizer with ids past the embedding table: an error naming the file, not an
+    # IndexError in the first forward
+    extra = [f"x{i}" for i in range(model.config.vocab_size + 1 - len(TOKENS))]
+    (folder / "tokenizer.json").write_text(
+        tokenizer_json_from_vocab(TOKENS + extra, MERGES, TYPES + [1] * len(extra), "smollm"))
+    result = CliRunner().invoke(main, ["convert", str(folder), "-o", str(tmp_path / "big.h5")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"the tokenizer has ids up to {model.config.vocab_size}, the embedding table only" \
+        in result.output
 
 
 @pytest.fixture

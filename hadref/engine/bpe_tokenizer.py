@@ -92,6 +92,12 @@ class BPETokenizer:
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def id_limit(self) -> int:
+        """1 + the largest token id the tokenizer can produce (rows of the embedding table
+        it needs)."""
+        return 1 + max(self._tok.get_vocab(with_added_tokens=True).values(), default=-1)
+
     def encode(self, text: str) -> np.ndarray:
         """text -> (t,) int64 token ids, no special tokens added (special tokens written in
         the text, e.g. ``<|im_start|>``, become their ids)."""

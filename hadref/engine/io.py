@@ -574,6 +574,7 @@ def _load_llama(f: h5py.File, path, data: dict, dtype=np.float32):
         except (UnicodeDecodeError, ValueError, TypeError):
             raise HadrefError(f"{path}: dataset tokenizer.json is not UTF-8 bytes") from None
         tokenizer = BPETokenizer(text, where=f"{path}: dataset tokenizer.json")
+        _check_vocabulary(tokenizer, config, f"{path}: dataset tokenizer.json")
     template = f.attrs.get("chat_template")
     if isinstance(template, bytes):
         template = template.decode("utf-8")
@@ -625,6 +626,7 @@ def _read_hf_llama(folder: Path, data: dict):
     if (folder / "tokenizer.json").exists():
         tokenizer = BPETokenizer((folder / "tokenizer.json").read_text(encoding="utf-8"),
                                  where=str(folder / "tokenizer.json"))
+        _check_vocabulary(tokenizer, config, str(folder / "tokenizer.json"))
     tok_config = folder / "tokenizer_config.json"
     if tok_config.exists():
         try:
