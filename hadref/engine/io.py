@@ -73,12 +73,20 @@ def save(model: BertModel, path, had: dict | None = None) -> Path:
     check_params(model.params, model.config)
 
     provenance = getattr(model, "provenance", None)
+    attrs = {} if provenance is None else {"provenance": json.dumps(provenance, sort_keys=True)}
+    return _write_model_file(path, model, attrs, had)
+
+
+def _write_model_file(path: Path, model, attrs: dict, had: dict | None) -> Path:
+    """The layout both families share, written atomically: format_version, config, then
+    ``attrs`` (the family's own file attributes), params as float32, the tokenizer's JSON
+    and the checked ``had`` group."""
 
     def write(f):
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["config"] = json.dumps(model.config.to_dict(), sort_keys=True)
-        if provenance is not None:
-            f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
+        for name, value in attrs.items():
+            f.attrs[name] = value
         group = f.create_group("params")
         for name in sorted(model.params):
             group.create_dataset(name, data=np.asarray(model.params[name], dtype=np.float32),
@@ -531,24 +539,8 @@ def _save_llama(model, path, had=None) -> Path:
 
     path = Path(path)
     check_llama_params(model.params, model.config)
-
-    def write(f):
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["config"] = json.dumps(model.config.to_dict(), sort_keys=True)
-        if model.chat_template is not None:
-            f.attrs["chat_template"] = model.chat_template
-        group = f.create_group("params")
-        for name in sorted(model.params):
-            group.create_dataset(name, data=np.asarray(model.params[name], dtype=np.float32),
-                                 track_times=False)
-        if model.tokenizer is not None:
-            f.create_dataset("tokenizer.json", track_times=False,
-                             data=np.frombuffer(model.tokenizer.json.encode("utf-8"), np.uint8))
-        if had is not None:
-            _write_had(f, had)
-
-    _atomic_h5(path, write)
-    return path
+    attrs = {} if model.chat_template is None else {"chat_template": model.chat_template}
+    return _write_model_file(path, model, attrs, had)
 
 
 def _load_llama(f: h5py.File, path, data: dict, dtype=np.float32):
