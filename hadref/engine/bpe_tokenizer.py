@@ -15,6 +15,7 @@ import re
 import numpy as np
 import tokenizers
 
+from hadref.engine.tokenizer import Vocabulary
 from hadref.errors import HadrefError
 
 # GGUF token types (llama.cpp): 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte
@@ -70,7 +71,7 @@ def tokenizer_json_from_vocab(tokens: list[str], merges: list[str], token_types=
     return json.dumps(data, ensure_ascii=False)
 
 
-class BPETokenizer:
+class BPETokenizer(Vocabulary):
     """``BPETokenizer(json_text)``: a byte-level BPE tokenizer.json (str).
 
     Example::
@@ -87,16 +88,6 @@ class BPETokenizer:
         self.json = json_text
         self._tok.no_padding()
         self._tok.no_truncation()
-
-    @property
-    def vocab_size(self) -> int:
-        return self._tok.get_vocab_size(with_added_tokens=True)
-
-    @property
-    def id_limit(self) -> int:
-        """1 + the largest token id the tokenizer can produce (rows of the embedding table
-        it needs)."""
-        return 1 + max(self._tok.get_vocab(with_added_tokens=True).values(), default=-1)
 
     def encode(self, text: str) -> np.ndarray:
         """text -> (t,) int64 token ids, no special tokens added (special tokens written in

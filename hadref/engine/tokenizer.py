@@ -23,7 +23,23 @@ class Encoding(NamedTuple):
     attention_mask: np.ndarray
 
 
-class Tokenizer:
+
+class Vocabulary:
+    """The vocabulary sizes of a tokenizer class that wraps a ``tokenizers.Tokenizer`` as
+    ``self._tok`` (the WordPiece :class:`Tokenizer` and the decoder's BPETokenizer)."""
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def id_limit(self) -> int:
+        """1 + the largest token id the tokenizer can produce (rows of the embedding table
+        it needs)."""
+        ids = self._tok.get_vocab(with_added_tokens=True).values()
+        return 1 + max(ids, default=-1)
+
+class Tokenizer(Vocabulary):
     """``Tokenizer(json_text)``: the tokenizer.json of a model (str).
 
     Example::
@@ -56,16 +72,6 @@ class Tokenizer:
                               f"({str(err).splitlines()[0]})") from None
         return cls(built._tokenizer.to_str(), where=str(vocab_path))
 
-    @property
-    def vocab_size(self) -> int:
-        return self._tok.get_vocab_size(with_added_tokens=True)
-
-    @property
-    def id_limit(self) -> int:
-        """1 + the largest token id the tokenizer can produce (rows of the embedding table
-        it needs)."""
-        ids = self._tok.get_vocab(with_added_tokens=True).values()
-        return 1 + max(ids, default=-1)
 
     def encode(self, texts, text_pairs=None, max_length: int = 128,
                padding: str = "longest") -> Encoding:
