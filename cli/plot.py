@@ -1,6 +1,25 @@
 """``hadref plot``: figures from results files."""
 
+from pathlib import Path
+
 import click
+
+FORMATS = (".png", ".svg", ".pdf")
+
+
+def _claim_figure(results, out, overwrite: bool) -> None:
+    """Before any work: a known figure format, not one of the inputs, and no existing file
+    replaced without --overwrite."""
+    from hadref.errors import HadrefError
+    from hadref.files import check_distinct, claim_outputs
+
+    if Path(out).suffix.lower() not in FORMATS:
+        raise HadrefError(f"-o {out}: expected a figure file ending in {', '.join(FORMATS)}")
+    check_distinct({f"RESULTS.json ({p})": p for p in results}, {"-o": out})
+    claim_outputs({"-o": out}, overwrite=overwrite)
+
+
+_overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing figure file.")
 
 
 @click.group()
@@ -14,7 +33,8 @@ def plot():
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
               help="The figure to write (.png, .svg, .pdf).")
 @click.option("--metric", default=None, help="Metric to draw (default: the task's first).")
-def topn(results, out, metric):
+@_overwrite
+def topn(results, out, metric, overwrite):
     """Metric against N from `hadref evaluate --top-n ... --results RESULTS.json` files (a
     student, the binarized teacher), the float teacher as a dashed line.
 
@@ -26,6 +46,7 @@ def topn(results, out, metric):
     """
     from hadref.train.topn_plot import plot_topn
 
+    _claim_figure(results, out, overwrite)
     click.echo(f"wrote {plot_topn(results, out, metric)}")
 
 
@@ -36,7 +57,8 @@ def topn(results, out, metric):
               help="The figure to write (.png, .svg, .pdf).")
 @click.option("--label", "labels", multiple=True,
               help="A name per results file, in order (default: the model file's name).")
-def passkey(results, out, labels):
+@_overwrite
+def passkey(results, out, labels, overwrite):
     """Passkey accuracy against prompt length and needle depth from `hadref passkey --json`
     files: one heatmap per file, then the accuracy per length of all files.
 
@@ -47,4 +69,5 @@ def passkey(results, out, labels):
     """
     from hadref.engine.passkey_plot import plot_passkey
 
+    _claim_figure(results, out, overwrite)
     click.echo(f"wrote {plot_passkey(results, out, list(labels) or None)}")

@@ -192,5 +192,14 @@ def ensure_folder(folder, option: str) -> Path:
     return folder
 
 
-__all__ = ["atomic_file", "check_distinct", "claim_outputs", "ensure_folder",
+def write_figure(fig, out) -> Path:
+    """Save a matplotlib figure to ``out`` (.png, .svg or .pdf: the format is the suffix)
+    atomically; returns the path."""
+    out = Path(out)
+    with atomic_file(out) as tmp:
+        fig.savefig(tmp, dpi=120, format=out.suffix.lstrip("."))
+    return out
+
+
+__all__ = ["atomic_file", "write_figure", "check_distinct", "claim_outputs", "ensure_folder",
            "remove_stale_temps", "same_file", "stale_temps", "temp_path"]

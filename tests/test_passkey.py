@@ -248,9 +248,20 @@ def test_plot(model_file, tmp_path):
     png = tmp_path / "pk.png"
     r = ok(run("plot", "passkey", a, b, "-o", png, "--label", "one", "--label", "two"))
     assert f"wrote {png}" in r.output and png.read_bytes()[:4] == b"\x89PNG"
+    # the figure exists now: its own errors first, then the inputs' (with --overwrite)
+    error(run("plot", "passkey", a, "-o", png), f"-o {png}: file exists; pass --overwrite")
+    error(run("plot", "passkey", a, "-o", a, "--overwrite"), "expected a figure file ending in")
+    before = a.read_text()
+    a_png = tmp_path / "a.png"
+    a.rename(a_png)
+    error(run("plot", "passkey", a_png, "-o", a_png, "--overwrite"), "are the same file")
+    a_png.rename(a)
+    assert a.read_text() == before
     (tmp_path / "bad.json").write_text("{}")
-    error(run("plot", "passkey", tmp_path / "bad.json", "-o", png), "not a hadref passkey")
-    error(run("plot", "passkey", a, "-o", png, "--label", "x", "--label", "y"), "--label")
+    error(run("plot", "passkey", tmp_path / "bad.json", "-o", png, "--overwrite"),
+          "not a hadref passkey")
+    error(run("plot", "passkey", a, "-o", png, "--overwrite", "--label", "x", "--label", "y"),
+          "--label")
     # files of one model merge into one panel: lengths and depths the unions
     from hadref.engine.passkey_plot import merge_runs, read_passkey
 

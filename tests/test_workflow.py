@@ -142,8 +142,9 @@ def test_evaluate_at_several_n_binarized_teacher_and_plot(models, glue_slice, tm
     fig = tmp_path / "topn.png"
     _ok(_run("plot", "topn", res, bin_res, "-o", fig))
     assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    _error(_run("plot", "topn", teacher.with_name("teacher.metrics.json"), "-o", fig),
-           "no by_top_n field")
+    _error(_run("plot", "topn", res, "-o", fig), "file exists; pass --overwrite")
+    _error(_run("plot", "topn", teacher.with_name("teacher.metrics.json"), "-o", fig,
+                "--overwrite"), "no by_top_n field")
 
 
 def test_plot_without_matplotlib_says_so(tmp_path, monkeypatch):

@@ -132,11 +132,8 @@ def plot_passkey(paths, out, labels=None) -> Path:
     curves.legend(fontsize=7)
     if image is not None:
         fig.colorbar(image, ax=list(axes[:-1]), shrink=0.8, label="accuracy (%)")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from hadref.files import atomic_file
+    from hadref.files import write_figure
 
-    with atomic_file(out) as tmp:
-        fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".") or "png")
+    out = write_figure(fig, out)
     plt.close(fig)
     return out

@@ -73,8 +73,8 @@ def plot_topn(paths, out, metric: str | None = None) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    from hadref.files import write_figure
+
+    out = write_figure(fig, out)
     plt.close(fig)
     return out
