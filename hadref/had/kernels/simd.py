@@ -303,6 +303,10 @@ def select_block(typingctx, lev, start, threshold, ties_left, picks):
             ties = builder.load(ties_ptr, align=2)
             if elem != _I16:
                 thr, ties = builder.trunc(thr, part_t), builder.trunc(ties, part_t)
+            # a key at the threshold is taken when fewer than ``ties`` such keys came
+            # before it in the block: its rank, a running count, is the only chain from
+            # key to key (one add; counting the places down made the chain three ops)
+            rank = zero
             words = []  # n_words x per_word keys, key k of a word at bit k
             for g in range(n_words):
                 word = zero
@@ -310,13 +314,15 @@ def select_block(typingctx, lev, start, threshold, ties_left, picks):
                     j = builder.add(a_start, ir.Constant(_I64, per_word * g + k))
                     slot = builder.add(builder.mul(j, ir.Constant(_I64, parts)), hh)
                     x = builder.load(builder.gep(levp, [slot]), align=1)
-                    at = builder.sext(builder.and_(builder.icmp_signed("==", x, thr),
-                                                   builder.icmp_signed(">", ties, zero)), part_t)
-                    ties = builder.add(ties, at)  # at is -1 where a tie place is used
-                    take = builder.or_(builder.sext(lt("<", x, thr), part_t), at)
+                    eq = builder.icmp_signed("==", x, thr)
+                    tie = builder.and_(eq, builder.icmp_unsigned("<", rank, ties))
+                    rank = builder.sub(rank, builder.sext(eq, part_t))
+                    take = builder.sext(builder.or_(lt("<", x, thr), tie), part_t)
                     bit = ir.Constant(part_t, [1 << k] * width)
                     word = builder.or_(word, builder.and_(take, bit))
                 words.append(word)
+            used = _umin(builder, rank, ties)
+            ties = builder.sub(ties, used)
             builder.store(ties if elem == _I16 else builder.zext(ties, _vec(_I16, width)),
                           ties_ptr, align=2)
             allw = words[0]
