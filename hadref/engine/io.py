@@ -46,7 +46,7 @@ from hadref.files import atomic_file
 FORMAT_VERSION = 1
 _HAD_REQUIRED = ("sigma_q", "sigma_k", "top_n")
 _HAD_DEFAULTS = {"ste_t": 1.0, "stage": "hard", "settings": {}, "teacher_sha256": ""}
-_DEFAULT_RATIO = 0.117  # decoder students: N = ratio x length when top_n is 0 (the paper's)
+_DEFAULT_RATIO = 0.117  # decoder students, top_n 0: N per row = ratio x the keys it sees
 
 
 # --- HDF5 -------------------------------------------------------------------------------------
@@ -253,8 +253,9 @@ def _checked_had(had: dict, num_layers: int, where: str, decoder: bool = False) 
     least = 0 if decoder else 1
     if (isinstance(top_n, (bool, np.bool_)) or not isinstance(top_n, (int, np.integer))
             or top_n < least):
-        raise HadrefError(f"{where}: top_n must be " + ("an integer >= 0 (0: N = top_n_ratio "
-                          "x length)" if decoder else "a positive integer") + f", got {top_n!r}")
+        expected = ("an integer >= 0 (0: N per row = top_n_ratio x its keys)" if decoder
+                    else "a positive integer")
+        raise HadrefError(f"{where}: top_n must be {expected}, got {top_n!r}")
     out["top_n"] = int(top_n)
     if decoder:
         ratio = out["top_n_ratio"]
