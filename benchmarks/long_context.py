@@ -115,7 +115,8 @@ def _plain(x):
 
 
 def _top_n_variants(args, own=False):
-    """[(label suffix, fixed top_n or None)]: N scaled with length, then each --fixed-top-n."""
+    """[(label suffix, fixed top_n or None)]: N per row (ratio x the keys a row sees), then
+    each --fixed-top-n."""
     out = [("", None)]
     for n in args.fixed_top_n or []:
         out.append((f" N={n}", n))

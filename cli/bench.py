@@ -141,7 +141,7 @@ class _Stages:
             count = min(self.per_call, self.q.shape[0] - g)
             t0 = time.perf_counter()
             fused.topn_packed(self.q_bits[sl], self.k_bits[kv], self.valid[kv],
-                              self.valid_before[kv], self.n, self.d, self.top_n, self.causal,
+                              self.valid_before[kv], self.n, self.d, self.top_n, 0.0, self.causal,
                               self.idx[:count], self.lev[:count], self.count[:count],
                               *self.topn_ws, kv_group=self.kv_group)
             t1 = time.perf_counter()

@@ -57,7 +57,7 @@ def _had_lines(had, decoder=False):
     n = f"top_n={had['top_n']}"
     if decoder:
         n = (f"top_n={had['top_n']}" if had["top_n"] else
-             f"top_n=ratio {had['top_n_ratio']:g} x length")
+             f"top_n=ratio {had['top_n_ratio']:g} x keys per row")
         n += " (causal, packed key cache)"
     click.echo(f"HAD         {n} stage={had['stage']} ste_t={had['ste_t']}")
     click.echo(f"  sigma_q   {sq}")

@@ -124,6 +124,7 @@ def passkey(model_file, lengths, depths, trials, seed, max_new_tokens, json_path
                 "model_kind": "binarized" if binarized else _model_kind(model),
                 "top_n": binarized["top_n"] if binarized else _had(model, "top_n"),
                 "top_n_ratio": binarized["top_n_ratio"] if binarized else _had(model, "top_n_ratio"),
+                "top_n_rule": _n_rule(model),
                 "binarized": binarized,
                 "filler": "Landmark attention (Mohtashami & Jaggi 2023)"}
     if json_path is not None:
@@ -142,6 +143,16 @@ def _model_kind(model) -> str:
         return "float"
     stage = had.get("stage") if isinstance(had, dict) else None
     return f"HAD student, stage {stage}" if stage else "HAD student"
+
+
+def _n_rule(model):
+    """"per row" when the model's HAD core scales N with the keys each query row sees
+    (top_n None with a ratio), else None. Results files made before N per row lack it, so
+    --resume does not add trials of the per-row rule to trials of one N per forward."""
+    core = getattr(model, "attention_core", None)
+    if hasattr(core, "top_n_ratio") and getattr(core, "top_n", 0) is None:
+        return "per row"
+    return None
 
 
 def _had(model, name):

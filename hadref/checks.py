@@ -36,6 +36,19 @@ def check_top_n(top_n, name: str = "top_n") -> int:
     return int(top_n)
 
 
+def check_top_n_ratio(value, name: str = "top_n_ratio") -> float:
+    """A ratio N / keys in (0, 1] (N per row of a decoder: ``hadref.had.kernels.causal``)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise HadrefError(f"{name}: expected a number in (0, 1], got {value!r}")
+    try:
+        ratio = float(value)
+    except (TypeError, ValueError):
+        raise HadrefError(f"{name}: expected a number in (0, 1], got {value!r}") from None
+    if not (math.isfinite(ratio) and 0.0 < ratio <= 1.0):
+        raise HadrefError(f"{name}: expected a number in (0, 1], got {value!r}")
+    return ratio
+
+
 def worker_chunks(units: int, threads: int | None = None) -> int:
     """How many chunks a parallel kernel splits ``units`` independent work items into: a
     few per thread, so that uneven items (causal rows, ragged tiles) balance out."""

@@ -36,8 +36,17 @@ def _transformed(x, sigma, transform, c):
     return sigma * sign_pm1(x)
 
 
-def _ref_topn(scores, valid, top_n):
-    """Top-N mask per row by a full stable sort: score descending, index ascending."""
+def _row_n(top_n, ratio, seen):
+    """N of a row seeing ``seen`` valid keys: min(top_n, seen), or with a ratio
+    min(seen, max(1, round(ratio * seen))) (Python's round: half to even)."""
+    if ratio is None:
+        return min(top_n, seen)
+    return 0 if seen == 0 else min(seen, max(1, round(ratio * seen)))
+
+
+def _ref_topn(scores, valid, top_n, ratio=None):
+    """Top-N mask per row by a full stable sort: score descending, index ascending; each
+    row keeps _row_n of its valid keys."""
     keep = np.zeros(scores.shape, bool)
     flat_s = scores.reshape(-1, scores.shape[-1])
     flat_v = np.broadcast_to(valid, scores.shape).reshape(flat_s.shape)
@@ -45,12 +54,13 @@ def _ref_topn(scores, valid, top_n):
     for r in range(flat_s.shape[0]):
         cand = np.flatnonzero(flat_v[r])
         order = cand[np.lexsort((cand, -flat_s[r, cand]))]
-        out[r, order[:top_n]] = True
+        out[r, order[:_row_n(top_n, ratio, cand.size)]] = True
     return keep
 
 
-def reference(q, k, v, mask, sq, sk, transform, c, top_n):
-    """Full (T, T) maps with K/V repeated per query head -> (ctx, scores, valid, probs)."""
+def reference(q, k, v, mask, sq, sk, transform, c, top_n, ratio=None):
+    """Full (T, T) maps with K/V repeated per query head -> (ctx, scores, valid, probs);
+    top_n None with a ratio: N per row."""
     g = q.shape[1] // k.shape[1]
     kr, vr = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
     d, t = q.shape[-1], q.shape[2]
@@ -60,7 +70,7 @@ def reference(q, k, v, mask, sq, sk, transform, c, top_n):
         qt, kt = _transformed(q, sq, transform, c), _transformed(kr, sk, transform, c)
         scores = qt @ np.swapaxes(kt, -1, -2) / math.sqrt(d)
     valid = mask[:, None, None, :] & (np.arange(t)[None, :] <= np.arange(t)[:, None])
-    keep = _ref_topn(scores, valid, top_n)
+    keep = _ref_topn(scores, valid, top_n, ratio)
     z = np.where(keep, scores, -np.inf)
     top = z.max(-1, keepdims=True)
     top[~np.isfinite(top)] = 0
@@ -69,23 +79,35 @@ def reference(q, k, v, mask, sq, sk, transform, c, top_n):
     return p @ vr, scores, np.broadcast_to(valid, scores.shape), p
 
 
+# (top_n, ratio): fixed N, or N per row (0.45 over rows seeing 1..7 keys: 1, 1, 1, 2, 2, 3, 3;
+# 0.5 rounds x.5 to even: 1, 1, 2, 2, 2, 3, 4)
+_N_RULES = [(1, None), (3, None), (100, None), (None, 0.45), (None, 0.5), (None, 1.0)]
+
+
 @pytest.mark.parametrize("transform", ["tanh1", "tanh2", "ste", "hard"])
-@pytest.mark.parametrize("top_n", [1, 3, 100])
-def test_forward_equals_reference_with_repeated_kv(transform, top_n):
+@pytest.mark.parametrize("top_n,ratio", _N_RULES)
+def test_forward_equals_reference_with_repeated_kv(transform, top_n, ratio):
     q, k, v, mask = _inputs(seed=1)
     k[:, :, 4] = k[:, :, 2]  # ties between keys
-    core = HADCausalCore([0.9, 1.3], [1.1, 0.8], top_n=top_n, transform=transform, c=1.7)
+    core = HADCausalCore([0.9, 1.3], [1.1, 0.8], top_n=top_n, top_n_ratio=ratio or 0.117,
+                         transform=transform, c=1.7)
     core.max_block_rows = 3  # several query blocks
     ctx, cache = core.forward(q, k, v, mask, 1)
     assert cache is None
-    ref = reference(q, k, v, mask, 1.3, 0.8, transform, 1.7, top_n)[0]
+    ref = reference(q, k, v, mask, 1.3, 0.8, transform, 1.7, top_n, ratio)[0]
     np.testing.assert_allclose(ctx, ref, rtol=1e-12, atol=1e-12)
+    if transform == "hard":  # the packed kernels: the same rows, the same N per row
+        core.use_kernels = True
+        np.testing.assert_allclose(core.forward(q, k, v, mask, 1)[0], ref, rtol=1e-12,
+                                   atol=1e-12)
 
 
 def test_top_n_for_and_settings():
     core = HADCausalCore([1.0], [1.0])
     assert core.top_n_for(256) == 30 and core.top_n_for(1) == 1 and core.top_n_for(1024) == 120
     assert HADCausalCore([1.0], [1.0], top_n=7).top_n_for(1000) == 7
+    half = HADCausalCore([1.0], [1.0], top_n_ratio=0.5)  # x.5 rounds to even, as round()
+    assert [half.top_n_for(t) for t in (1, 2, 3, 5, 7, 9)] == [1, 1, 2, 2, 4, 4]
     with pytest.raises(HadrefError, match="transform"):
         core.transform = "soft"
     with pytest.raises(HadrefError, match="top_n_ratio"):
@@ -103,11 +125,14 @@ def _weights(shape, seed):
     return np.random.default_rng(seed).standard_normal(shape)
 
 
-@pytest.mark.parametrize("transform,c", [("tanh1", 5.0), ("tanh1", 1.2), ("tanh2", 1.0),
-                                         ("tanh2", 0.3)])
-def test_tanh_gradients_match_finite_differences(transform, c):
+@pytest.mark.parametrize("transform,c,top_n", [("tanh1", 5.0, 3), ("tanh1", 1.2, 3),
+                                               ("tanh2", 1.0, 3), ("tanh2", 0.3, 3),
+                                               ("tanh1", 1.2, None), ("tanh2", 0.3, None)])
+def test_tanh_gradients_match_finite_differences(transform, c, top_n):
+    # top_n None: N per row, top_n_ratio 0.45
     q, k, v, mask = _inputs(seed=2)
-    core = HADCausalCore([0.9, 1.3], [1.1, 0.8], top_n=3, transform=transform, c=c)
+    core = HADCausalCore([0.9, 1.3], [1.1, 0.8], top_n=top_n, top_n_ratio=0.45,
+                         transform=transform, c=c)
     core.max_block_rows = 2
     w = _weights(q.shape, 3)
 
@@ -120,15 +145,18 @@ def test_tanh_gradients_match_finite_differences(transform, c):
         assert_gradient(grad, loss, arr, rtol=2e-5, atol=1e-8, err_msg=name)
 
 
-def test_ste_gradient_is_its_definition_and_v_by_finite_differences():
+@pytest.mark.parametrize("top_n,ratio", [(2, None), (None, 0.45)])
+def test_ste_gradient_is_its_definition_and_v_by_finite_differences(top_n, ratio):
     q, k, v, mask = _inputs(seed=4)
     sq, sk, t = 0.8, 1.1, 1.0
-    core = HADCausalCore([sq], [sk], top_n=2, transform="ste", ste_t=t)
+    core = HADCausalCore([sq], [sk], top_n=top_n, top_n_ratio=ratio or 0.117, transform="ste",
+                         ste_t=t)
     core.max_block_rows = 3
     w = _weights(q.shape, 5)
     ctx, cache = core.forward(q, k, v, mask, 0, train=True)
     dq, dk, dv = core.backward(cache, w)
-    _, _, _, p = reference(q, k, v, mask, sq, sk, "ste", 1.0, 2)
+    _, _, _, p = reference(q, k, v, mask, sq, sk, "ste", 1.0, top_n, ratio)
+    np.testing.assert_allclose(ctx, p @ np.repeat(v, HQ // HKV, 1), rtol=1e-12, atol=1e-12)
     g = HQ // HKV
     kb, vr = sk * sign_pm1(np.repeat(k, g, 1)), np.repeat(v, g, 1)
     qb = sq * sign_pm1(q)
@@ -196,11 +224,13 @@ def test_attention_loss_layer_by_layer_equals_all_at_once(transform):
     assert core.attention_loss == 0.0
 
 
-def test_attention_loss_gradient_matches_finite_differences():
+@pytest.mark.parametrize("top_n", [3, None])
+def test_attention_loss_gradient_matches_finite_differences(top_n):
     q, k, v, mask = _inputs(seed=7)
     rng = np.random.default_rng(8)
     teacher = {1: (rng.standard_normal(q.shape), rng.standard_normal(k.shape))}
-    core = HADCausalCore([0.9, 1.3], [1.1, 0.8], top_n=3, transform="tanh1", c=1.5)
+    core = HADCausalCore([0.9, 1.3], [1.1, 0.8], top_n=top_n, top_n_ratio=0.45,
+                         transform="tanh1", c=1.5)
     core.max_block_rows = 3
     weight = 0.7
     core.attention_targets = _Targets(teacher, weight)
@@ -230,11 +260,13 @@ def tiny_model(seed=0, dtype=np.float64, **kw):
     return LlamaModel.random(tiny_config(**kw), seed=seed, dtype=dtype, std=0.5)
 
 
-@pytest.mark.parametrize("transform", ["tanh1", "tanh2", "ste"])
-def test_decoder_gradients_with_the_had_core(transform):
+@pytest.mark.parametrize("transform,top_n", [("tanh1", 3), ("tanh2", 3), ("ste", 3),
+                                             ("tanh1", None), ("ste", None)])
+def test_decoder_gradients_with_the_had_core(transform, top_n):
+    # top_n None: N per row (top_n_ratio 0.5)
     model = tiny_model(seed=1)
-    model.attention_core = HADCausalCore([0.8, 1.1], [1.2, 0.9], top_n=3, transform=transform,
-                                         c=1.5)
+    model.attention_core = HADCausalCore([0.8, 1.1], [1.2, 0.9], top_n=top_n, top_n_ratio=0.5,
+                                         transform=transform, c=1.5)
     rng = np.random.default_rng(3)
     ids = rng.integers(0, 23, size=(2, 6))
     mask = np.ones((2, 6), int)
@@ -257,9 +289,13 @@ def test_decoder_gradients_with_the_had_core(transform):
                         err_msg=name)
 
 
-def test_causal_future_tokens_do_not_change_earlier_outputs():
+@pytest.mark.parametrize("top_n,kernels", [(2, False), (None, False), (None, True)])
+def test_causal_future_tokens_do_not_change_earlier_outputs(top_n, kernels):
+    # with N per row (top_n None, ratio 0.3) too: a row's N depends on what it sees only
     model = tiny_model(seed=2)
-    model.attention_core = HADCausalCore([0.8, 1.1], [1.2, 0.9], top_n=2, transform="ste")
+    model.attention_core = HADCausalCore([0.8, 1.1], [1.2, 0.9], top_n=top_n, top_n_ratio=0.3,
+                                         transform="hard" if kernels else "ste",
+                                         use_kernels=kernels)
     rng = np.random.default_rng(5)
     ids = rng.integers(0, 23, size=(1, 10))
     other = ids.copy()
@@ -289,8 +325,10 @@ def test_recording_core_keeps_post_rope_qk_and_serves_as_targets():
     student.attention_core = core
     student.forward(ids, train=True)
     assert 0 < core.attention_loss < 1e-3
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_hard_dense_forward_equals_packed_kernels(dtype):
+@pytest.mark.parametrize("dtype,top_n", [(np.float32, 5), (np.float64, 5), (np.float32, None),
+                                         (np.float64, None)])
+def test_hard_dense_forward_equals_packed_kernels(dtype, top_n):
+    # top_n None: N per row (ratio 0.2)
     rng = np.random.default_rng(7)
     b, t, d = 2, 40, 64
     q = rng.standard_normal((b, HQ, t, d)).astype(dtype)
@@ -301,8 +339,8 @@ def test_hard_dense_forward_equals_packed_kernels(dtype):
     mask[1, 30:] = False
     mask[1, 2] = False
     sq, sk = [0.6, 1.7], [1.2, 0.4]
-    fast = HADCausalCore.for_inference(sq, sk, top_n=5)
-    slow = HADCausalCore(sq, sk, top_n=5, transform="hard")
+    fast = HADCausalCore.for_inference(sq, sk, top_n=top_n, top_n_ratio=0.2)
+    slow = HADCausalCore(sq, sk, top_n=top_n, top_n_ratio=0.2, transform="hard")
     tol = 1e-5 if dtype == np.float32 else 1e-12
     for layer, rows in ((0, t), (1, 9)):  # tile kernel (>= 16 rows) and row kernel
         args = (q[:, :, :rows], k[:, :, :rows], v[:, :, :rows], mask[:, :rows], layer)
@@ -333,10 +371,10 @@ def _student(seed=5, top_n=None):
     return model
 
 
-@pytest.mark.parametrize("top_n", [2, 5])
+@pytest.mark.parametrize("top_n", [2, 5, None])
 def test_cached_generation_on_packed_keys_equals_full_forwards(top_n):
-    # a fixed N: with N = ratio * length, a cached position keeps what it computed with the
-    # N of its own time, while a full forward gives every row the N of the whole length
+    # a fixed N, and N per row (top_n None: ratio 0.3, rows keep 1..9 keys): a cached
+    # position keeps what a full forward's row of the same position keeps
     model = _student(top_n=top_n)
     prompt = np.array([3, 7, 11, 5, 9, 1, 4] * 3)  # 21 rows: the prefill runs the tile kernel
     new = model.generate(prompt, 10, stop_at_eos=False)
@@ -374,7 +412,8 @@ def test_packed_cache_bytes_per_token():
         cache.append(0, np.zeros((1, 3, 17, 64), np.float32), np.zeros((1, 3, 17, 64), np.float32))
 
 
-def test_training_selection_equals_packed_topn_exactly():
+@pytest.mark.parametrize("top_n,ratio", [(6, None), (None, 0.3), (None, 0.5)])
+def test_training_selection_equals_packed_topn_exactly(top_n, ratio):
     import hadref
 
     rng = np.random.default_rng(11)
@@ -385,11 +424,13 @@ def test_training_selection_equals_packed_topn_exactly():
     mask = np.ones((b, t), bool)
     mask[0, 5] = False
     mask[1, 25:] = False
-    core = HADCausalCore([0.3], [0.4], top_n=6, transform="ste")  # ste selects as hard
+    core = HADCausalCore([0.3], [0.4], top_n=top_n, top_n_ratio=ratio or 0.117,
+                         transform="ste")  # ste selects as hard
     core.max_block_rows = 8
     _, cache = core.forward(q, k, v, mask, 0, train=True)
-    idx, _ = hadref.hamming_topn(hadref.pack_signs(q), hadref.pack_signs(k), d, 6,
-                                 key_mask=mask[:, None, :], causal=True)
+    idx, _ = hadref.hamming_topn(hadref.pack_signs(q), hadref.pack_signs(k), d, top_n,
+                                 key_mask=mask[:, None, :], causal=True, top_n_ratio=ratio)
+    assert cache.idx.shape[-1] == idx.shape[-1] == core.top_n_for(t)
     stored = cache.idx.reshape(b, HQ, t, -1)
     used = cache.probs.reshape(stored.shape) > 0
     for flat in np.ndindex(b, HQ, t):

@@ -61,6 +61,21 @@ def test_student_file_round_trip_loads_on_the_packed_kernels(teacher, tmp_path, 
     assert json.loads(result.output)["had"]["sigma_k"] == [1.2, 0.8]
 
 
+def test_a_ratio_student_decodes_as_its_full_forwards(teacher, tmp_path):
+    # top_n 0: N per query row (round(ratio x keys it sees)), so the packed cache's decoding
+    # equals greedy decoding from full forwards, and the kernels equal the training path
+    from hadref.had.decoder_check import check_layers
+
+    student = hadref.load(save(teacher, tmp_path / "student.h5", had=_had(0, top_n_ratio=0.4)))
+    prompt = np.array([3, 4, 5, 10, 12, 7, 3, 9, 11, 2])  # 10 + 6: the context length
+    new = student.generate(prompt, 6, stop_at_eos=False)
+    seq = list(prompt)
+    for _ in range(6):
+        seq.append(int(np.argmax(student.forward(np.array([seq])).logits[0, -1])))
+    assert new.tolist() == seq[len(prompt):]
+    assert check_layers(student, np.array(seq))["agree"]
+
+
 def test_generate_command_on_a_student(teacher, tmp_path):
     path = save(teacher, tmp_path / "student.h5", had=_had(2))
     result = CliRunner().invoke(main, ["generate", str(path), "--prompt", "ab ab",

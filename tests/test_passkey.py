@@ -282,9 +282,14 @@ def test_binarized_teacher(model_file, tmp_path):
     data = json.loads(out.read_text())
     s = data["settings"]
     assert s["model_kind"] == "binarized" and s["top_n"] is None
-    assert s["top_n_ratio"] == pytest.approx(0.117)
+    assert s["top_n_ratio"] == pytest.approx(0.117) and s["top_n_rule"] == "per row"
     assert len(s["binarized"]["sigma_q"]) == 2 and "pydoc_data.topics" in s["binarized"]["sigma_text"]
     assert data["complete"] and len(data["cells"]) == 2
     error(run(*args, "--top-n", "4", "--json", out, "--resume"), "top_n = None")
     ok(run(*args, "--top-n", "4", "--json", tmp_path / "fixed.json"))
     assert json.loads((tmp_path / "fixed.json").read_text())["settings"]["top_n"] == 4
+    assert json.loads((tmp_path / "fixed.json").read_text())["settings"]["top_n_rule"] is None
+    # a file from before N per row (one N per forward: no top_n_rule) is not resumed
+    del data["settings"]["top_n_rule"]
+    out.write_text(json.dumps(data))
+    error(run(*args, "--json", out, "--resume"), "top_n_rule = None")

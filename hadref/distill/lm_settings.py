@@ -2,10 +2,11 @@
 
 The same settings and stage plan as the BERT distillation
 (:class:`hadref.distill.settings.DistillSettings`, :mod:`hadref.distill.schedule`), with
-the defaults a decoder needs: N scaled with the window length (``top_n_ratio`` 0.117, the
-paper's 30 at 256 tokens) unless ``top_n`` fixes it, one window of ``max_len`` tokens per
-minibatch, sigma from a few windows, no dropout (Llama has none), and an attention-loss
-weight. ``LM_SCHEDULES`` holds the presets; a setting left at None takes its preset's value.
+the defaults a decoder needs: N scaled with the context (``top_n_ratio`` 0.117 per query
+row: a row seeing s keys keeps round(0.117 s), the paper's 30 at 256) unless ``top_n``
+fixes it, one window of ``max_len`` tokens per minibatch, sigma from a few windows, no
+dropout (Llama has none), and an attention-loss weight. ``LM_SCHEDULES`` holds the
+presets; a setting left at None takes its preset's value.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from hadref.checks import check_finite_fields, check_seed
 from hadref.distill.schedule import steps_until
 from hadref.distill.settings import QUICK_GAMMA, DistillSettings
 from hadref.errors import HadrefError
+from hadref.had.kernels.causal import ratio_top_n
 
 # Every value an LM preset sets (and nothing else).
 LM_SCHEDULES = {
@@ -48,7 +50,8 @@ def describe_lm_schedule(name: str) -> str:
 class LMDistillSettings(DistillSettings):
     """Every setting of an LM distillation (the CLI's options, same names). Defaults as
     :class:`DistillSettings` except: schedule 'quick' (``LM_SCHEDULES``), top_n None with
-    top_n_ratio 0.117 (N = round(0.117 T) for a window of T tokens), batch_size 1,
+    top_n_ratio 0.117 (N per query row: round(0.117 s) of the s keys a row sees, 30 for the
+    last row of a 256-token window; ``hadref.had.causal_core``), batch_size 1,
     sigma_batches 8 windows of sigma_batch_size 1, dropout False; attn_weight multiplies
     L_attn in the total loss (HAD.md: 1); eval_windows: how many of the held-out windows
     are scored after sigma and after each stage (each costs a student and a teacher
@@ -81,10 +84,12 @@ class LMDistillSettings(DistillSettings):
 
     @property
     def effective_top_n(self) -> int:
-        """N of a full window: top_n, or round(top_n_ratio * max_len) (at least 1)."""
+        """N of a row that sees a full window: top_n, or round(top_n_ratio * max_len) (at
+        least 1; ``kernels.causal.ratio_top_n``, the rule every row follows with its own
+        count of keys)."""
         if self.top_n is not None:
             return int(self.top_n)
-        return max(1, int(round(self.top_n_ratio * self.max_len)))
+        return max(1, int(ratio_top_n(float(self.top_n_ratio), int(self.max_len))))
 
     def check(self) -> None:
         check_finite_fields(self)

@@ -63,6 +63,14 @@ def eval_core(sigma_q, sigma_k, settings: LMDistillSettings):
                          transform="hard")
 
 
+def _n_text(settings) -> str:
+    """N as the progress line says it: the fixed N, or the ratio per row and a full
+    window's N."""
+    if settings.top_n is not None:
+        return str(settings.top_n)
+    return f"{_ratio(settings):g} x keys per row, {settings.effective_top_n} at {settings.max_len}"
+
+
 def _ratio(settings) -> float:
     return 0.117 if settings.top_n_ratio is None else float(settings.top_n_ratio)
 
@@ -251,5 +259,5 @@ def _stage_eval(model, teacher, sigma_q, sigma_k, settings, held, number, step, 
         what = f"after stage {number}" if number else "teacher binarized without distillation"
         progress.message(f"{what}: held-out perplexity {scores['ppl']:.3f}, KL to the teacher "
                          f"{scores['kl']:.4f} per token ({scores['tokens']} tokens, hard "
-                         f"binarization, N = {settings.effective_top_n})")
+                         f"binarization, N = {_n_text(settings)})")
     return scores

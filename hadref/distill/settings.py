@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from hadref.checks import check_finite_fields, check_seed
 from hadref.distill.schedule import Schedule, steps_until
 from hadref.errors import HadrefError
+from hadref.had.kernels.causal import ratio_top_n
 
 # gamma of the quick schedule: stages 1 + 2 (c from 5 to 0.05) in 1,500 minibatches
 QUICK_GAMMA = math.exp(-(math.log(5.0) + math.log(20.0)) / 1500)
@@ -91,9 +92,11 @@ class DistillSettings:
 
     @property
     def effective_top_n(self) -> int:
-        """N used in every stage: --top-n, or round(--top-n-ratio * --max-len)."""
+        """N used in every stage: --top-n, or round(--top-n-ratio * --max-len) (round half
+        to even, ``kernels.causal.ratio_top_n``). An encoder keeps one N per sequence
+        (HAD.md's rule; N per row is the decoders')."""
         if self.top_n_ratio is not None:
-            return max(1, int(round(self.top_n_ratio * self.max_len)))
+            return max(1, int(ratio_top_n(float(self.top_n_ratio), int(self.max_len))))
         return int(self.top_n)
 
     def make_schedule(self) -> Schedule:

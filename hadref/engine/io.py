@@ -21,7 +21,8 @@ Decoder files (LlamaModel, :mod:`hadref.engine.llama`) share that root and say
                            norm.weight); a tied LM head stores nothing extra
     /tokenizer.json        the byte-level BPE tokenizer.json
     /had                   HAD student only (HADCausalCore): datasets sigma_q (L,),
-                           sigma_k (L,); attrs top_n (0: N = top_n_ratio x length),
+                           sigma_k (L,); attrs top_n (0: N per query row =
+                           top_n_ratio x the keys the row sees),
                            top_n_ratio, ste_t, stage, settings (JSON), teacher_sha256
 
 A file is self-contained. Writing goes through a temporary file in the same folder and
@@ -45,7 +46,7 @@ from hadref.files import atomic_file
 FORMAT_VERSION = 1
 _HAD_REQUIRED = ("sigma_q", "sigma_k", "top_n")
 _HAD_DEFAULTS = {"ste_t": 1.0, "stage": "hard", "settings": {}, "teacher_sha256": ""}
-_DEFAULT_RATIO = 0.117  # decoder students: N = ratio x length when top_n is 0 (the paper's)
+_DEFAULT_RATIO = 0.117  # decoder students, top_n 0: N per row = ratio x the keys it sees
 
 
 # --- HDF5 -------------------------------------------------------------------------------------
@@ -56,7 +57,8 @@ def save(model: BertModel, path, had: dict | None = None) -> Path:
     had: HAD student metadata ``{"sigma_q": (L,), "sigma_k": (L,), "top_n": int, and
     optionally "ste_t": float, "stage": str, "settings": dict, "teacher_sha256": str}``;
     for a decoder (LlamaModel) also ``"top_n_ratio": float`` in (0, 1], and ``top_n`` may be
-    0 (N = top_n_ratio x length). None saves ``model.had`` (None for a plain model).
+    0 (N per query row: round(top_n_ratio x the keys it sees), ``HADCausalCore``). None
+    saves ``model.had`` (None for a plain model).
     Returns the path.
     """
     path = Path(path)
@@ -224,7 +226,8 @@ def _read_config_dict(f, path) -> dict:
 
 def _checked_had(had: dict, num_layers: int, where: str, decoder: bool = False) -> dict:
     """The validated metadata with defaults filled in. decoder: a HADCausalCore student's
-    (top_n 0 allowed, meaning N = top_n_ratio x length; top_n_ratio in (0, 1])."""
+    (top_n 0 allowed, meaning N per query row = top_n_ratio x the keys it sees;
+    top_n_ratio in (0, 1])."""
     if not isinstance(had, dict):
         raise HadrefError(f"{where}: expected a dict of HAD metadata, got {type(had).__name__}")
     for key in _HAD_REQUIRED:
@@ -250,8 +253,9 @@ def _checked_had(had: dict, num_layers: int, where: str, decoder: bool = False) 
     least = 0 if decoder else 1
     if (isinstance(top_n, (bool, np.bool_)) or not isinstance(top_n, (int, np.integer))
             or top_n < least):
-        raise HadrefError(f"{where}: top_n must be " + ("an integer >= 0 (0: N = top_n_ratio "
-                          "x length)" if decoder else "a positive integer") + f", got {top_n!r}")
+        expected = ("an integer >= 0 (0: N per row = top_n_ratio x its keys)" if decoder
+                    else "a positive integer")
+        raise HadrefError(f"{where}: top_n must be {expected}, got {top_n!r}")
     out["top_n"] = int(top_n)
     if decoder:
         ratio = out["top_n_ratio"]

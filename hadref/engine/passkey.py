@@ -185,7 +185,7 @@ class PasskeyRun:
     """
 
     _COMPARED = ("lengths", "depths", "trials", "seed", "max_new_tokens", "model_kind",
-                 "top_n", "top_n_ratio")
+                 "top_n", "top_n_ratio", "top_n_rule")
 
     def __init__(self, settings: dict, cells: dict | None = None):
         self.settings = dict(settings)

@@ -12,6 +12,13 @@ largest scores of each query row survive, ties to the lower key index, padding k
 ``N_eff = min(N, valid keys)``; the softmax ``softmax(score / sqrt(d))`` runs over the
 survivors only; a row without any valid key outputs zeros.
 
+N per row (``top_n_ratio``, the decoders' rule): instead of a fixed ``top_n``, a ratio in
+(0, 1]; each query row keeps ``N_i = min(seen_i, max(1, round(ratio * seen_i)))`` of the
+``seen_i`` selectable keys it sees (valid, and with ``causal`` not in its future), round
+half to even (:func:`hadref.had.kernels.causal.ratio_top_n`). A token thus attends the same
+way in a full forward and in cached decoding. Without ``causal`` every row of a sequence
+sees the same keys, so N is one per sequence there.
+
 Grouped-query attention: k and v (and the packed keys) may have fewer heads than q on axis
 -3 when h_q is a multiple of h_kv; query head j then reads key/value head
 ``j // (h_q / h_kv)``, and the keys are packed once per key head (never copied per query
@@ -27,11 +34,12 @@ import math
 
 import numpy as np
 
-from hadref.checks import check_positive, check_top_n, is_int
+from hadref.checks import check_positive, check_top_n, check_top_n_ratio, is_int
 from hadref.errors import HadrefError
 from hadref.had import workspaces as _ws
 from hadref.had.kernels import fused as _fused
 from hadref.had.kernels import tile as _tile
+from hadref.had.kernels.causal import ratio_top_n as _ratio_top_n
 from hadref.had.kernels.finite import count_nonfinite_rows as _count_nonfinite_rows
 from hadref.had.kernels.pack import pack_rows as _pack_rows
 
@@ -89,6 +97,25 @@ def _key_valid(key_mask, lead: tuple, n: int, name: str = "key_mask") -> np.ndar
         raise HadrefError(f"{name}: expected shape broadcastable to {(*lead, n)}, "
                           f"got {mask.shape}") from None
     return np.ascontiguousarray(mask.reshape(groups, n))
+
+
+def _n_rule(top_n, top_n_ratio) -> tuple[int | None, float]:
+    """The checked (top_n, ratio) of a call: (N, 0.0) for a fixed N, (None, ratio) for
+    N per row; exactly one of the two must be given."""
+    if top_n_ratio is None:
+        return check_top_n(top_n), 0.0
+    if top_n is not None:
+        raise HadrefError(f"top_n: expected None when top_n_ratio is given (N per row), "
+                          f"got {top_n!r}")
+    return None, check_top_n_ratio(top_n_ratio)
+
+
+def _top_n_cap(top_n, ratio: float, n: int) -> int:
+    """What the kernels take as top_n for n keys: min(top_n, n) for a fixed N; with a ratio
+    the N of a row that sees all n keys, the most any row keeps (>= 1 for n >= 1)."""
+    if ratio > 0.0:
+        return max(1, int(_ratio_top_n(ratio, n)))
+    return min(top_n, n)
 
 
 def _valid_before(valid: np.ndarray, n: int) -> np.ndarray:
@@ -157,14 +184,16 @@ def _kv_group(q_lead: tuple, k_lead: tuple, q_name: str = "q", k_name: str = "k"
                       f"queries), got {k_lead}")
 
 
-def _topn_groups(q_bits, k_bits, valid, n, d, top_n, causal, kv_group=1):
+def _topn_groups(q_bits, k_bits, valid, n, d, top_n, causal, kv_group=1, ratio=0.0):
     """(G, m, W), (G / kv_group, >= n, W) packed -> indices (G, m, N) int32, levels,
-    counts."""
+    counts; N = top_n (fixed) or, with a ratio, the most a row keeps (``_top_n_cap``)."""
     groups, m, _ = q_bits.shape
+    if ratio > 0.0:
+        top_n = _top_n_cap(None, ratio, n)
     idx = np.full((groups, m, top_n), -1, dtype=np.int32)
     lev = np.full((groups, m, top_n), d + 1, dtype=np.int16)
     count = np.empty((groups, m), dtype=np.int32)
-    _fused.topn_packed(q_bits, k_bits, valid, _valid_before(valid, n), n, d, top_n,
+    _fused.topn_packed(q_bits, k_bits, valid, _valid_before(valid, n), n, d, top_n, ratio,
                        bool(causal), idx, lev, count,
                        *_ws.topn_workspace(groups * m, n, d, top_n), kv_group)
     return idx, lev, count
@@ -178,22 +207,24 @@ def _scores(idx: np.ndarray, lev: np.ndarray, d: int) -> np.ndarray:
     return scores
 
 
-def hamming_topn(q_bits, k_bits, d, top_n, key_mask=None, causal=False):
+def hamming_topn(q_bits, k_bits, d, top_n, key_mask=None, causal=False, top_n_ratio=None):
     """The top-N keys of each query by Hamming similarity of packed sign bits.
 
     q_bits: (..., m, W) uint64 and k_bits: (..., n, W) uint64 from :func:`pack_signs`
     (same leading dims, W = ceil(d / 64); or fewer heads on axis -3 for k_bits, h_q a
     multiple of h_kv: grouped queries, see the module docstring); d: the unpacked
-    dimension; top_n: N >= 1; key_mask: bool broadcastable to k_bits' (..., n), True =
-    valid key; causal: query i sees keys ``j <= i + n - m`` only.
+    dimension; top_n: N >= 1 (or None with top_n_ratio); key_mask: bool broadcastable to
+    k_bits' (..., n), True = valid key; causal: query i sees keys ``j <= i + n - m`` only;
+    top_n_ratio: None, or a ratio in (0, 1] for N per row (module docstring).
 
-    Returns ``(indices, scores)``, both (..., m, N) int32: key indices by score descending
+    Returns ``(indices, scores)``, both (..., m, N) int32 (with a ratio N is the N of a row
+    that sees all n keys, ``max(1, round(ratio * n))``): key indices by score descending
     (lower index first on ties) and their scores ``d - 2 * popcount(q XOR k)`` (the dot
-    product of the +-1 sign vectors). Where a row has fewer than N selectable keys, the
-    tail holds index -1 and score ``-(d + 1)``.
+    product of the +-1 sign vectors). Where a row keeps fewer than N keys, the tail holds
+    index -1 and score ``-(d + 1)``.
     """
     d = _check_d(d)
-    top_n = check_top_n(top_n)
+    top_n, ratio = _n_rule(top_n, top_n_ratio)
     q_bits = _as_bits(q_bits, "q_bits", d)
     k_bits = _as_bits(k_bits, "k_bits", d)
     lead, k_lead = q_bits.shape[:-2], k_bits.shape[:-2]
@@ -201,8 +232,9 @@ def hamming_topn(q_bits, k_bits, d, top_n, key_mask=None, causal=False):
     m, n, words = q_bits.shape[-2], k_bits.shape[-2], q_bits.shape[-1]
     valid = _key_valid(key_mask, k_lead, n)
     idx, lev, _ = _topn_groups(q_bits.reshape(-1, m, words), k_bits.reshape(-1, n, words),
-                               valid, n, d, top_n, causal, kv_group)
-    return idx.reshape(*lead, m, top_n), _scores(idx, lev, d).reshape(*lead, m, top_n)
+                               valid, n, d, top_n, causal, kv_group, ratio)
+    width = idx.shape[-1]
+    return idx.reshape(*lead, m, width), _scores(idx, lev, d).reshape(*lead, m, width)
 
 
 def _check_qkv(q, k, v, finite_qk: bool = True):
@@ -234,9 +266,10 @@ _STOP_AFTER = {None: _tile.RUN_ALL, "levels": _tile.STOP_LEVELS, "select": _tile
 
 
 def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal, stop_after=None,
-            kv_group=1):
+            kv_group=1, ratio=0.0):
     """Packed (G, m, W), (G / kv_group, >= n, W), v (G / kv_group, >= n, dv) -> (G, m, dv),
-    a fused kernel (kv_group: query heads per key head).
+    a fused kernel (kv_group: query heads per key head). ratio 0.0: every row keeps
+    min(top_n, its selectable keys); a ratio in (0, 1]: N per row (top_n is then not read).
 
     stop_after (the benchmark's split of the tile kernel, which it forces for any m):
     None runs the whole attention; "levels" stops after the popcount levels, "select"
@@ -246,31 +279,34 @@ def _attend(q_bits, k_bits, v, valid, n, d, top_n, two_scale, causal, stop_after
                          f"got {stop_after!r}")
     groups, m, _ = q_bits.shape
     dv = v.shape[2]
-    top_n = min(top_n, n)
+    top_n = _top_n_cap(top_n, ratio, n)
     out = np.empty((groups, m, dv), dtype=v.dtype)
     valid_before = _valid_before(valid, n)
     if m >= _TILE_MIN_ROWS or stop_after is not None:
         lev_type = np.uint8 if d <= _LEVELS8_MAX_D else np.uint16
         ws = _ws.tile_workspace(groups, m, n, d, dv, v.dtype, lev_type)
-        _fused.attend_tiles(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale,
-                            bool(causal), _STOP_AFTER[stop_after], out, *ws,
+        _fused.attend_tiles(q_bits, k_bits, v, valid, valid_before, n, d, top_n, ratio,
+                            two_scale, bool(causal), _STOP_AFTER[stop_after], out, *ws,
                             kv_group=kv_group)
         return out
     block = max(8, _BLOCK_BYTES // (dv * v.itemsize))
     ws = _ws.row_workspace(groups, m, n, d, dv, top_n, v.dtype, _ROW_KERNEL_GROUP)
-    _fused.attend_rows(q_bits, k_bits, v, valid, valid_before, n, d, top_n,
+    _fused.attend_rows(q_bits, k_bits, v, valid, valid_before, n, d, top_n, ratio,
                        two_scale, bool(causal), out, block, *ws, kv_group=kv_group)
     return out
 
 
-def had_attention(q, k, v, top_n, sigma_q=1.0, sigma_k=1.0, key_mask=None, causal=False):
+def had_attention(q, k, v, top_n, sigma_q=1.0, sigma_k=1.0, key_mask=None, causal=False,
+                  top_n_ratio=None):
     """HAD attention: binarized queries and keys, top-N, sparse softmax and value sum.
 
     q: (..., m, d), k: (..., n, d), v: (..., n, dv), float32 (float64 accepted; the output
     takes v's dtype), finite, same leading dims, except that k and v may have fewer heads
     (axis -3) than q when h_q is a multiple of h_kv (grouped queries: query head j reads
     key head j // (h_q / h_kv); keys packed once per key head). top_n: N >= 1 (N > n means
-    all keys).
+    all keys), or None with top_n_ratio: a ratio in (0, 1], N per row (each row keeps
+    ``min(seen, max(1, round(ratio * seen)))`` of the ``seen`` keys it may select; see
+    the module docstring).
     sigma_q, sigma_k: the layer's standardization coefficients (> 0); only their product
     matters here, as the logit scale ``sigma_q * sigma_k / sqrt(d)``. key_mask: bool
     broadcastable to k's (..., n), True = valid key. causal: query i sees keys
@@ -283,7 +319,7 @@ def had_attention(q, k, v, top_n, sigma_q=1.0, sigma_k=1.0, key_mask=None, causa
     matrix: extra memory about 4 * threads * 32 n bytes (the 8-bit levels of a tile; 64 n
     for d > 254).
     """
-    top_n = check_top_n(top_n)
+    top_n, ratio = _n_rule(top_n, top_n_ratio)
     sigma_q = check_positive(sigma_q, "sigma_q")
     sigma_k = check_positive(sigma_k, "sigma_k")
     q, k, v, kv_group = _check_qkv(q, k, v, finite_qk=False)
@@ -293,7 +329,7 @@ def had_attention(q, k, v, top_n, sigma_q=1.0, sigma_k=1.0, key_mask=None, causa
     q_bits = _pack(q, "q").reshape(-1, m, (d + 63) // 64)  # NaN/inf checked while packing
     k_bits = _pack(k, "k").reshape(-1, n, (d + 63) // 64)
     out = _attend(q_bits, k_bits, v.reshape(-1, n, dv), valid, n, d, top_n,
-                  _two_scale(sigma_q, sigma_k, d), causal, kv_group=kv_group)
+                  _two_scale(sigma_q, sigma_k, d), causal, kv_group=kv_group, ratio=ratio)
     return out.reshape(*lead, m, dv)
 
 

@@ -4,13 +4,17 @@
 decoder's per-layer cache behind ``HADCausalCore``). Each new query attends over the whole
 cache through the same kernels as :func:`hadref.had.attention.had_attention`, without
 touching float keys again; grouped queries read their key head (no copies per query head).
+
+With N per row (``top_n_ratio``), a new query row keeps ``max(1, round(ratio * seen))`` of
+the ``seen`` keys it sees (every cached key before it, and itself), exactly what the same
+row keeps in a full causal forward of the sequence: cached decoding equals full forwards.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from hadref.checks import check_positive, check_top_n
+from hadref.checks import check_positive
 from hadref.errors import HadrefError
 from hadref.had.attention import (
     _as_float,
@@ -18,6 +22,7 @@ from hadref.had.attention import (
     _check_d,
     _key_valid,
     _kv_group,
+    _n_rule,
     _pack,
     _scores,
     _topn_groups,
@@ -98,29 +103,34 @@ class PackedKeyCache:
         self._valid[:, sl] = _key_valid(key_mask, self.lead, t)
         self._n += t
 
-    def topn(self, q, top_n, causal=False):
-        """:func:`hamming_topn` of float queries (..., m, d) against the cached keys."""
+    def topn(self, q, top_n, causal=False, top_n_ratio=None):
+        """:func:`hamming_topn` of float queries (..., m, d) against the cached keys
+        (top_n None with top_n_ratio: N per row)."""
         q, kv_group = self._check_q(q)
-        top_n = check_top_n(top_n)
+        top_n, ratio = _n_rule(top_n, top_n_ratio)
         m, n, lead = q.shape[-2], self._n, q.shape[:-2]
         idx, lev, _ = _topn_groups(_pack(q, "q").reshape(-1, m, self._words),
-                                   self._bits, self._valid, n, self.d, top_n, causal, kv_group)
-        return (idx.reshape(*lead, m, top_n),
-                _scores(idx, lev, self.d).reshape(*lead, m, top_n))
+                                   self._bits, self._valid, n, self.d, top_n, causal, kv_group,
+                                   ratio)
+        width = idx.shape[-1]
+        return (idx.reshape(*lead, m, width),
+                _scores(idx, lev, self.d).reshape(*lead, m, width))
 
-    def attend(self, q, top_n, sigma_q: float = 1.0, causal=False):
+    def attend(self, q, top_n, sigma_q: float = 1.0, causal=False, top_n_ratio=None):
         """HAD attention of queries (..., m, d) over the cached keys and values -> (..., m, dv).
 
-        Same result as ``had_attention(q, K, V, top_n, sigma_q, sigma_k, key_mask, causal)``
-        on everything appended so far.
+        Same result as ``had_attention(q, K, V, top_n, sigma_q, sigma_k, key_mask, causal,
+        top_n_ratio)`` on everything appended so far (top_n None with top_n_ratio: N per
+        row).
         """
         q, kv_group = self._check_q(q)
-        top_n = check_top_n(top_n)
+        top_n, ratio = _n_rule(top_n, top_n_ratio)
         sigma_q = check_positive(sigma_q, "sigma_q")
         m, n = q.shape[-2], self._n
         out = _attend(_pack(q, "q").reshape(-1, m, self._words), self._bits,
                       self._v, self._valid, n, self.d, top_n,
-                      _two_scale(sigma_q, self.sigma_k, self.d), causal, kv_group=kv_group)
+                      _two_scale(sigma_q, self.sigma_k, self.d), causal, kv_group=kv_group,
+                      ratio=ratio)
         return out.reshape(*q.shape[:-2], m, self.dv)
 
     def _check_q(self, q):
@@ -185,9 +195,13 @@ class PackedCausalKVCache:
         self.lengths[layer] = start + t
         return start + t
 
-    def attend(self, layer, q, top_n, sigma_q, sigma_k):
+    def attend(self, layer, q, top_n, sigma_q, sigma_k, top_n_ratio=None):
         """HAD attention of the newest positions' queries q (B, h_q, t, d) over the layer's
-        cached keys (the t newest included), causal -> (B, h_q, t, d) in the values' dtype."""
+        cached keys (the t newest included), causal -> (B, h_q, t, d) in the values' dtype.
+        top_n: a fixed N, or None with top_n_ratio: N per row, each new position keeping
+        ``max(1, round(ratio * seen))`` of the ``seen`` keys up to and including itself
+        (as in a full forward of the sequence)."""
+        top_n, ratio = _n_rule(top_n, top_n_ratio)
         q = _as_float(q, "q", finite=False)
         nb, hq, t, d = q.shape
         if nb != self.batch or d != self.d or hq % self.num_kv_heads:
@@ -195,7 +209,7 @@ class PackedCausalKVCache:
                               f"{self.num_kv_heads}, t, {self.d}), got {q.shape}")
         n = self.lengths[layer]
         out = _attend(_pack(q, "q").reshape(nb * hq, t, -1), self.key_bits[layer],
-                      self.values[layer], self._valid, n, self.d, check_top_n(top_n),
+                      self.values[layer], self._valid, n, self.d, top_n,
                       _two_scale(sigma_q, sigma_k, self.d), True,
-                      kv_group=hq // self.num_kv_heads)
+                      kv_group=hq // self.num_kv_heads, ratio=ratio)
         return out.reshape(nb, hq, t, d)

@@ -11,9 +11,13 @@ Per layer, with that layer's ``sigma_q``, ``sigma_k`` (:mod:`hadref.had.binarize
 - the transform (``tanh1``, ``tanh2``, ``ste`` for training; ``hard`` for inference) acts
   on the post-RoPE q and k; the logits are ``S = Q_t K_t^T / sqrt(d)`` (with ``ste`` and
   ``hard`` the integer dot product of the signs, formed exactly, so ties are exact);
-- query i sees keys ``j <= i`` that are valid in key_mask; the N = :meth:`top_n_for` (T)
-  largest logits of each row survive (ties to the lower key index, padding never,
-  ``N_eff = min(N, visible keys)``), the softmax runs over the survivors, ``ctx = P V``;
+- query i sees keys ``j <= i`` that are valid in key_mask (``seen_i`` of them); its
+  ``N_i`` largest logits survive (ties to the lower key index, padding never), the softmax
+  runs over the survivors, ``ctx = P V``. N per row: ``N_i = min(top_n, seen_i)`` with a
+  fixed top_n, else ``N_i = min(seen_i, max(1, round(top_n_ratio * seen_i)))`` (round
+  half to even; :func:`hadref.had.kernels.causal.ratio_top_n`, the one definition the
+  kernels, this training path and the caches share), so a token attends the same way in a
+  full forward, in a longer forward and in cached decoding (:meth:`top_n_for`);
 - backward holds the selected set constant (gradients reach the kept logits only).
 
 Memory: queries are walked in blocks of rows (:meth:`query_block_rows`): one block holds
@@ -46,7 +50,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from hadref.checks import check_top_n, worker_chunks
+from hadref.checks import check_top_n, check_top_n_ratio, worker_chunks
 from hadref.errors import HadrefError
 from hadref.had.attention_kl import causal_kl_rows
 from hadref.had.binarize import (
@@ -57,20 +61,10 @@ from hadref.had.binarize import (
     sign_pm1,
 )
 from hadref.had.core import StageSettings, _sigmas
+from hadref.had.kernels.causal import ratio_top_n
 from hadref.had.kernels.select import float_topn_softmax
 
 DEFAULT_TOP_N_RATIO = 0.117  # the paper's N / length (30 of 256 tokens)
-
-
-def check_top_n_ratio(value, name: str = "top_n_ratio") -> float:
-    """A ratio in (0, 1]."""
-    try:
-        ratio = float(value)
-    except (TypeError, ValueError):
-        raise HadrefError(f"{name}: expected a number in (0, 1], got {value!r}") from None
-    if not (math.isfinite(ratio) and 0.0 < ratio <= 1.0):
-        raise HadrefError(f"{name}: expected a number in (0, 1], got {value!r}")
-    return ratio
 
 
 class CausalCoreCache(NamedTuple):
@@ -96,7 +90,9 @@ class HADCausalCore(StageSettings):
     """HAD attention for the decoder's attention hook (see the module docstring).
 
     sigma_q, sigma_k: (L,) positive per-layer coefficients; top_n: a fixed N >= 1, or None
-    for ``N = max(1, round(top_n_ratio * T))``; transform: ``"tanh1"``, ``"tanh2"``,
+    for N per query row, ``N_i = max(1, round(top_n_ratio * seen_i))`` of the ``seen_i``
+    valid keys row i sees (the module docstring; the same in every forward, the packed
+    kernels and cached decoding); transform: ``"tanh1"``, ``"tanh2"``,
     ``"ste"`` or ``"hard"`` (inference only); c > 0: the tanh temperature; ste_t > 0: the
     STE window; use_kernels: run ``hard`` inference forwards on packed bits.
 
@@ -140,10 +136,17 @@ class HADCausalCore(StageSettings):
 
 
     def top_n_for(self, length: int) -> int:
-        """N for ``length`` keys: the fixed top_n, else max(1, round(top_n_ratio * length))."""
+        """N of a query row that sees ``length`` (>= 1) valid keys: the fixed top_n, else
+        ``max(1, round(top_n_ratio * length))`` (round half to even,
+        ``kernels.causal.ratio_top_n``). Row i of a forward keeps ``min(N, length)`` with
+        ``length = seen_i``; the largest, ``top_n_for(T)``, sizes the training cache."""
         if self.top_n is not None:
             return self.top_n
-        return max(1, int(round(self.top_n_ratio * int(length))))
+        return max(1, int(ratio_top_n(self.top_n_ratio, int(length))))
+
+    def _ratio(self) -> float:
+        """The kernels' ratio argument: 0.0 with a fixed top_n, else top_n_ratio."""
+        return 0.0 if self.top_n is not None else self.top_n_ratio
 
     def query_block_rows(self, batch, num_heads, num_keys) -> int:
         """Query positions per block: at most max_block_rows, and few enough that
@@ -227,13 +230,16 @@ class HADCausalCore(StageSettings):
             raise HadrefError("transform 'hard' is inference only: it has no gradient "
                               "(train with transform 'ste')")
         sq, sk = float(self.sigma_q[layer]), float(self.sigma_k[layer])
-        n = self.top_n_for(q.shape[2])
         if not train and self.transform == "hard" and self.use_kernels:
             from hadref.had import attention as hamming
 
-            ctx = hamming.had_attention(q, k, v, n, sq, sk, key_mask=key_mask[:, None, :],
-                                        causal=True)
+            ratio = None if self.top_n is not None else self.top_n_ratio
+            ctx = hamming.had_attention(q, k, v, self.top_n, sq, sk,
+                                        key_mask=key_mask[:, None, :], causal=True,
+                                        top_n_ratio=ratio)
             return ctx.astype(np.result_type(q, k, v), copy=False), None
+        # the most a row keeps (the last, seeing all T keys): the width of the saved selection
+        n = self.top_n_for(q.shape[2])
         return self._forward_dense(q, k, v, key_mask, layer, sq, sk, n, train)
 
     def _logit_operands(self, q, k, sq, sk):
@@ -267,7 +273,7 @@ class HADCausalCore(StageSettings):
             e = min(nt, s + block)
             scores = _block_logits(qa_g, ka, s, e, factor, exact, dtype)
             valid = _block_valid(key_mask, s, e, scores.shape)
-            probs = _topn_softmax(scores, valid, top_n)
+            probs = _topn_softmax(scores, valid, top_n, self._ratio())
             ctx[:, :, :, s:e] = np.matmul(probs, v[:, :, None, :e])
             if train:
                 block_idx = np.zeros(probs.shape[:-1] + (width,), np.int32)
@@ -341,17 +347,15 @@ class HADCausalCore(StageSettings):
 
     def forward_cached(self, q, k, v, kv_cache, layer):
         """q (B, h_q, t, d), k, v (B, h_kv, t, d): the t positions after the cached ones ->
-        ctx (B, h_q, t, d). N = top_n_for(all keys so far), as a full forward of the
-        sequence up to here; the ``hard`` selection whatever the core's transform.
-
-        With a fixed top_n, cached decoding equals full forwards exactly (same selection).
-        With N = top_n_ratio * length, each cached position keeps the keys and values it
-        computed with the N of its own time, whereas a full forward of the longer sequence
-        gives every row the N of the whole length: the two then differ (slightly)."""
+        ctx (B, h_q, t, d). Each new position keeps its own N (N per row: of the keys it
+        sees, every cached one and itself), as in a full forward of the sequence; the
+        ``hard`` selection whatever the core's transform. Cached decoding thus equals full
+        forwards exactly (same selection), with a fixed top_n or with top_n_ratio."""
         self._check_layer(layer)
-        n = kv_cache.append(layer, k, v)
+        kv_cache.append(layer, k, v)
         sq, sk = float(self.sigma_q[layer]), float(self.sigma_k[layer])
-        return kv_cache.attend(layer, q, self.top_n_for(n), sq, sk)
+        ratio = None if self.top_n is not None else self.top_n_ratio
+        return kv_cache.attend(layer, q, self.top_n, sq, sk, top_n_ratio=ratio)
 
 
 # --- blocks --------------------------------------------------------------------------------
@@ -394,13 +398,16 @@ def _block_valid(key_mask, s, e, shape):
     return key_mask[:, None, None, None, :e] & causal
 
 
-def _topn_softmax(scores, valid, top_n):
-    """Softmax over the top-N valid logits of each row, zeros elsewhere (scores' shape)."""
+def _topn_softmax(scores, valid, top_n, ratio):
+    """Softmax over the top N_i valid logits of each row, zeros elsewhere (scores' shape);
+    N_i = ``kernels.causal.row_top_n(top_n, ratio, valid keys of the row)`` (ratio 0.0:
+    min(top_n, valid keys))."""
     flat = np.ascontiguousarray(scores).reshape(-1, scores.shape[-1])
     valid_flat = np.ascontiguousarray(np.broadcast_to(valid, scores.shape)).reshape(flat.shape)
     probs = np.empty(flat.shape, scores.dtype)
     chunks = worker_chunks(flat.shape[0])
-    float_topn_softmax(flat, valid_flat, top_n, probs, np.empty((chunks, flat.shape[1]), np.int64))
+    float_topn_softmax(flat, valid_flat, top_n, ratio, probs,
+                       np.empty((chunks, flat.shape[1]), np.int64))
     return probs.reshape(scores.shape)
 
 

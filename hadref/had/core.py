@@ -118,7 +118,9 @@ class HADCoreCache(NamedTuple):
 class HADAttentionCore(StageSettings):
     """HAD attention for the engine's attention hook (training path and packed inference).
 
-    sigma_q, sigma_k: (L,) positive per-layer coefficients; top_n: N >= 1; transform: one of
+    sigma_q, sigma_k: (L,) positive per-layer coefficients; top_n: N >= 1, one N for every
+    row of a sequence (an encoder's rule, HAD.md; ``min(N, valid keys)`` per row, no ratio:
+    N per row is the decoders', :class:`hadref.had.causal_core.HADCausalCore`); transform: one of
     ``"tanh1"``, ``"tanh2"``, ``"ste"`` (training) or ``"hard"`` (inference, no backward);
     c: the tanh temperature (> 0; the distillation schedule sets ``core.c`` between steps);
     ste_t: the STE window (> 0). ``use_kernels`` (``hard`` only): compute the context on

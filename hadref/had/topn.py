@@ -51,7 +51,7 @@ def topn_attention_forward(scores, v, key_valid, top_n: int):
     """
     scores, flat, valid, top_n, idx_ws = rows_and_workspace(scores, key_valid, top_n)
     probs = np.empty(flat.shape, dtype=scores.dtype)
-    float_topn_softmax(flat, valid, top_n, probs, idx_ws)
+    float_topn_softmax(flat, valid, top_n, 0.0, probs, idx_ws)  # a fixed N (encoders)
     probs = probs.reshape(scores.shape)
     ctx = probs @ v
     return ctx, probs, TopNCache(probs, v)

@@ -8,8 +8,8 @@ their inputs (shapes, dtypes, contiguity are checked there).
 ``pack``           ``pack_rows``: float (R, d) -> uint64 (R, ceil(d/64)), bit set iff x >= 0,
                    and the NaN/inf check of the same rows (one read of q and k)
 ``finite``         ``count_nonfinite_rows``: the input check for NaN/inf, parallel
-``causal``         ``key_limit``: the keys a query row sees with ``causal`` (one definition
-                   for the row and tile kernels)
+``causal``         ``key_limit``: the keys a query row sees with ``causal``; ``row_top_n``,
+                   ``ratio_top_n``: how many it keeps (one definition for every kernel)
 ``popcount``       ``ctpop64`` (LLVM ``ctpop``: one POPCNT instruction), ``row_levels``
 ``select``         counting top-N over the d+1 popcount levels; float partial select
                    (quickselect) for the training path
@@ -31,7 +31,9 @@ dot product of the +-1 sign vectors is ``d - 2 l``; a smaller level is a larger 
 go to the lower key index; padding (and, with ``causal``, future) keys are never selected;
 grouped-query attention: the drivers take ``kv_group`` (query heads per key head) and read
 key group ``g // kv_group`` for query group g;
-``N_eff = min(N, selectable keys)``; a row with no selectable key outputs zeros.
+``N_eff = min(N, selectable keys)``, or with a ratio (N per row, the decoders' rule)
+``min(selectable, max(1, round(ratio * selectable)))`` (``causal.row_top_n``: the drivers
+take ``top_n, ratio``, ratio 0.0 for a fixed N); a row with no selectable key outputs zeros.
 """
 
 import hashlib as _hashlib

@@ -9,7 +9,10 @@ and query group g reads key group ``g // kv_group`` (q laid out (B*h_q, m, W), k
 (B*h_kv, n, W)): keys, values and masks are stored once per key head. Only the first ``n`` keys (an
 argument) are used, so a growing key cache passes its whole buffer without a copy. Query row ``i`` with
 ``causal`` sees keys ``j <= i + n - m`` (``causal.key_limit``; queries aligned to the end of the keys, as in
-decoding; ``m == n`` is ordinary causal attention).
+decoding; ``m == n`` is ordinary causal attention). Every driver takes ``top_n, ratio``: row i keeps
+``causal.row_top_n(top_n, ratio, valid_before[g, limit_i])`` keys, i.e. ``min(top_n, selectable)`` with
+ratio 0.0 (a fixed N) and ``min(top_n, max(1, round(ratio * selectable)))`` with a ratio (N per row;
+top_n the cap, ``causal.ratio_top_n(ratio, n)`` from the callers).
 
 Two fused kernels compute the same attention: ``attend_tiles`` (``tile.attend_tile``:
 32 query rows share every pass over the keys; used from 16 query rows on) and
@@ -24,7 +27,7 @@ value sum (the selection is integer and exact; exp is untouched).
 
 from numba import njit, prange
 
-from hadref.had.kernels.causal import key_limit
+from hadref.had.kernels.causal import key_limit, row_top_n
 from hadref.had.kernels.popcount import row_levels, row_levels_unmasked
 from hadref.had.kernels.select import counting_topn, order_by_level
 from hadref.had.kernels.softmax_av import accumulate, finish, level_decay, level_weights, softmax_av_row
@@ -44,8 +47,8 @@ def _levels(q_row, k_bits, valid, valid_before, limit, d, levels):
 
 
 @njit(cache=True)
-def _tiles_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, decay, causal,
-                 stop_after, out, lev, q_lanes, limit, st, u16, picks, weight, total, acc,
+def _tiles_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, ratio, decay,
+                 causal, stop_after, out, lev, q_lanes, limit, st, u16, picks, weight, total, acc,
                  kv_group):
     """Tiles c, c + chunks, ... of 32 query rows (one worker's share). A plain function
     called from the ``prange`` loop, as ``_rows_chunk``."""
@@ -58,13 +61,13 @@ def _tiles_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n,
         rows = min(LANES, m - i0)
         gk = g // kv_group
         guess = attend_tile(q_bits[g], k_bits[gk], v[gk], valid[gk], valid_before[gk], i0, rows,
-                            m, n, d, top_n, decay, causal, guess, stop_after,
+                            m, n, d, top_n, ratio, decay, causal, guess, stop_after,
                             out[g, i0:i0 + rows], lev,
                             q_lanes, limit, st, u16, picks, weight, total, acc)
 
 
 @njit(cache=True, parallel=True)
-def attend_tiles(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale, causal,
+def attend_tiles(q_bits, k_bits, v, valid, valid_before, n, d, top_n, ratio, two_scale, causal,
                  stop_after, out, lev_ws, q_ws, limit_ws, st_ws, u16_ws, picks_ws, weight_ws,
                  total_ws, acc_ws, kv_group=1):
     """HAD attention, fused, by tiles of 32 query rows (``tile.attend_tile``).
@@ -80,13 +83,13 @@ def attend_tiles(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale,
     chunks = lev_ws.shape[0]
     decay = level_decay(two_scale, d)
     for c in prange(chunks):
-        _tiles_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, decay,
+        _tiles_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, ratio, decay,
                      causal, stop_after, out, lev_ws[c], q_ws[c], limit_ws[c], st_ws[c],
                      u16_ws[c], picks_ws[c], weight_ws[c], total_ws[c], acc_ws[c], kv_group)
 
 
 @njit(cache=True, fastmath=_VALUE_SUM_MATH)
-def _rows_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, decay,
+def _rows_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, ratio, decay,
                   causal, out, block, levels, marks, sel_idx, sel_lev, sel_count, weight,
                   total, acc, cursor, kv_group):
     """Tiles c, c + chunks, ... of query rows (one worker's share).
@@ -114,7 +117,8 @@ def _rows_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, 
             i = i0 + r
             limit = key_limit(i, m, n, causal)
             _levels(q_bits[g, i], k_bits[gk], valid[gk], valid_before[gk], limit, d, levels)
-            n_eff, top, thr = counting_topn(levels, limit, valid_before[gk, limit], d, top_n,
+            seen = valid_before[gk, limit]
+            n_eff, top, thr = counting_topn(levels, limit, seen, d, row_top_n(top_n, ratio, seen),
                                             guess, marks, sel_idx[r], sel_lev[r])
             sel_count[r] = n_eff
             level_weights(n_eff, top, thr, decay, weight[r])
@@ -140,7 +144,7 @@ def _rows_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, 
 
 
 @njit(cache=True, parallel=True)
-def attend_rows(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale, causal, out,
+def attend_rows(q_bits, k_bits, v, valid, valid_before, n, d, top_n, ratio, two_scale, causal, out,
                   block, levels_ws, marks_ws, idx_ws, lev_ws, count_ws, weight_ws, total_ws,
                   acc_ws, cursor_ws, kv_group=1):
     """HAD attention, fused, one query row at a time: XOR-popcount, counting top-N,
@@ -155,14 +159,14 @@ def attend_rows(q_bits, k_bits, v, valid, valid_before, n, d, top_n, two_scale, 
     chunks = levels_ws.shape[0]
     decay = level_decay(two_scale, d)
     for c in prange(chunks):
-        _rows_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n,
+        _rows_chunk(c, chunks, q_bits, k_bits, v, valid, valid_before, n, d, top_n, ratio,
                       decay, causal, out, block, levels_ws[c], marks_ws[c], idx_ws[c],
                       lev_ws[c], count_ws[c], weight_ws[c], total_ws[c], acc_ws[c],
                       cursor_ws[c], kv_group)
 
 
 @njit(cache=True)
-def _topn_chunk(c, chunks, q_bits, k_bits, valid, valid_before, n, d, top_n, causal, out_idx,
+def _topn_chunk(c, chunks, q_bits, k_bits, valid, valid_before, n, d, top_n, ratio, causal, out_idx,
                 out_lev, out_count, levels, marks, sel_idx, sel_lev, count, kv_group):
     groups, m, _ = q_bits.shape
     guess = d // 2
@@ -172,7 +176,8 @@ def _topn_chunk(c, chunks, q_bits, k_bits, valid, valid_before, n, d, top_n, cau
         gk = g // kv_group
         limit = key_limit(i, m, n, causal)
         _levels(q_bits[g, i], k_bits[gk], valid[gk], valid_before[gk], limit, d, levels)
-        n_eff, top, thr = counting_topn(levels, limit, valid_before[gk, limit], d, top_n,
+        seen = valid_before[gk, limit]
+        n_eff, top, thr = counting_topn(levels, limit, seen, d, row_top_n(top_n, ratio, seen),
                                         guess, marks, sel_idx, sel_lev)
         guess = thr
         order_by_level(sel_idx, sel_lev, n_eff, top, thr, count, out_idx[g, i], out_lev[g, i])
@@ -180,12 +185,13 @@ def _topn_chunk(c, chunks, q_bits, k_bits, valid, valid_before, n, d, top_n, cau
 
 
 @njit(cache=True, parallel=True)
-def topn_packed(q_bits, k_bits, valid, valid_before, n, d, top_n, causal, out_idx, out_lev,
+def topn_packed(q_bits, k_bits, valid, valid_before, n, d, top_n, ratio, causal, out_idx, out_lev,
                 out_count, levels_ws, marks_ws, idx_ws, lev_ws, count_ws, kv_group=1):
     """Stage 1 alone: the top-N of every query row, ordered.
 
-    out_idx (G, m, N) int32 and out_lev (G, m, N) int16: written in positions
-    ``0 .. N_eff-1`` by level ascending (score descending), index ascending on ties;
+    out_idx (G, m, N) int32 and out_lev (G, m, N) int16 (N = top_n): written in positions
+    ``0 .. N_eff-1`` (N_eff of the row, ``causal.row_top_n``) by level ascending (score
+    descending), index ascending on ties;
     out_count (G, m) int32: N_eff. Positions >= N_eff are left as they were.
     Workspaces: levels_ws (C, n) int16, marks_ws (C, 10, ceil(n/64)) uint64,
     idx_ws (C, N') int32, lev_ws (C, N') int16,
@@ -193,7 +199,7 @@ def topn_packed(q_bits, k_bits, valid, valid_before, n, d, top_n, causal, out_id
     """
     chunks = levels_ws.shape[0]
     for c in prange(chunks):
-        _topn_chunk(c, chunks, q_bits, k_bits, valid, valid_before, n, d, top_n, causal,
+        _topn_chunk(c, chunks, q_bits, k_bits, valid, valid_before, n, d, top_n, ratio, causal,
                     out_idx, out_lev, out_count, levels_ws[c], marks_ws[c], idx_ws[c], lev_ws[c],
                     count_ws[c], kv_group)
 

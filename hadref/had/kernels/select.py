@@ -12,6 +12,7 @@ order (score descending, index ascending) finds the same set in expected O(n).
 import numpy as np
 from numba import njit, prange
 
+from hadref.had.kernels.causal import row_top_n
 from hadref.had.kernels.popcount import ctpop64, cttz64
 
 _COUNT_BLOCK = 16384  # keys per int16 partial count (< 32768: no overflow)
@@ -252,24 +253,26 @@ def _quickselect(scores, idx, count, kth):
 
 
 @njit(cache=True, inline="always")
-def _select_row(scores_row, valid_row, top_n, idx):
-    """The valid keys of one row into ``idx``, its best min(top_n, count) first.
-    Returns that number (the row's N_eff)."""
+def _select_row(scores_row, valid_row, top_n, ratio, idx):
+    """The valid keys of one row into ``idx``, its best N_eff first, N_eff =
+    ``causal.row_top_n(top_n, ratio, count)`` (ratio 0.0: min(top_n, count)).
+    Returns N_eff."""
     count = 0
     for j in range(scores_row.shape[0]):
         if valid_row[j]:
             idx[count] = j
             count += 1
-    if count <= top_n:
+    keep = row_top_n(top_n, ratio, count)
+    if count <= keep:
         return count
-    _quickselect(scores_row, idx, count, top_n)
-    return top_n
+    _quickselect(scores_row, idx, count, keep)
+    return keep
 
 
 @njit(cache=True)
 def _mask_chunk(c, chunks, scores, valid, top_n, keep, idx):
     for r in range(c, scores.shape[0], chunks):
-        kept = _select_row(scores[r], valid[r], top_n, idx)
+        kept = _select_row(scores[r], valid[r], top_n, 0.0, idx)
         for j in range(scores.shape[1]):
             keep[r, j] = False
         for t in range(kept):
@@ -293,10 +296,10 @@ def float_topn_mask(scores, valid, top_n, keep, idx_ws):
 
 
 @njit(cache=True)
-def _softmax_chunk(c, chunks, scores, valid, top_n, probs, idx):
+def _softmax_chunk(c, chunks, scores, valid, top_n, ratio, probs, idx):
     n = scores.shape[1]
     for r in range(c, scores.shape[0], chunks):
-        kept = _select_row(scores[r], valid[r], top_n, idx)
+        kept = _select_row(scores[r], valid[r], top_n, ratio, idx)
         for j in range(n):
             probs[r, j] = 0.0
         if kept == 0:
@@ -315,12 +318,15 @@ def _softmax_chunk(c, chunks, scores, valid, top_n, probs, idx):
 
 
 @njit(cache=True, parallel=True)
-def float_topn_softmax(scores, valid, top_n, probs, idx_ws):
+def float_topn_softmax(scores, valid, top_n, ratio, probs, idx_ws):
     """Softmax of each row over its top-N valid scores, zeros elsewhere.
 
-    scores, valid, top_n, idx_ws as ``float_topn_mask``; probs: (R, n) of scores' dtype,
-    written (exponentials and sums in float64; a row without a valid key is all zeros).
+    scores, valid, top_n, idx_ws as ``float_topn_mask``; ratio: 0.0 (every row keeps
+    min(top_n, its valid keys)) or in (0, 1] (each row keeps
+    ``causal.row_top_n(top_n, ratio, its valid keys)``: N per row, top_n the cap);
+    probs: (R, n) of scores' dtype, written (exponentials and sums in float64; a row
+    without a valid key is all zeros).
     """
     chunks = idx_ws.shape[0]
     for c in prange(chunks):
-        _softmax_chunk(c, chunks, scores, valid, top_n, probs, idx_ws[c])
+        _softmax_chunk(c, chunks, scores, valid, top_n, ratio, probs, idx_ws[c])

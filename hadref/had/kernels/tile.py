@@ -30,7 +30,7 @@ import numpy as np
 from numba import njit
 
 from hadref.had.kernels import simd
-from hadref.had.kernels.causal import key_limit
+from hadref.had.kernels.causal import key_limit, row_top_n
 from hadref.had.kernels.softmax_av import finish, level_weights
 
 LANES = simd.LANES
@@ -154,13 +154,15 @@ def _block_sums(acc, r, v, start, bits, lev, weight, wide, narrow):
 
 
 @njit(cache=True)
-def attend_tile(q_bits, k_bits, v, valid, valid_before, i0, rows, m, n, d, top_n, decay,
-                causal, guess, stop_after, out, lev, q_lanes, limit, st, u16, picks, weight,
-                total, acc):
+def attend_tile(q_bits, k_bits, v, valid, valid_before, i0, rows, m, n, d, top_n, ratio,
+                decay, causal, guess, stop_after, out, lev, q_lanes, limit, st, u16, picks,
+                weight, total, acc):
     """Rows ``i0 .. i0+rows-1`` (rows <= 32) of one group into ``out`` (rows, dv).
 
     q_bits (m, W), k_bits (>= n, W) uint64; v (>= n, dv); valid (>= n,) bool;
-    valid_before (>= n+1,) int32 prefix counts; decay: ``softmax_av.level_decay``; guess:
+    valid_before (>= n+1,) int32 prefix counts; top_n, ratio: each row keeps
+    ``causal.row_top_n(top_n, ratio, its selectable keys)`` (ratio 0.0: the fixed top_n;
+    else N per row, top_n the cap); decay: ``softmax_av.level_decay``; guess:
     a likely threshold level (the last tile's); stop_after: RUN_ALL (the attention), or
     STOP_LEVELS / STOP_SELECT to stop after the levels / after the selection (the
     benchmark's split, ``attention._attend(stop_after=...)``; out is then not written).
@@ -182,7 +184,7 @@ def attend_tile(q_bits, k_bits, v, valid, valid_before, i0, rows, m, n, d, top_n
             q_lanes[w, simd.lane_slot(r)] = q_bits[i0 + r, w] if r < rows else np.uint64(0)
         limit[r] = lim
         stop = max(stop, lim)
-        st[_N_EFF, r] = min(top_n, valid_before[lim])
+        st[_N_EFF, r] = row_top_n(top_n, ratio, valid_before[lim])
     dense = words == 1 and valid_before[stop] == stop
     for r in range(rows):
         dense = dense and limit[r] == stop
