@@ -271,8 +271,10 @@ class LlamaCppModel:
     (``Llama.eval``), not llama.cpp's own tokenization of the text.
 
     Threads (``n_threads`` and ``n_threads_batch``), the KV cache type (f16 K and V, set
-    explicitly) and flash attention are fixed here; ``n_batch``/``n_ubatch`` are llama-cpp-python's
-    defaults (512: a prefill runs as llama.cpp batches of 512 tokens)."""
+    explicitly), flash attention and ``n_batch`` = ``n_ubatch`` = 512 (llama-cpp-python's and
+    llama.cpp's default: a prefill runs as llama.cpp batches of 512 tokens) are fixed here."""
+
+    N_BATCH = 512
 
     def __init__(self, llama_cpp, gguf_path, threads=1, flash_attn=False):
         self.lib = llama_cpp
@@ -288,7 +290,6 @@ class LlamaCppModel:
         buf = ctypes.create_string_buffer(256)
         llama_cpp.llama_model_desc(probe.model, buf, 256)
         self.desc = buf.value.decode("utf-8", "replace")
-        self.n_batch = int(getattr(probe, "n_batch", 0)) or None
         del probe
 
     def info(self) -> dict:
@@ -296,7 +297,7 @@ class LlamaCppModel:
         return {"kind": "llama.cpp", "file": str(self.path), "gguf": self.gguf, "model_desc": self.desc,
                 "llama_cpp_python": getattr(self.lib, "__version__", "?"), "threads": self.threads,
                 "threads_batch": self.threads, "flash_attn": self.flash_attn, "kv_type": "f16",
-                "n_batch": self.n_batch,
+                "n_batch": self.N_BATCH, "n_ubatch": self.N_BATCH,
                 "system_info": system.decode("utf-8", "replace") if isinstance(system, bytes)
                 else str(system)}
 
@@ -304,7 +305,8 @@ class LlamaCppModel:
         f16 = self.lib.GGML_TYPE_F16
         llm = self.lib.Llama(model_path=str(self.path), n_ctx=int(capacity), n_threads=self.threads,
                              n_threads_batch=self.threads, flash_attn=self.flash_attn,
-                             type_k=f16, type_v=f16, verbose=False)
+                             type_k=f16, type_v=f16, n_batch=self.N_BATCH, n_ubatch=self.N_BATCH,
+                             verbose=False)
         return LlamaCppCache(llm, self.bytes_per_position)
 
     def step(self, ids, cache: LlamaCppCache):
@@ -426,7 +428,8 @@ def markdown(data) -> str:
                          f"{Path(info['file']).name} (file type {g['file_type']}; tensors {kinds}), "
                          f"n_threads {info['threads']}, n_threads_batch {info['threads_batch']}, "
                          f"KV cache {info['kv_type']}, flash attention "
-                         f"{'on' if info['flash_attn'] else 'off'}, n_batch {info['n_batch']}")
+                         f"{'on' if info['flash_attn'] else 'off'}, n_batch {info['n_batch']}, "
+                         f"n_ubatch {info['n_ubatch']}")
         if cpp.get("models"):
             first = data["models"].get(cpp["models"][0], {}).get("info", {})
             lines += ["", "llama.cpp's weights are the GGUF's (quantized as listed); the hadref models "

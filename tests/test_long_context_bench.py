@@ -159,7 +159,6 @@ class FakeLlamaCpp(types.ModuleType):
         class Llama:
             def __init__(self, model_path, **kw):
                 self.path, self.kw, self.fed = model_path, kw, []
-                self.n_batch = min(kw["n_ctx"], 512)
                 self.ctx, self.model = self, object()
                 self.logits = (ctypes.c_float * module.vocab)()
                 module.made.append(self)
@@ -215,6 +214,7 @@ def test_llama_cpp_is_timed_with_the_models_on_the_same_token_ids(bench, files, 
         info = models[label]["info"]
         assert info["kind"] == "llama.cpp" and info["flash_attn"] is flash
         assert info["threads"] == info["threads_batch"] == 1 and info["kv_type"] == "f16"
+        assert info["n_batch"] == info["n_ubatch"] == 512
         assert info["gguf"]["tensor_types"] == {"F32": len(same_cache.params)}
         assert info["gguf"]["layers"] == cfg.num_hidden_layers
         rows = models[label]["speed"]
@@ -226,8 +226,8 @@ def test_llama_cpp_is_timed_with_the_models_on_the_same_token_ids(bench, files, 
         assert all(2 * r["cache_bytes_per_token"] == models["teacher"]["speed"][0]["cache_bytes_per_token"]
                    for r in rows)
     # every context llama.cpp ran: n_threads 1, f16 cache, the flash setting asked
-    assert {(m.kw["n_threads"], m.kw["n_threads_batch"], m.kw["type_k"], m.kw["type_v"])
-            for m in fake.made} == {(1, 1, 1, 1)}
+    assert {(m.kw["n_threads"], m.kw["n_threads_batch"], m.kw["type_k"], m.kw["type_v"],
+             m.kw["n_batch"], m.kw["n_ubatch"]) for m in fake.made} == {(1, 1, 1, 1, 512, 512)}
     timed = [m for m in fake.made if m.kw["n_ctx"] == 100 + 2 * 2 + 1]
     assert [m.kw["flash_attn"] for m in timed] == [False, True]
     ids = teacher.tokenizer.encode(pk.INTRO + "".join(pk.FILLER * 12))[:100]
