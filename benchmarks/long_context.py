@@ -456,9 +456,20 @@ def _ratio_lines(speed, ref_label) -> list[str]:
             f = by_ctx.get(r["context"])
             if f:
                 lines.append(f"- {label} at {r['context']}: decoding "
-                             f"{r['decode_tok_s'] / f['decode_tok_s']:.2f}x, prefill "
-                             f"{f['prefill_s'] / r['prefill_s']:.2f}x faster")
+                             f"{r['decode_tok_s'] / f['decode_tok_s']:.2f}x{_paired_rounds(r, f)}, "
+                             f"prefill {f['prefill_s'] / r['prefill_s']:.2f}x faster")
     return lines
+
+
+def _paired_rounds(row, ref) -> str:
+    """' (per round a-bx, faster in k of R)' when both rows were timed in the same interleaved
+    rounds (round i of one right after round i of the other), else ''."""
+    a, b = row.get("decode_tok_s_rounds"), ref.get("decode_tok_s_rounds")
+    if not a or not b or len(a) != len(b):
+        return ""
+    ratios = [x / y for x, y in zip(a, b)]
+    return (f" (per round {min(ratios):.2f}-{max(ratios):.2f}x, faster in "
+            f"{sum(r > 1 for r in ratios)} of {len(ratios)})")
 
 
 def main(argv=None):

@@ -240,6 +240,13 @@ def test_llama_cpp_is_timed_with_the_models_on_the_same_token_ids(bench, files, 
     assert "| llama.cpp | 100 |" in text_md and "| llama.cpp flash-attn | 1019 |" in text_md
     assert "Ratios to llama.cpp (decode tok/s, prefill time):" in text_md
     assert "- teacher at 1019: decoding" in text_md
+    teacher_rounds = models["teacher"]["speed"][1]["decode_tok_s_rounds"]
+    cpp_rounds = models["llama.cpp"]["speed"][1]["decode_tok_s_rounds"]
+    paired = [t / c for t, c in zip(teacher_rounds, cpp_rounds)]
+    faster = sum(r > 1 for r in paired)
+    median = models["teacher"]["speed"][1]["decode_tok_s"] / models["llama.cpp"]["speed"][1]["decode_tok_s"]
+    assert (f"- teacher at 1019: decoding {median:.2f}x (per round {min(paired):.2f}-"
+            f"{max(paired):.2f}x, faster in {faster} of 2), prefill") in text_md
     assert "llama-cpp-python 0.0-fake, fake 1K F32, tiny.gguf" in text_md
     assert "flash attention on" in text_md and "AVX512 = 1" in text_md
 
