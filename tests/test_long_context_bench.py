@@ -1,8 +1,11 @@
 """benchmarks/long_context.py on a tiny decoder: every part lands in the JSON and the
 markdown, --resume keeps finished parts, cache bytes are counted. (No speed is checked.)"""
 
+import ctypes
 import importlib.util
 import json
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +142,128 @@ def test_interleaved_speed_rounds_and_redo(bench, files, tmp_path):
                                                     rel=1e-3)
         assert models[label]["when"]["speed"]["interleaved_with"] == ["teacher", "binarized"]
     assert models["binarized"]["speed"][0]["cache_type"] == "PackedCausalKVCache"
+
+
+class FakeLlamaCpp(types.ModuleType):
+    """A stand-in for llama-cpp-python's module (the tests never import llama_cpp): a Llama
+    whose eval records the token ids it is fed and whose last logits point at the last token + 1."""
+
+    GGML_TYPE_F16 = 1
+    __version__ = "0.0-fake"
+
+    def __init__(self, vocab):
+        super().__init__("llama_cpp")
+        self.vocab, self.made = vocab, []
+        module = self
+
+        class Llama:
+            def __init__(self, model_path, **kw):
+                self.path, self.kw, self.fed = model_path, kw, []
+                self.ctx, self.model = self, object()
+                self.logits = (ctypes.c_float * module.vocab)()
+                module.made.append(self)
+
+            def n_ctx(self):
+                return self.kw["n_ctx"]
+
+            def n_vocab(self):
+                return module.vocab
+
+            def eval(self, tokens):
+                assert len(self.fed) + len(tokens) <= self.kw["n_ctx"]
+                self.fed += tokens
+                ctypes.memset(self.logits, 0, ctypes.sizeof(self.logits))
+                self.logits[(tokens[-1] + 1) % module.vocab] = 1.0
+
+        self.Llama = Llama
+
+    def llama_get_logits_ith(self, ctx, i):
+        assert i == -1
+        return ctypes.cast(ctx.logits, ctypes.POINTER(ctypes.c_float))
+
+    def llama_model_desc(self, model, buf, size):
+        buf.value = b"fake 1K F32"
+
+    def llama_print_system_info(self):
+        return b"AVX512 = 1 | FAKE = 1"
+
+
+def test_llama_cpp_is_timed_with_the_models_on_the_same_token_ids(bench, files, tmp_path, monkeypatch):
+    from test_llama_files import write_gguf
+
+    model_file, text = files
+    teacher = hadref.load(model_file)
+    cfg = teacher.config
+    # a GGUF of the teacher's cache shape (GGUF derives head_dim as hidden / heads)
+    same_cache = tiny_model(dtype=np.float32, vocab_size=cfg.vocab_size, max_position_embeddings=1024,
+                            hidden_size=cfg.num_attention_heads * cfg.head_dim)
+    gguf_file = write_gguf(tmp_path / "tiny.gguf", same_cache, tokenizer=False)
+    fake = FakeLlamaCpp(teacher.config.vocab_size)
+    monkeypatch.setitem(sys.modules, "llama_cpp", fake)
+    out, md = tmp_path / "lc.json", tmp_path / "lc.md"
+    bench.main(["--teacher", str(model_file), "--text", str(text), "--tokens", "300",
+                "--contexts", "100,1024", "--decode-steps", "2", "--parts", "speed",
+                "--speed-rounds", "2", "--llama-cpp", "--llama-cpp-gguf", str(gguf_file),
+                "--json", str(out), "--md", str(md)])
+    data = json.loads(out.read_text())
+    models = data["models"]
+    assert data["llama_cpp"] == {"models": ["llama.cpp", "llama.cpp flash-attn"]}
+    assert models["teacher"]["when"]["speed"]["interleaved_with"] == \
+        ["teacher", "llama.cpp", "llama.cpp flash-attn"]
+    for label, flash in (("llama.cpp", False), ("llama.cpp flash-attn", True)):
+        info = models[label]["info"]
+        assert info["kind"] == "llama.cpp" and info["flash_attn"] is flash
+        assert info["threads"] == info["threads_batch"] == 1 and info["kv_type"] == "f16"
+        assert info["n_batch"] == info["n_ubatch"] == 512
+        assert info["gguf"]["tensor_types"] == {"F32": len(same_cache.params)}
+        assert info["gguf"]["layers"] == cfg.num_hidden_layers
+        rows = models[label]["speed"]
+        # the same contexts as the teacher's (1024 asked: as many as fit with 2 x 2 decoded)
+        assert [r["context"] for r in rows] == [r["context"] for r in models["teacher"]["speed"]]
+        assert [r["context"] for r in rows] == [100, 1019]
+        assert all(len(r["decode_tok_s_rounds"]) == 2 for r in rows)
+        # f16 K and V: half the float teacher's float32 cache
+        assert all(2 * r["cache_bytes_per_token"] == models["teacher"]["speed"][0]["cache_bytes_per_token"]
+                   for r in rows)
+    # every context llama.cpp ran: n_threads 1, f16 cache, the flash setting asked
+    assert {(m.kw["n_threads"], m.kw["n_threads_batch"], m.kw["type_k"], m.kw["type_v"],
+             m.kw["n_batch"], m.kw["n_ubatch"]) for m in fake.made} == {(1, 1, 1, 1, 512, 512)}
+    timed = [m for m in fake.made if m.kw["n_ctx"] == 100 + 2 * 2 + 1]
+    assert [m.kw["flash_attn"] for m in timed] == [False, True]
+    ids = teacher.tokenizer.encode(pk.INTRO + "".join(pk.FILLER * 12))[:100]
+    for m in timed:
+        assert m.fed[:100] == [int(t) for t in ids]  # hadref's token ids
+        # then the argmax of the last position's logits, fed back one token a step
+        assert len(m.fed) == 100 + 2 * 2
+        assert all(m.fed[i] == (m.fed[i - 1] + 1) % cfg.vocab_size for i in range(100, 104))
+    text_md = md.read_text()
+    assert "| llama.cpp | 100 |" in text_md and "| llama.cpp flash-attn | 1019 |" in text_md
+    assert "Ratios to llama.cpp (decode tok/s, prefill time):" in text_md
+    assert "- teacher at 1019: decoding" in text_md
+    teacher_rounds = models["teacher"]["speed"][1]["decode_tok_s_rounds"]
+    cpp_rounds = models["llama.cpp"]["speed"][1]["decode_tok_s_rounds"]
+    paired = [t / c for t, c in zip(teacher_rounds, cpp_rounds)]
+    faster = sum(r > 1 for r in paired)
+    median = models["teacher"]["speed"][1]["decode_tok_s"] / models["llama.cpp"]["speed"][1]["decode_tok_s"]
+    assert (f"- teacher at 1019: decoding {median:.2f}x (per round {min(paired):.2f}-"
+            f"{max(paired):.2f}x, faster in {faster} of 2), prefill") in text_md
+    assert "llama-cpp-python 0.0-fake, fake 1K F32, tiny.gguf" in text_md
+    assert "flash attention on" in text_md and "AVX512 = 1" in text_md
+
+
+def test_llama_cpp_skip_reasons_are_recorded(bench, files, tmp_path, monkeypatch):
+    model_file, text = files
+    out, md = tmp_path / "lc.json", tmp_path / "lc.md"
+    base = ["--teacher", str(model_file), "--text", str(text), "--tokens", "300", "--contexts", "100",
+            "--decode-steps", "1", "--parts", "speed", "--llama-cpp", "--json", str(out), "--md", str(md)]
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp raises ImportError
+    bench.main(base)
+    data = json.loads(out.read_text())
+    assert set(data["models"]) == {"teacher"}
+    assert data["llama_cpp"]["skipped"].startswith("llama-cpp-python is not importable")
+    assert "Not run: llama-cpp-python is not importable" in md.read_text()
+    monkeypatch.setitem(sys.modules, "llama_cpp", FakeLlamaCpp(8))
+    bench.main(base + ["--llama-cpp-gguf", str(tmp_path / "none.gguf"), "--resume"])
+    data = json.loads(out.read_text())
+    assert data["llama_cpp"]["skipped"] == f"--llama-cpp-gguf: {tmp_path / 'none.gguf'}: no such file"
+    assert set(data["models"]) == {"teacher"}
