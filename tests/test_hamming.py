@@ -19,7 +19,8 @@ def _sign(x):
 def _reference_had(q, k, v, top_n, sigma_q, sigma_k, valid, causal=False):
     """Float attention on the +-sigma sign vectors with the top-N mask (stable ties), float64.
 
-    q (G, m, d), k (G, n, d), v (G, n, dv), valid (G, n) bool.
+    q (G, m, d), k (G, n, d), v (G, n, dv), valid (G, n) bool; top_n: N, or a function of
+    the number of keys a row sees giving that row's N (N per row).
     """
     g_, m, d = q.shape
     n = k.shape[1]
@@ -30,7 +31,7 @@ def _reference_had(q, k, v, top_n, sigma_q, sigma_k, valid, causal=False):
             cand = [j for j in range(n) if valid[g, j] and (not causal or j <= i + n - m)]
             # order on the exact integer dot, as the ties are defined on it
             cand.sort(key=lambda j: (-(_sign(q[g, i]) @ _sign(k[g, j])), j))
-            cand = cand[:top_n]
+            cand = cand[:top_n(len(cand)) if callable(top_n) else top_n]
             if not cand:
                 continue
             z = s[g, i, cand] / math.sqrt(d)

@@ -3,13 +3,12 @@
 which every row keeps ``min(seen, max(1, round(ratio * seen)))`` of the ``seen`` keys it may
 select (Python's ``round``: half to even)."""
 
-import math
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_hamming import _kernel, _sign
+from test_hamming import _kernel, _reference_had, _sign
 
 import hadref
 from hadref.errors import HadrefError
@@ -64,23 +63,9 @@ def _candidates(valid_row, i, m, n, causal):
 
 
 def _reference_rows(q, k, v, ratio, sigma_q, sigma_k, valid, causal):
-    """Float attention on the +-sigma sign vectors, each row keeping its own N, float64.
-    q (G, m, d), k (G, n, d), v (G, n, dv), valid (G, n) bool."""
-    groups, m, d = q.shape
-    n = k.shape[1]
-    s = (sigma_q * _sign(q)) @ np.swapaxes(sigma_k * _sign(k), 1, 2)
-    out = np.zeros((groups, m, v.shape[2]))
-    for g in range(groups):
-        for i in range(m):
-            cand = _candidates(valid[g], i, m, n, causal)
-            cand.sort(key=lambda j: (-(_sign(q[g, i]) @ _sign(k[g, j])), j))
-            cand = cand[:_row_n(ratio, len(cand))]
-            if not cand:
-                continue
-            z = s[g, i, cand] / math.sqrt(d)
-            p = np.exp(z - z.max())
-            out[g, i] = (p / p.sum()) @ v[g, cand].astype(np.float64)
-    return out
+    """Float attention on the +-sigma sign vectors, each row keeping its own N, float64."""
+    return _reference_had(q, k, v, lambda seen: _row_n(ratio, seen), sigma_q, sigma_k, valid,
+                          causal)
 
 
 def _reference_topn_rows(q, k, ratio, valid, causal):
