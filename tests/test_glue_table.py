@@ -124,3 +124,26 @@ def test_cli_runs_the_table_and_rejects_bad_options(glue_slice, encoder_file, tm
                           (("--recipes", "x", "--select"), "unknown recipe 'x'")):
         r = run(*args)
         assert r.exit_code == 2 and "Traceback" not in r.output and message in r.output, r.output
+
+
+def test_a_finished_run_of_other_settings_is_not_reported_as_this_one(glue_slice, encoder_file,
+                                                                      tmp_path):
+    # with --recipe paper the paper row is the run had-seed0; a later call with another
+    # recipe (or other teacher settings) in the same folder must not report that file
+    out = tmp_path / "runs"
+    paper = _spec(encoder_file, out, glue_slice, ["sst2"], seeds=[0],
+                  rows=["teacher", "paper"], recipe="paper")
+    run_table(paper, progress=False)
+    assert (out / "sst2" / "had-seed0.json").is_file()
+    # (the test overrides make both recipes' settings equal, so N tells the runs apart)
+    other = _spec(encoder_file, out, glue_slice, ["sst2"], seeds=[0],
+                  rows=["teacher", "had"], recipe="slow-no-ste3")
+    other.top_n = 7
+    with pytest.raises(HadrefError, match="had-seed0.json: a finished run made with other settings"):
+        run_table(other, progress=False)
+    teacher = _spec(encoder_file, out, glue_slice, ["sst2"], seeds=[0], rows=["teacher"],
+                    recipe="paper")
+    teacher.finetune = FinetuneSettings(steps=4, batch_size=8)
+    with pytest.raises(HadrefError, match="teacher.json: a finished run made with other settings"):
+        run_table(teacher, progress=False)
+    assert run_table(paper, progress=False)["sst2"]["rows"].keys() == {"teacher", "paper"}

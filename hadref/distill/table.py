@@ -139,10 +139,24 @@ def _write_json(path: Path, record: dict) -> None:
         Path(tmp).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
-def _once(json_path: Path, job, say) -> dict:
-    """The record at ``json_path`` if that run finished, else ``job(resume)`` recorded there."""
+def _once(json_path: Path, job, say, asked: dict) -> dict:
+    """The record at ``json_path`` if that run finished, else ``job(resume)`` recorded there.
+
+    asked: the run's ``settings`` and ``data`` (dicts); a finished record made with others
+    (another recipe, teacher settings or data limits in the same --out) is an error, never
+    reported as this run's."""
     if json_path.is_file():
-        return json.loads(json_path.read_text())
+        record = json.loads(json_path.read_text())
+        asked = json.loads(json.dumps(asked))  # as the record stores them
+        for key, value in asked.items():
+            if record.get(key) != value:
+                stored = record.get(key) or {}
+                diff = sorted(f for f in set(stored) | set(value)
+                              if stored.get(f) != value.get(f)) if isinstance(stored, dict) else [key]
+                raise HadrefError(f"{json_path}: a finished run made with other {key} "
+                                  f"({', '.join(diff[:4])} differ); use another --out folder "
+                                  "or remove that run's files")
+        return record
     json_path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = json_path.with_suffix(".ckpt.h5")
     say(f"{json_path.parent.name}/{json_path.stem}: " + ("resuming" if ckpt.is_file() else "start"))
@@ -161,7 +175,8 @@ def _teacher(spec: TableSpec, task: str, folder: Path, data: DataSource, progres
                               resume=resume, progress=progress)
         return {**result, "settings": settings.to_dict(), "data": data.to_dict()}
 
-    return _once(folder / "teacher.json", job, say)
+    return _once(folder / "teacher.json", job, say,
+                 {"settings": settings.to_dict(), "data": data.to_dict()})
 
 
 def _student(spec: TableSpec, task: str, folder: Path, name: str, settings: DistillSettings,
@@ -174,7 +189,8 @@ def _student(spec: TableSpec, task: str, folder: Path, name: str, settings: Dist
                              progress=progress)
         return {**result, "settings": settings.to_dict(), "data": data.to_dict()}
 
-    return _once(folder / f"{name}.json", job, say)
+    return _once(folder / f"{name}.json", job, say,
+                 {"settings": settings.to_dict(), "data": data.to_dict()})
 
 
 def select_recipes(spec: TableSpec, recipes=None, holdout: float = 0.1, progress=True,
