@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hadref.data.stream import SeededStream
 from hadref.errors import HadrefError
 
 
@@ -114,8 +115,8 @@ def eval_batches(data: Encoded, batch_size: int):
         yield data.batch(order[start:start + batch_size])
 
 
-class BatchStream:
-    """Endless seeded training batches with a resumable position.
+class BatchStream(SeededStream):
+    """Endless seeded training batches with a resumable position (:class:`SeededStream`).
 
     ``epoch_order(epoch)`` is the list of index arrays of one epoch (a pure function of
     seed and epoch); ``next()`` walks it and moves to the next epoch at its end. Every batch
@@ -124,17 +125,9 @@ class BatchStream:
     """
 
     def __init__(self, data: Encoded, batch_size: int, seed: int, bucket_batches: int = 50):
-        if batch_size < 1:
-            raise HadrefError(f"--batch-size must be at least 1, got {batch_size}")
-        if len(data) == 0:
-            raise HadrefError("no training examples to make batches from")
+        super().__init__(len(data), batch_size, seed, "examples")
         self.data = data
-        self.batch_size = batch_size
-        self.seed = int(seed)
         self.bucket_batches = max(1, int(bucket_batches))
-        self.epoch = 0
-        self.position = 0
-        self._order = None
 
     def epoch_order(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
@@ -149,30 +142,5 @@ class BatchStream:
         full = [b for b in batches if len(b) == self.batch_size] or batches
         return [full[i] for i in rng.permutation(len(full))]
 
-    def batches_per_epoch(self) -> int:
-        return len(self._epoch())
-
-    def _epoch(self):
-        if self._order is None or self._order[0] != self.epoch:
-            self._order = (self.epoch, self.epoch_order(self.epoch))
-        return self._order[1]
-
-    def next(self) -> Batch:
-        order = self._epoch()
-        if self.position >= len(order):
-            self.epoch, self.position = self.epoch + 1, 0
-            order = self._epoch()
-        batch = self.data.batch(order[self.position])
-        self.position += 1
-        return batch
-
-    def state(self) -> dict:
-        """The data position: {'epoch', 'position', 'seed', 'batch_size'}."""
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "batch_size": self.batch_size}
-
-    def restore(self, state: dict) -> None:
-        if int(state["seed"]) != self.seed or int(state["batch_size"]) != self.batch_size:
-            raise HadrefError(f"checkpoint data position was made with seed {state['seed']} and "
-                              f"batch size {state['batch_size']}, not {self.seed} and {self.batch_size}")
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+    def make_batch(self, indices: np.ndarray) -> Batch:
+        return self.data.batch(indices)

@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from hadref.data.stream import SeededStream
 from hadref.errors import HadrefError
 
 
@@ -207,18 +208,15 @@ def window_batch(windows: Windows, index) -> TextBatch:
                      index)
 
 
-class WindowStream:
-    """Endless seeded batches of windows with a resumable position: epoch e visits the
-    windows in ``np.random.default_rng([seed, e]).permutation``, ``batch_size`` at a time
-    (a last partial batch is dropped unless there are fewer windows than one batch)."""
+class WindowStream(SeededStream):
+    """Endless seeded batches of windows with a resumable position (:class:`SeededStream`):
+    epoch e visits the windows in ``np.random.default_rng([seed, e]).permutation``,
+    ``batch_size`` at a time (a last partial batch is dropped unless there are fewer windows
+    than one batch)."""
 
     def __init__(self, windows: Windows, batch_size: int, seed: int):
-        if batch_size < 1:
-            raise HadrefError(f"--batch-size must be at least 1, got {batch_size}")
-        if len(windows) == 0:
-            raise HadrefError("no training windows to make batches from")
-        self.windows, self.batch_size, self.seed = windows, int(batch_size), int(seed)
-        self.epoch, self.position = 0, 0
+        super().__init__(len(windows), batch_size, seed, "windows")
+        self.windows = windows
 
     def epoch_order(self, epoch: int) -> list[np.ndarray]:
         perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.windows))
@@ -226,25 +224,8 @@ class WindowStream:
         batches = [perm[i:i + b] for i in range(0, len(perm), b)]
         return [x for x in batches if len(x) == b] or batches
 
-    def next(self) -> TextBatch:
-        order = self.epoch_order(self.epoch)
-        if self.position >= len(order):
-            self.epoch, self.position = self.epoch + 1, 0
-            order = self.epoch_order(self.epoch)
-        batch = window_batch(self.windows, order[self.position])
-        self.position += 1
-        return batch
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "batch_size": self.batch_size}
-
-    def restore(self, state: dict) -> None:
-        if int(state["seed"]) != self.seed or int(state["batch_size"]) != self.batch_size:
-            raise HadrefError(f"checkpoint data position was made with seed {state['seed']} and "
-                              f"batch size {state['batch_size']}, not {self.seed} and "
-                              f"{self.batch_size}")
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+    def make_batch(self, indices: np.ndarray) -> TextBatch:
+        return window_batch(self.windows, indices)
 
 
 def teacher_samples(model, count: int, max_len: int, seed: int, temperature: float = 1.0,
