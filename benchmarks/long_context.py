@@ -98,7 +98,8 @@ def load_models(args, log):
                 teacher, info["sigma_q"], info["sigma_k"], top_n=top_n)
             models.append((f"binarized{label}", model, {
                 "file": args.teacher, "kind": "binarized teacher (no distillation)", **info,
-                "top_n": top_n, "top_n_ratio": None if top_n else args.top_n_ratio}))
+                "top_n": top_n, "top_n_ratio": None if top_n else args.top_n_ratio,
+                "top_n_rule": model.attention_core.top_n_rule}))
     for path in args.student or []:
         student = hadref.load(path)
         had = getattr(student, "had", None) or {}
@@ -111,7 +112,8 @@ def load_models(args, log):
                     had["sigma_q"], had["sigma_k"], top_n=top_n))
             models.append((f"student {Path(path).stem}{label}", model, {
                 "file": path, "kind": "HAD student", "top_n": top_n or _plain(had.get("top_n")),
-                "top_n_ratio": _plain(had.get("top_n_ratio")), "stage": had.get("stage")}))
+                "top_n_ratio": _plain(had.get("top_n_ratio")), "stage": had.get("stage"),
+                "top_n_rule": model.attention_core.top_n_rule}))
     return models
 
 
@@ -546,6 +548,16 @@ def main(argv=None):
         if differ:
             raise SystemExit(f"--resume: {args.json} was run with other {', '.join(differ)}")
         data["models"] = old.get("models", {})
+        # a model measured under another N rule (one N per forward, before N per row) or
+        # from another file is not this model: never add its parts to this run's
+        for label, _, info in models:
+            if label in data["models"]:
+                stored = data["models"][label].get("info", {})
+                differ = [k for k in ("file", "top_n", "top_n_ratio", "top_n_rule")
+                          if stored.get(k) != json.loads(json.dumps(info.get(k)))]
+                if differ:
+                    raise SystemExit(f"--resume: {args.json}: {label!r} was measured with other "
+                                     f"{', '.join(differ)}; use another --json")
         data["machine"] = old.get("machine", machine)
         if "llama_cpp" in old:
             data["llama_cpp"] = old["llama_cpp"]

@@ -146,13 +146,8 @@ def _model_kind(model) -> str:
 
 
 def _n_rule(model):
-    """"per row" when the model's HAD core scales N with the keys each query row sees
-    (top_n None with a ratio), else None. Results files made before N per row lack it, so
-    --resume does not add trials of the per-row rule to trials of one N per forward."""
-    core = getattr(model, "attention_core", None)
-    if hasattr(core, "top_n_ratio") and getattr(core, "top_n", 0) is None:
-        return "per row"
-    return None
+    """The HAD core's ``top_n_rule`` ("per row" or None; None for a float model)."""
+    return getattr(getattr(model, "attention_core", None), "top_n_rule", None)
 
 
 def _had(model, name):

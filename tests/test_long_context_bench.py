@@ -116,6 +116,17 @@ def test_student_file_speed_and_passkey(bench, files, tmp_path):
         assert row["cache_bytes_per_token"] < models["teacher"]["speed"][0]["cache_bytes_per_token"]
     assert models["student student N=3"]["info"]["top_n"] == 3
     assert models["student student"]["info"]["top_n_ratio"] == pytest.approx(0.2)
+    assert models["student student"]["info"]["top_n_rule"] == "per row"
+    assert models["student student N=3"]["info"]["top_n_rule"] is None
+    # a results file from before N per row (no top_n_rule: one N per forward) is not
+    # resumed as this student's: its rows were measured with another rule
+    data = json.loads(out.read_text())
+    del data["models"]["student student"]["info"]["top_n_rule"]
+    out.write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match="'student student' was measured with other top_n_rule"):
+        bench.main(["--teacher", str(model_file), "--student", str(student_file),
+                    "--fixed-top-n", "3", "--text", str(text), "--tokens", "300", "--seq", "150",
+                    "--contexts", "100", "--decode-steps", "2", "--json", str(out), "--resume"])
     pk_json = tmp_path / "pk.json"
     ok(run("passkey", student_file, "--lengths", "400", "--depths", "1", "--trials", "1",
            "--quiet", "--json", pk_json))

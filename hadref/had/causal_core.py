@@ -144,6 +144,13 @@ class HADCausalCore(StageSettings):
             return self.top_n
         return max(1, int(ratio_top_n(self.top_n_ratio, int(length))))
 
+    @property
+    def top_n_rule(self) -> str | None:
+        """"per row" when N scales with the keys each query row sees (a ratio), None with a
+        fixed top_n. Results files record it: before N per row, one N per forward served
+        every row, so files without it must not be resumed as per-row results."""
+        return None if self.top_n is not None else "per row"
+
     def _ratio(self) -> float:
         """The kernels' ratio argument: 0.0 with a fixed top_n, else top_n_ratio."""
         return 0.0 if self.top_n is not None else self.top_n_ratio
