@@ -231,7 +231,22 @@ def test_teacher_candidates_are_chosen_on_held_out_rows(glue_slice, encoder_file
         select_recipes(spec, holdout=0.2, progress=False, teachers=candidates)
 
 
-def test_cli_uses_the_chosen_teacher_and_rejects_conflicts(glue_slice, encoder_file, tmp_path):
+def test_cli_uses_the_chosen_teacher_and_rejects_conflicts(glue_slice, encoder_file, tmp_path,
+                                                           monkeypatch):
+    # one command chooses the teacher and the recipe, the next makes the table with them
+    monkeypatch.setitem(table_module.RECIPES, "paper", _FAST)   # a short distillation
+    out = tmp_path / "cli"
+    r = _cli(glue_slice, encoder_file, out, "--tasks", "sst2", "--select", "--recipes", "paper",
+             "--holdout", "0.2", "--ft-candidates", "0.05:3e-5,0.1:1e-4")
+    assert r.exit_code == 0, r.output
+    assert "sst2: teacher teacher-e" in r.output and "sst2: recipe paper" in r.output
+    sel = json.loads((out / "sst2" / "selection.json").read_text())
+    assert [c["lr"] for c in sel["teacher_candidates"]] == [3e-5, 1e-4]
+    r = _cli(glue_slice, encoder_file, out, "--tasks", "sst2", "--seeds", "0", "--rows", "teacher")
+    assert r.exit_code == 0, r.output
+    settings = json.loads((out / "sst2" / "teacher.json").read_text())["settings"]
+    assert {"epochs": settings["epochs"], "lr": settings["lr"]} == sel["teacher"]
+
     # selection.json written by hand: the table reads only the chosen recipe and teacher
     out = tmp_path / "r"
     (out / "sst2").mkdir(parents=True)
