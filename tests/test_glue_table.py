@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from hadref.cli import main
 from hadref.data import get_task, load_split
+from hadref.distill import table as table_module
 from hadref.distill.table import TableSpec, run_table, select_recipes, table_markdown
 from hadref.errors import HadrefError
 from hadref.train.finetune import FinetuneSettings
@@ -75,6 +76,9 @@ def test_selection_uses_holdout_rows_and_the_table_resumes(glue_slice, encoder_f
     assert chosen["chosen"] in ("paper", "slow-no-ste3")
     sel = json.loads((out / "sst2" / "selection.json").read_text())
     assert set(sel["holdout_metric"]) == {"paper", "slow-no-ste3"}
+    # without teacher candidates: the one teacher of spec.finetune, the layout as before
+    assert "teacher" not in sel and "teacher_candidates" not in sel
+    assert not list((out / "sst2" / "select").glob("teacher-*"))
     teacher = json.loads((out / "sst2" / "select" / "teacher.json").read_text())
     assert teacher["data"]["holdout"] == 0.2  # trained without the held-out rows
     # the held-out rows (32 of 160) are what the selection evaluated, not dev (40 rows)
@@ -147,3 +151,168 @@ def test_a_finished_run_of_other_settings_is_not_reported_as_this_one(glue_slice
     with pytest.raises(HadrefError, match="teacher.json: a finished run made with other settings"):
         run_table(teacher, progress=False)
     assert run_table(paper, progress=False)["sst2"]["rows"].keys() == {"teacher", "paper"}
+
+
+def _cli(glue_slice, encoder_file, out, *args):
+    return CliRunner().invoke(main, ["glue", str(encoder_file), "--data", str(glue_slice),
+                                     "--out", str(out), "--quiet", "--max-len", "24",
+                                     *map(str, args)])
+
+
+def _one_line_error(result, message):
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1, \
+        result.output
+
+
+def test_teacher_candidates_are_chosen_on_held_out_rows(glue_slice, encoder_file, tmp_path,
+                                                        monkeypatch):
+    # real tiny fine-tunes, their held-out scores set by lr so that the choice is known:
+    # 2e-4 and 1e-4 tie at the top, and the earlier of the two must win
+    from hadref.train import jobs
+
+    real, calls = jobs.run_finetune, []
+    fake = {3e-5: 0.5, 2e-4: 0.7, 1e-4: 0.7}
+
+    def run_finetune(model, task, settings, out, **kw):
+        calls.append((settings.epochs, settings.lr, kw["data"].holdout))
+        result = real(model, task, settings, out, **kw)
+        if kw["data"].holdout:
+            result["metrics"]["accuracy"] = fake[settings.lr]
+        return result
+
+    monkeypatch.setattr(jobs, "run_finetune", run_finetune)
+    out = tmp_path / "runs"
+    spec = _spec(encoder_file, out, glue_slice, ["sst2"], seeds=[0], rows=["teacher", "had"])
+    candidates = [(0.05, 3e-5), (0.1, 2e-4), (0.05, 1e-4)]
+    sel = select_recipes(spec, holdout=0.2, progress=False, teachers=candidates)["sst2"]
+    assert sel == json.loads((out / "sst2" / "selection.json").read_text())
+    assert sel["teacher"] == {"epochs": 0.1, "lr": 2e-4}
+    assert sel["teacher_candidates"] == [{"epochs": e, "lr": lr, "holdout_metric": fake[lr]}
+                                         for e, lr in candidates]
+    assert sel["teacher_holdout_metric"] == 0.7 and sel["chosen"] in table_module.RECIPES
+    select = out / "sst2" / "select"
+    assert sorted(p.name for p in select.iterdir()) == [
+        "teacher-e0.05-lr0.0001", "teacher-e0.05-lr3e-05", "teacher-e0.1-lr0.0002"]
+    chosen = select / "teacher-e0.1-lr0.0002"
+    teacher = json.loads((chosen / "teacher.json").read_text())
+    assert teacher["settings"]["epochs"] == 0.1 and teacher["settings"]["lr"] == 2e-4
+    assert teacher["settings"]["steps"] is None and teacher["data"]["holdout"] == 0.2
+    # the recipes distilled the chosen teacher only, on the same rows
+    assert {p.name for p in chosen.glob("*.h5")} == {"teacher.h5", "paper.h5",
+                                                     "slow-no-ste3.h5"}
+    assert json.loads((chosen / "paper.json").read_text())["data"]["holdout"] == 0.2
+    assert not list((select / "teacher-e0.05-lr3e-05").glob("paper*"))
+
+    # a second call reuses every finished run
+    stamps = {p: p.stat().st_mtime_ns for p in select.rglob("*.json")}
+    n_calls = len(calls)
+    assert select_recipes(spec, holdout=0.2, progress=False, teachers=candidates)["sst2"][
+        "teacher"] == sel["teacher"]
+    assert len(calls) == n_calls and {p: p.stat().st_mtime_ns for p in select.rglob("*.json")} \
+        == stamps
+
+    # the table's teacher is the chosen one, on the whole training set
+    results = run_table(spec, progress=False)["sst2"]
+    assert set(results["rows"]) == {"teacher", "had"}
+    table_teacher = json.loads((out / "sst2" / "teacher.json").read_text())
+    assert table_teacher["settings"]["epochs"] == 0.1 and table_teacher["settings"]["lr"] == 2e-4
+    assert table_teacher["data"]["holdout"] == 0.0 and calls[-1] == (0.1, 2e-4, 0.0)
+    # given explicitly with the chosen values: the same teacher, reused
+    spec.finetune = FinetuneSettings(epochs=0.1, lr=2e-4, batch_size=8)
+    spec.ft_given = ("epochs", "lr")
+    assert run_table(spec, progress=False)["sst2"]["rows"] == results["rows"]
+    spec.finetune = FinetuneSettings(epochs=0.1, lr=3e-5, batch_size=8)
+    with pytest.raises(HadrefError, match="selection.json: the chosen teacher has epochs 0.1, "
+                                          "lr 0.0002, not --ft-lr 3e-05"):
+        run_table(spec, progress=False)
+    with pytest.raises(HadrefError, match="--ft-candidates: give the teacher's epochs and lr "
+                                          "there, not also --ft-epochs and --ft-lr"):
+        select_recipes(spec, holdout=0.2, progress=False, teachers=candidates)
+
+
+def test_cli_uses_the_chosen_teacher_and_rejects_conflicts(glue_slice, encoder_file, tmp_path,
+                                                           monkeypatch):
+    # one command chooses the teacher and the recipe, the next makes the table with them
+    monkeypatch.setitem(table_module.RECIPES, "paper", _FAST)   # a short distillation
+    out = tmp_path / "cli"
+    r = _cli(glue_slice, encoder_file, out, "--tasks", "sst2", "--select", "--recipes", "paper",
+             "--holdout", "0.2", "--ft-candidates", "0.05:3e-5,0.1:1e-4")
+    assert r.exit_code == 0, r.output
+    assert "sst2: teacher teacher-e" in r.output and "sst2: recipe paper" in r.output
+    sel = json.loads((out / "sst2" / "selection.json").read_text())
+    assert [c["lr"] for c in sel["teacher_candidates"]] == [3e-5, 1e-4]
+    r = _cli(glue_slice, encoder_file, out, "--tasks", "sst2", "--seeds", "0", "--rows", "teacher")
+    assert r.exit_code == 0, r.output
+    settings = json.loads((out / "sst2" / "teacher.json").read_text())["settings"]
+    assert {"epochs": settings["epochs"], "lr": settings["lr"]} == sel["teacher"]
+
+    # selection.json written by hand: the table reads only the chosen recipe and teacher
+    out = tmp_path / "r"
+    (out / "sst2").mkdir(parents=True)
+    (out / "sst2" / "selection.json").write_text(json.dumps(
+        {"chosen": "paper", "teacher": {"epochs": 0.05, "lr": 1e-4}}))
+    r = _cli(glue_slice, encoder_file, out, "--tasks", "sst2", "--seeds", "0", "--rows",
+             "teacher", "--ft-epochs", "0.1")
+    _one_line_error(r, "selection.json: the chosen teacher has epochs 0.05, lr 0.0001, not "
+                       "--ft-epochs 0.1")
+    assert not (out / "sst2" / "teacher.json").exists()
+    r = _cli(glue_slice, encoder_file, out, "--tasks", "sst2", "--seeds", "0", "--rows",
+             "teacher", "--ft-epochs", "0.05")
+    assert r.exit_code == 0, r.output
+    settings = json.loads((out / "sst2" / "teacher.json").read_text())["settings"]
+    assert (settings["epochs"], settings["lr"]) == (0.05, 1e-4)
+
+    # an old selection.json (no teacher fields): --ft-* as given, their defaults otherwise
+    old = tmp_path / "old"
+    (old / "sst2").mkdir(parents=True)
+    (old / "sst2" / "selection.json").write_text(json.dumps({"chosen": "paper"}))
+    r = _cli(glue_slice, encoder_file, old, "--tasks", "sst2", "--seeds", "0", "--rows",
+             "teacher", "--ft-epochs", "0.05")
+    assert r.exit_code == 0, r.output
+    settings = json.loads((old / "sst2" / "teacher.json").read_text())["settings"]
+    assert (settings["epochs"], settings["lr"]) == (0.05, 3e-5)
+
+    for args, message in (
+            (("--select", "--ft-candidates", "2:3e-5,x"), "--ft-candidates: expected EPOCHS:LR"),
+            (("--select", "--ft-candidates", "2"), "--ft-candidates: expected EPOCHS:LR"),
+            (("--select", "--ft-candidates", "2:3e-5:1"), "--ft-candidates: expected EPOCHS:LR"),
+            (("--select", "--ft-candidates", ","), "--ft-candidates: expected EPOCHS:LR"),
+            (("--select", "--ft-candidates", "0:1e-4"), "epochs and lr must be positive"),
+            (("--select", "--ft-candidates", "2:nan"), "epochs and lr must be positive"),
+            (("--select", "--ft-candidates", "2:3e-5,2.0:0.00003"), "e2-lr3e-05 is given twice"),
+            (("--select", "--ft-candidates", "2:3e-5", "--ft-lr", "1e-4"), "not also --ft-lr"),
+            (("--ft-candidates", "2:3e-5"), "--ft-candidates: a choice for --select")):
+        _one_line_error(_cli(glue_slice, encoder_file, tmp_path / "bad", "--tasks", "sst2",
+                             *args), message)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_paper_row_never_takes_the_chosen_recipes_name(glue_slice, encoder_file, tmp_path,
+                                                           monkeypatch):
+    # (the test overrides make the two recipes' settings equal: N tells them apart here)
+    monkeypatch.setitem(table_module.RECIPES, "slow-no-ste3", {"top_n": 7})
+    out = tmp_path / "runs"
+    paper = _spec(encoder_file, out, glue_slice, ["sst2"], seeds=[0], rows=["teacher", "paper"])
+    first = run_table(paper, progress=False)["sst2"]
+    assert first["recipe"] is None   # not chosen yet: the paper run is paper-seed0
+    assert (out / "sst2" / "paper-seed0.json").is_file()
+    assert not (out / "sst2" / "had-seed0.json").exists()
+    stamp = (out / "sst2" / "paper-seed0.json").stat().st_mtime_ns
+
+    def chosen(recipe):
+        (out / "sst2" / "selection.json").write_text(json.dumps({"chosen": recipe}))
+        return _spec(encoder_file, out, glue_slice, ["sst2"], seeds=[0],
+                     rows=["teacher", "had", "paper"])
+
+    # chosen: the paper's recipe; the had row is the finished paper-seed0
+    rows = run_table(chosen("paper"), progress=False)["sst2"]["rows"]
+    assert rows["had"] == rows["paper"] == first["rows"]["paper"]
+    assert not (out / "sst2" / "had-seed0.json").exists()
+    # chosen: another recipe; its own had-seed0 beside the same paper-seed0
+    rows = run_table(chosen("slow-no-ste3"), progress=False)["sst2"]["rows"]
+    assert rows["paper"] == first["rows"]["paper"]
+    assert json.loads((out / "sst2" / "had-seed0.json").read_text())["settings"]["top_n"] == 7
+    assert (out / "sst2" / "paper-seed0.json").stat().st_mtime_ns == stamp
+    # once the recipe is known the paper-only call resolves it and still reuses paper-seed0
+    assert run_table(paper, progress=False)["sst2"]["rows"]["paper"] == first["rows"]["paper"]

@@ -4,8 +4,10 @@ Per task: a teacher fine-tuned from the pre-trained encoder, then for each seed 
 student with the chosen recipe, the paper's recipe, and the ablations w/o AD and w/o Tanh;
 the teacher binarized without distillation comes with every student run (its stage 0).
 The recipe is chosen per task by :func:`select_recipes` on held-out *training* rows
-(``DataSource.holdout``: the teacher and the candidates train on the rest), never on dev;
-:func:`run_table` then trains on the whole training set and reports dev once per seed.
+(``DataSource.holdout``: the teacher and the candidates train on the rest), never on dev,
+and so, when candidates are given, is the teacher's fine-tune recipe (epochs, learning
+rate); :func:`run_table` then trains on the whole training set with the chosen teacher
+settings and reports dev once per seed.
 
 Every run is a job of :mod:`hadref.train.jobs` / :mod:`hadref.distill.run` writing its
 model file and, when it finishes, ``OUT/TASK/NAME.json`` (its result, settings and code
@@ -15,9 +17,14 @@ checkpoint, so the table fills task by task across sessions.
 Layout of ``OUT``::
 
     TASK/teacher.h5, teacher.json                 the teacher (seed 0)
-    TASK/ROW-seedS.h5, ROW-seedS.json             rows had, paper, no_ad, no_tanh
+    TASK/ROW-seedS.h5, ROW-seedS.json             rows had, paper, no_ad, no_tanh (the
+                                                  paper row is had-seedS when the chosen
+                                                  recipe is the paper's)
     TASK/select/teacher.h5, RECIPE.h5, *.json     the recipe selection (holdout)
-    TASK/selection.json                           the chosen recipe and the evidence
+    TASK/select/teacher-TAG/teacher.h5, ...       the same per teacher candidate (TAG:
+                                                  eEPOCHS-lrLR); the chosen one's folder
+                                                  also holds the RECIPE runs
+    TASK/selection.json                           the chosen recipe (and teacher), the evidence
     table.md, table.json                          the table, mean +- std over seeds
 """
 
@@ -77,7 +84,10 @@ class TableSpec:
     ``ROWS``; schedule: the distillation preset every recipe starts from; recipe: a name of
     ``RECIPES`` for the 'had' row of every task, or None for each task's selection; top_n:
     N; max_len: tokens per example (None: the schedule's); finetune: the teacher's
-    settings; data: where the GLUE data is (and limits, for tests); overrides:
+    settings (epochs and lr give way to a teacher chosen by :func:`select_recipes` with
+    candidates, unless named in ft_given); ft_given: the fields of ``finetune`` the user
+    set explicitly (``"epochs"``, ``"lr"``): a chosen teacher with other values is then an
+    error; data: where the GLUE data is (and limits, for tests); overrides:
     DistillSettings fields set on every run after the recipe (short runs for tests).
     """
 
@@ -93,6 +103,7 @@ class TableSpec:
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     data: DataSource = field(default_factory=DataSource)
     overrides: dict = field(default_factory=dict)   # DistillSettings fields for every run
+    ft_given: tuple = ()
 
     def __post_init__(self):
         self.encoder, self.out = Path(self.encoder), Path(self.out)
@@ -111,9 +122,17 @@ class TableSpec:
             "top_n": self.top_n, "max_len": self.max_len, "seed": seed, **RECIPES[recipe],
             **ablation, **self.overrides})
 
-    def teacher_settings(self) -> FinetuneSettings:
+    def teacher_settings(self, epochs: float | None = None,
+                         lr: float | None = None) -> FinetuneSettings:
+        """The teacher's settings: ``finetune`` at the schedule's max_len, seed 0; a
+        candidate's ``epochs`` and ``lr`` replace its own (and its steps: the candidate
+        gives the length in epochs)."""
         max_len = DistillSettings.from_schedule(self.schedule, max_len=self.max_len).max_len
-        return dataclasses.replace(self.finetune, max_len=max_len, seed=0)
+        settings = dataclasses.replace(self.finetune, max_len=max_len, seed=0)
+        if epochs is not None:
+            settings = dataclasses.replace(settings, epochs=float(epochs), lr=float(lr),
+                                           steps=None)
+        return settings
 
 
 def code_version() -> str:
@@ -165,10 +184,11 @@ def _once(json_path: Path, job, say, asked: dict) -> dict:
     return record
 
 
-def _teacher(spec: TableSpec, task: str, folder: Path, data: DataSource, progress, say) -> dict:
+def _teacher(spec: TableSpec, task: str, folder: Path, data: DataSource, progress, say,
+             settings: FinetuneSettings | None = None) -> dict:
     from hadref.train.jobs import run_finetune
 
-    settings = spec.teacher_settings()
+    settings = settings or spec.teacher_settings()
 
     def job(resume):
         result = run_finetune(spec.encoder, task, settings, folder / "teacher.h5", data=data,
@@ -193,14 +213,27 @@ def _student(spec: TableSpec, task: str, folder: Path, name: str, settings: Dist
                  {"settings": settings.to_dict(), "data": data.to_dict()})
 
 
+def _teacher_tag(epochs: float, lr: float) -> str:
+    """The folder name of a teacher candidate under ``TASK/select``: ``teacher-e6-lr0.0001``."""
+    return f"teacher-e{epochs:g}-lr{lr:g}"
+
+
 def select_recipes(spec: TableSpec, recipes=None, holdout: float = 0.1, progress=True,
-                   notify=None) -> dict:
+                   notify=None, teachers=None) -> dict:
     """Choose each task's recipe on held-out training rows; returns {task: selection}.
 
     For each task a teacher is fine-tuned on the training rows minus a ``holdout``
     fraction (seed 0), each candidate recipe distills it (seed 0) on the same rows, and the
     recipe with the best main metric on the held-out rows wins (ties: the earlier
     candidate, ``paper`` first). Writes ``OUT/TASK/selection.json``.
+
+    teachers: teacher candidates ``[(epochs, lr), ...]`` (None: the one teacher of
+    ``spec.finetune``, in ``TASK/select/teacher.h5``). Each is fine-tuned on the same rows
+    in its own folder ``TASK/select/teacher-eEPOCHS-lrLR`` (``teacher-e6-lr0.0001``), the
+    best on the held-out rows wins (ties: the earlier candidate), and the recipes distill
+    the chosen one (in its folder); selection.json then also holds ``teacher`` (the chosen
+    epochs and lr, which :func:`run_table` uses) and ``teacher_candidates`` (each one's
+    held-out score).
     """
     say = notify or (lambda message: None)
     recipes = list(recipes or RECIPES)
@@ -208,37 +241,107 @@ def select_recipes(spec: TableSpec, recipes=None, holdout: float = 0.1, progress
     if unknown:
         raise HadrefError(f"--recipes: unknown recipe {unknown[0]!r}; expected among "
                           f"{', '.join(RECIPES)}")
+    teachers = [(float(e), float(lr)) for e, lr in teachers or []]
+    bad = [(e, lr) for e, lr in teachers if not (0 < e < math.inf and 0 < lr < math.inf)]
+    if bad:
+        raise HadrefError(f"--ft-candidates: epochs and lr must be positive numbers, got "
+                          f"{bad[0][0]:g}:{bad[0][1]:g}")
+    tags = [_teacher_tag(e, lr) for e, lr in teachers]
+    twice = [tag for i, tag in enumerate(tags) if tag in tags[:i]]
+    if twice:
+        raise HadrefError(f"--ft-candidates: the candidate {twice[0][len('teacher-'):]} is "
+                          "given twice")
+    given = [f"--ft-{name}" for name in ("epochs", "lr") if name in spec.ft_given]
+    if teachers and given:
+        raise HadrefError(f"--ft-candidates: give the teacher's epochs and lr there, not also "
+                          f"{' and '.join(given)}")
     data = dataclasses.replace(spec.data, holdout=holdout, holdout_seed=0)
     selections = {}
     for task in spec.tasks:
         t = get_task(task)
+        metric = t.metrics[0]
         folder = spec.out / task / "select"
-        teacher = _teacher(spec, task, folder, data, progress, say)
+        candidates = []
+        for (epochs, lr), tag in zip(teachers, tags):
+            record = _teacher(spec, task, folder / tag, data, progress, say,
+                              spec.teacher_settings(epochs, lr))
+            candidates.append({"epochs": epochs, "lr": lr,
+                               "holdout_metric": record["metrics"][metric]})
+        if candidates:
+            best = max(range(len(candidates)),
+                       key=lambda i: (candidates[i]["holdout_metric"], -i))
+            folder = folder / tags[best]   # the chosen teacher's folder: the recipes' runs
+            say(f"{task}: teacher {tags[best]} (held-out {metric}: "
+                + ", ".join(f"{tag} {100 * c['holdout_metric']:.2f}"
+                            for tag, c in zip(tags, candidates)) + ")")
+        teacher = _teacher(spec, task, folder, data, progress, say,
+                           spec.teacher_settings(*teachers[best]) if candidates else None)
         scores = {}
         for recipe in recipes:
             record = _student(spec, task, folder, recipe, spec.distill_settings(recipe, 0),
                               data, progress, say)
-            scores[recipe] = record["metrics"][t.metrics[0]]
+            scores[recipe] = record["metrics"][metric]
         chosen = max(recipes, key=lambda r: (scores[r], -recipes.index(r)))
-        selection = {"task": task, "chosen": chosen, "metric": t.metrics[0],
+        selection = {"task": task, "chosen": chosen, "metric": metric,
                      "holdout_metric": scores, "holdout": holdout,
-                     "teacher_holdout_metric": teacher["metrics"][t.metrics[0]],
+                     "teacher_holdout_metric": teacher["metrics"][metric],
                      "schedule": spec.schedule, "code": code_version()}
+        if candidates:
+            selection.update(teacher={"epochs": teachers[best][0], "lr": teachers[best][1]},
+                             teacher_candidates=candidates)
         _write_json(spec.out / task / "selection.json", selection)
-        say(f"{task}: recipe {chosen} (held-out {t.metrics[0]}: "
+        say(f"{task}: recipe {chosen} (held-out {metric}: "
             + ", ".join(f"{r} {100 * v:.2f}" for r, v in scores.items()) + ")")
         selections[task] = selection
     return selections
 
 
-def _chosen_recipe(spec: TableSpec, task: str) -> str:
+def _selection(spec: TableSpec, task: str) -> dict | None:
+    path = spec.out / task / "selection.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _known_recipe(spec: TableSpec, task: str) -> str | None:
+    """--recipe, else the task's chosen recipe, else None (no selection yet)."""
     if spec.recipe is not None:
         return spec.recipe
-    path = spec.out / task / "selection.json"
-    if not path.is_file():
-        raise HadrefError(f"{path}: no recipe chosen for {task} yet: run the selection first "
-                          "(hadref glue --select) or name one with --recipe")
-    return json.loads(path.read_text())["chosen"]
+    selection = _selection(spec, task)
+    return selection["chosen"] if selection else None
+
+
+def _chosen_recipe(spec: TableSpec, task: str) -> str:
+    recipe = _known_recipe(spec, task)
+    if recipe is None:
+        raise HadrefError(f"{spec.out / task / 'selection.json'}: no recipe chosen for {task} "
+                          "yet: run the selection first (hadref glue --select) or name one "
+                          "with --recipe")
+    return recipe
+
+
+def _table_teacher(spec: TableSpec, task: str) -> FinetuneSettings:
+    """The table teacher's settings: the teacher chosen by the selection when it chose one
+    (an old selection.json has none: ``spec.finetune`` as given), else ``spec.finetune``."""
+    chosen = (_selection(spec, task) or {}).get("teacher")
+    if chosen is None:
+        return spec.teacher_settings()
+    differ = [f"--ft-{name} {getattr(spec.finetune, name):g}" for name in ("epochs", "lr")
+              if name in spec.ft_given and getattr(spec.finetune, name) != chosen[name]]
+    if differ:
+        raise HadrefError(f"{spec.out / task / 'selection.json'}: the chosen teacher has "
+                          f"epochs {chosen['epochs']:g}, lr {chosen['lr']:g}, not "
+                          f"{', '.join(differ)}; leave those options out or use another --out")
+    return spec.teacher_settings(chosen["epochs"], chosen["lr"])
+
+
+def _paper_run(folder: Path, seed: int) -> str:
+    """The name of the run that is both the 'had' and the 'paper' row when the chosen
+    recipe is the paper's: had-seedS, unless only paper-seedS was begun (made while the
+    recipe was not chosen yet), which is then reused."""
+    def begun(name):
+        return (folder / f"{name}.json").is_file() or (folder / f"{name}.ckpt.h5").is_file()
+
+    had, paper = f"had-seed{seed}", f"paper-seed{seed}"
+    return paper if begun(paper) and not begun(had) else had
 
 
 def run_table(spec: TableSpec, progress=True, notify=None) -> dict:
@@ -254,28 +357,32 @@ def run_table(spec: TableSpec, progress=True, notify=None) -> dict:
         folder = spec.out / task
         metric = t.metrics[0]
         rows = {}
-        if "teacher" in spec.rows or any(r != "teacher" for r in spec.rows):
-            teacher = _teacher(spec, task, folder, spec.data, progress, say)
-            if "teacher" in spec.rows:
-                rows["teacher"] = [teacher["metrics"][metric]]
-        recipe = _chosen_recipe(spec, task) if any(
-            r in spec.rows for r in ("had", "binarized", "no_ad", "no_tanh")) else "paper"
+        # the recipe whenever it is known, so that the paper row's file never takes the
+        # name of a later chosen-recipe run (unknown: the paper row is paper-seedS)
+        recipe = (_chosen_recipe(spec, task) if any(
+            r in spec.rows for r in ("had", "binarized", "no_ad", "no_tanh"))
+            else _known_recipe(spec, task))
+        teacher = _teacher(spec, task, folder, spec.data, progress, say,
+                           _table_teacher(spec, task))
+        if "teacher" in spec.rows:
+            rows["teacher"] = [teacher["metrics"][metric]]
         runs = {"had": (recipe, {}), "paper": ("paper", {}),
                 "no_ad": (recipe, {"attn_loss": False}), "no_tanh": (recipe, {"tanh": False})}
         for seed in spec.seeds:
+            names = {run: f"{run}-seed{seed}" for run in runs}
+            if recipe == "paper":
+                names["had"] = names["paper"] = _paper_run(folder, seed)  # one run, made once
             done = {}
             for row in spec.rows:
                 if row == "teacher":
                     continue
                 run = _RUN_OF_ROW[row]
-                if run == "paper" and recipe == "paper":
-                    run = "had"   # the same run: made once
-                if run not in done:
+                if names[run] not in done:
                     name, ablation = runs[run]
-                    done[run] = _student(spec, task, folder, f"{run}-seed{seed}",
-                                         spec.distill_settings(name, seed, **ablation),
-                                         spec.data, progress, say)
-                record = done[run]
+                    done[names[run]] = _student(spec, task, folder, names[run],
+                                                spec.distill_settings(name, seed, **ablation),
+                                                spec.data, progress, say)
+                record = done[names[run]]
                 value = (record["stage_metrics"]["0"][metric] if row == "binarized"
                          else record["metrics"][metric])
                 rows.setdefault(row, []).append(value)
