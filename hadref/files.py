@@ -192,6 +192,21 @@ def ensure_folder(folder, option: str) -> Path:
     return folder
 
 
+def read_json_file(path, what: str, prefix: str = ""):
+    """The JSON value in ``path``; a one-line HadrefError when it cannot be read or is not
+    JSON. what: what the file should be, for the message ("`hadref passkey --json`
+    output"); prefix: the option that named it ("--json ")."""
+    import json
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise HadrefError(f"{prefix}{path}: cannot read it ({err.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise HadrefError(f"{prefix}{path}: not JSON (expected {what})") from None
+
+
 def write_figure(fig, out) -> Path:
     """Save a matplotlib figure to ``out`` (.png, .svg or .pdf: the format is the suffix)
     atomically; returns the path."""
@@ -201,5 +216,5 @@ def write_figure(fig, out) -> Path:
     return out
 
 
-__all__ = ["atomic_file", "write_figure", "check_distinct", "claim_outputs", "ensure_folder",
-           "remove_stale_temps", "same_file", "stale_temps", "temp_path"]
+__all__ = ["atomic_file", "read_json_file", "write_figure", "check_distinct", "claim_outputs",
+           "ensure_folder", "remove_stale_temps", "same_file", "stale_temps", "temp_path"]

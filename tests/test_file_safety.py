@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ from test_bad_inputs import Workspace, _interrupted_finetune
 import hadref
 from hadref.cli import main
 from hadref.data.glue import get_task, read_tsv
+from hadref.errors import HadrefError
 from hadref.files import atomic_file, stale_temps
 from hadref.train.progress import Progress
 
@@ -140,3 +142,25 @@ def test_progress_off_a_terminal_is_sparse():
     assert out.getvalue().startswith("finetune 100/100") and out.getvalue().count("\n") == 1
     p.message("after stage 1: dev accuracy 50.00")
     assert out.getvalue().endswith("after stage 1: dev accuracy 50.00\n")
+
+
+@pytest.mark.parametrize("reader", ["passkey_plot", "topn_plot", "passkey_resume"])
+def test_results_readers_give_one_line_errors(tmp_path, reader):
+    """A results file that is missing, not JSON or not UTF-8 text: a HadrefError naming it
+    (hadref.files.read_json_file), never a traceback of json or the OS."""
+    from hadref.engine.passkey import PasskeyRun
+    from hadref.engine.passkey_plot import read_passkey
+    from hadref.train.topn_plot import read_results
+
+    read = {"passkey_plot": read_passkey, "topn_plot": read_results,
+            "passkey_resume": lambda p: PasskeyRun.load(p, {})}[reader]
+    prefix = "--json " if reader == "passkey_resume" else ""
+    missing, text, binary = tmp_path / "none.json", tmp_path / "t.json", tmp_path / "b.json"
+    text.write_text("not { json", encoding="utf-8")
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(HadrefError, match=f"^{re.escape(prefix + str(missing))}: cannot read it"):
+        read(missing)
+    for path in (text, binary):
+        with pytest.raises(HadrefError, match=f"^{re.escape(prefix + str(path))}: not JSON "
+                                              r"\(expected `hadref (passkey|evaluate)"):
+            read(path)

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from hadref.errors import HadrefError
-from hadref.files import atomic_file
+from hadref.files import atomic_file, read_json_file
 
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and "
          "memorize them. I will quiz you about the important information there.")
@@ -194,12 +194,7 @@ class PasskeyRun:
     @classmethod
     def load(cls, path, settings: dict) -> "PasskeyRun":
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as err:
-            raise HadrefError(f"--json {path}: cannot read it to resume ({err.strerror})") from None
-        except json.JSONDecodeError:
-            raise HadrefError(f"--json {path}: not JSON; cannot resume from it") from None
+        data = read_json_file(path, "`hadref passkey --json` output to resume from", "--json ")
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise HadrefError(f"--json {path}: not a hadref passkey results file; cannot "
                               "resume from it")

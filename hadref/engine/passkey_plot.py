@@ -11,24 +11,19 @@ every file as curves (length on a log axis).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from hadref.engine.passkey import FORMAT
 from hadref.errors import HadrefError
+from hadref.files import read_json_file
 
 
 def read_passkey(path) -> dict:
     """One ``hadref passkey --json`` file, checked."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise HadrefError(f"cannot read {path}: {err.strerror}") from None
-    except json.JSONDecodeError:
-        raise HadrefError(f"{path}: not JSON (expected `hadref passkey --json` output)") from None
+    data = read_json_file(path, "`hadref passkey --json` output")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise HadrefError(f"{path}: not a hadref passkey results file (make one with "
                           f"`hadref passkey MODEL.h5 --json {path.name}`)")

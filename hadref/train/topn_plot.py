@@ -8,21 +8,16 @@ provenance, or the float model of ``--binarize``) is drawn as a horizontal line.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from hadref.errors import HadrefError
+from hadref.files import read_json_file
 
 
 def read_results(path) -> dict:
     """One ``evaluate --top-n`` results file, checked: it has ``by_top_n`` on dev."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise HadrefError(f"cannot read {path}: {err.strerror}") from None
-    except json.JSONDecodeError:
-        raise HadrefError(f"{path}: not JSON (expected `hadref evaluate --results` output)") from None
+    data = read_json_file(path, "`hadref evaluate --results` output")
     if not isinstance(data, dict) or not data.get("by_top_n"):
         raise HadrefError(f"{path}: no by_top_n field: make it with `hadref evaluate MODEL "
                           f"--top-n 4,8,16,30 --results {path.name}` (a student or --binarize)")
