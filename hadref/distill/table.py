@@ -261,21 +261,21 @@ def select_recipes(spec: TableSpec, recipes=None, holdout: float = 0.1, progress
         t = get_task(task)
         metric = t.metrics[0]
         folder = spec.out / task / "select"
-        candidates = []
-        for (epochs, lr), tag in zip(teachers, tags):
-            record = _teacher(spec, task, folder / tag, data, progress, say,
-                              spec.teacher_settings(epochs, lr))
-            candidates.append({"epochs": epochs, "lr": lr,
-                               "holdout_metric": record["metrics"][metric]})
+        records = [_teacher(spec, task, folder / tag, data, progress, say,
+                            spec.teacher_settings(epochs, lr))
+                   for (epochs, lr), tag in zip(teachers, tags)]
+        candidates = [{"epochs": epochs, "lr": lr, "holdout_metric": r["metrics"][metric]}
+                      for (epochs, lr), r in zip(teachers, records)]
         if candidates:
             best = max(range(len(candidates)),
                        key=lambda i: (candidates[i]["holdout_metric"], -i))
             folder = folder / tags[best]   # the chosen teacher's folder: the recipes' runs
+            teacher = records[best]
             say(f"{task}: teacher {tags[best]} (held-out {metric}: "
                 + ", ".join(f"{tag} {100 * c['holdout_metric']:.2f}"
                             for tag, c in zip(tags, candidates)) + ")")
-        teacher = _teacher(spec, task, folder, data, progress, say,
-                           spec.teacher_settings(*teachers[best]) if candidates else None)
+        else:
+            teacher = _teacher(spec, task, folder, data, progress, say)
         scores = {}
         for recipe in recipes:
             record = _student(spec, task, folder, recipe, spec.distill_settings(recipe, 0),
