@@ -153,6 +153,24 @@ def test_a_finished_run_of_other_settings_is_not_reported_as_this_one(glue_slice
     assert run_table(paper, progress=False)["sst2"]["rows"].keys() == {"teacher", "paper"}
 
 
+def test_a_run_interrupted_before_its_first_checkpoint_starts_again(glue_slice, encoder_file,
+                                                                    tmp_path):
+    # killed before any checkpoint (or between the model file and its record): the run's
+    # log and model file are left, with nothing to resume from; the next call redoes it
+    out = tmp_path / "runs"
+    spec = _spec(encoder_file, out, glue_slice, ["sst2"], seeds=[0], rows=["teacher", "paper"],
+                 recipe="paper")
+    first = run_table(spec, progress=False)["sst2"]["rows"]
+    folder = out / "sst2"
+    for name in ("teacher", "had-seed0"):
+        assert (folder / f"{name}.log.jsonl").is_file() and (folder / f"{name}.h5").is_file()
+        assert not (folder / f"{name}.ckpt.h5").exists()
+        (folder / f"{name}.json").unlink()
+    again = run_table(spec, progress=False)["sst2"]["rows"]
+    assert again == first  # the same runs made again (deterministic), no "file exists" error
+    assert all((folder / f"{name}.json").is_file() for name in ("teacher", "had-seed0"))
+
+
 def _cli(glue_slice, encoder_file, out, *args):
     return CliRunner().invoke(main, ["glue", str(encoder_file), "--data", str(glue_slice),
                                      "--out", str(out), "--quiet", "--max-len", "24",

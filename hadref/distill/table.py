@@ -178,6 +178,9 @@ def _once(json_path: Path, job, say, asked: dict) -> dict:
         return record
     json_path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = json_path.with_suffix(".ckpt.h5")
+    # no checkpoint and no record: whatever the run left (a log, a model file written just
+    # before an interruption) belongs to a run that cannot be continued, so it starts again
+    # over its own files rather than stopping at them
     say(f"{json_path.parent.name}/{json_path.stem}: " + ("resuming" if ckpt.is_file() else "start"))
     record = {**job(ckpt.is_file()), "code": code_version()}
     _write_json(json_path, record)
@@ -192,7 +195,7 @@ def _teacher(spec: TableSpec, task: str, folder: Path, data: DataSource, progres
 
     def job(resume):
         result = run_finetune(spec.encoder, task, settings, folder / "teacher.h5", data=data,
-                              resume=resume, progress=progress)
+                              resume=resume, overwrite=not resume, progress=progress)
         return {**result, "settings": settings.to_dict(), "data": data.to_dict()}
 
     return _once(folder / "teacher.json", job, say,
@@ -206,7 +209,7 @@ def _student(spec: TableSpec, task: str, folder: Path, name: str, settings: Dist
     def job(resume):
         result = run_distill(folder / "teacher.h5", task, settings, folder / f"{name}.h5",
                              allow_finetune=False, data=data, resume=resume,
-                             progress=progress)
+                             overwrite=not resume, progress=progress)
         return {**result, "settings": settings.to_dict(), "data": data.to_dict()}
 
     return _once(folder / f"{name}.json", job, say,
