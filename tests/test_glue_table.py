@@ -229,6 +229,11 @@ def test_teacher_candidates_are_chosen_on_held_out_rows(glue_slice, encoder_file
         "teacher"] == sel["teacher"]
     assert len(calls) == n_calls and {p: p.stat().st_mtime_ns for p in select.rglob("*.json")} \
         == stamps
+    # a selection without candidates in the same --out would drop the chosen teacher
+    before = (out / "sst2" / "selection.json").read_bytes()
+    with pytest.raises(HadrefError, match="its teacher was chosen among --ft-candidates"):
+        select_recipes(spec, holdout=0.2, progress=False)
+    assert (out / "sst2" / "selection.json").read_bytes() == before and len(calls) == n_calls
 
     # the table's teacher is the chosen one, on the whole training set
     results = run_table(spec, progress=False)["sst2"]

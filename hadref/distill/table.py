@@ -258,6 +258,17 @@ def select_recipes(spec: TableSpec, recipes=None, holdout: float = 0.1, progress
     if teachers and given:
         raise HadrefError(f"--ft-candidates: give the teacher's epochs and lr there, not also "
                           f"{' and '.join(given)}")
+    if not teachers:
+        # a selection that chose its teacher among candidates would be replaced by one
+        # without them, and the table's finished teacher (the chosen one) would then no
+        # longer match: say so before any work
+        for task in spec.tasks:
+            chosen_teacher = (_selection(spec, task) or {}).get("teacher")
+            if chosen_teacher:
+                raise HadrefError(
+                    f"{spec.out / task / 'selection.json'}: its teacher was chosen among "
+                    f"--ft-candidates (epochs {chosen_teacher['epochs']:g}, lr "
+                    f"{chosen_teacher['lr']:g}); repeat --ft-candidates, or use another --out")
     data = dataclasses.replace(spec.data, holdout=holdout, holdout_seed=0)
     selections = {}
     for task in spec.tasks:
