@@ -96,18 +96,6 @@ class FloatTopNCausalCore(CausalFloatAttentionCore):
         return ctx.reshape(nb, hq, nt, d)
 
 
-def with_core(model, core):
-    """A copy of the decoder ``model`` (weights shared) with another attention core."""
-    from hadref.engine.llama import LlamaModel
-
-    other = LlamaModel.__new__(LlamaModel)
-    other.__dict__.update(model.__dict__)
-    other.params = dict(model.params)
-    other._cache = None
-    other.attention_core = core
-    return other
-
-
 def variants(teacher, args, log, only=()):
     """[(name, model, info)] in the module docstring's order (``only``: those names; sigma is
     measured only when a sign variant is asked for)."""
@@ -116,10 +104,10 @@ def variants(teacher, args, log, only=()):
 
     ratio = args.top_n_ratio
     out = [("float", teacher, {"scores": "float", "keys": "all"}),
-           ("float-topn", with_core(teacher, FloatTopNCausalCore(ratio=ratio)),
+           ("float-topn", teacher.with_attention_core(FloatTopNCausalCore(ratio=ratio)),
             {"scores": "float", "keys": f"top N = {ratio:g} x seen per row"})]
     for n in args.fixed_top_n or []:
-        out.append((f"float-topn{n}", with_core(teacher, FloatTopNCausalCore(top_n=n)),
+        out.append((f"float-topn{n}", teacher.with_attention_core(FloatTopNCausalCore(top_n=n)),
                     {"scores": "float", "keys": f"top {n}"}))
     signs = [("sign-all", 1.0, "all"), ("sign-topn", ratio, f"top N = {ratio:g} x seen per row")]
     if not only or any(name in only for name, _, _ in signs):

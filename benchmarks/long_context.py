@@ -108,7 +108,7 @@ def load_models(args, log):
             if top_n is not None:
                 from hadref.had.causal_core import HADCausalCore
 
-                model = _with_core(student, HADCausalCore.for_inference(
+                model = student.with_attention_core(HADCausalCore.for_inference(
                     had["sigma_q"], had["sigma_k"], top_n=top_n))
             models.append((f"student {Path(path).stem}{label}", model, {
                 "file": path, "kind": "HAD student", "top_n": top_n or _plain(had.get("top_n")),
@@ -128,15 +128,6 @@ def _top_n_variants(args, own=False):
     for n in args.fixed_top_n or []:
         out.append((f" N={n}", n))
     return out
-
-
-def _with_core(model, core):
-    from hadref.engine.llama import LlamaModel
-
-    other = LlamaModel.__new__(LlamaModel)
-    other.__dict__.update(model.__dict__)
-    other.attention_core = core
-    return other
 
 
 # --- the measurements ----------------------------------------------------------------------------

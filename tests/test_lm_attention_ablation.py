@@ -105,3 +105,14 @@ def test_script_writes_resumes_and_keeps_an_existing_file(ablation, tmp_path, ca
     stamp = out.read_text()
     assert ablation.main(args + ["--resume"]) == 0
     assert json.loads(out.read_text())["variants"] == json.loads(stamp)["variants"]
+
+
+def test_with_attention_core_shares_the_weights_and_leaves_the_model_alone(ablation):
+    model = tiny_model(dtype=np.float32)
+    core = ablation.FloatTopNCausalCore(top_n=2)
+    other = model.with_attention_core(core)
+    assert other.attention_core is core and type(model.attention_core) is CausalFloatAttentionCore
+    assert other.params is not model.params
+    assert all(other.params[n] is model.params[n] for n in model.params)
+    ids = np.arange(1, 12) % model.config.vocab_size
+    assert not np.allclose(other.forward(ids[None]).logits, model.forward(ids[None]).logits)

@@ -148,6 +148,17 @@ class LlamaModel:
             params[name] = value.astype(dtype)
         return cls(config, params)
 
+    def with_attention_core(self, core) -> "LlamaModel":
+        """A copy whose attention runs on ``core``: the parameter arrays, tokenizer and
+        metadata are shared, not copied (the parameter dict is new), and no training
+        cache is carried over."""
+        other = LlamaModel.__new__(LlamaModel)
+        other.__dict__.update(self.__dict__)
+        other.params = dict(self.params)
+        other._cache = None
+        other.attention_core = core
+        return other
+
     def astype(self, dtype) -> "LlamaModel":
         """A copy with every parameter cast to dtype (tokenizer shared, core copied)."""
         other = LlamaModel(LlamaConfig.from_dict(self.config.to_dict()),

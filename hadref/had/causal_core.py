@@ -482,13 +482,8 @@ def binarized_teacher(model, sigma_q, sigma_k, top_n=None, top_n_ratio=DEFAULT_T
     ``HADCausalCore.for_inference(sigma_q, sigma_k, top_n, top_n_ratio)``: the teacher
     binarized without distillation. Its ``had`` metadata (stage ``"binarized"``) lets
     ``hadref.engine.io.save`` write it as a student file."""
-    from hadref.engine.llama import LlamaModel
-
-    other = LlamaModel.__new__(LlamaModel)
-    other.__dict__.update(model.__dict__)
-    other.params = dict(model.params)
-    other._cache = None
-    other.attention_core = HADCausalCore.for_inference(sigma_q, sigma_k, top_n, top_n_ratio)
+    other = model.with_attention_core(
+        HADCausalCore.for_inference(sigma_q, sigma_k, top_n, top_n_ratio))
     if other.attention_core.n_layers != model.config.num_hidden_layers:
         raise HadrefError(f"sigma_q: expected {model.config.num_hidden_layers} values (one per "
                           f"layer), got {other.attention_core.n_layers}")
