@@ -2,11 +2,10 @@
 reference (fixed N and N per row, grouped heads, cached decoding), and the script on a tiny
 decoder (JSON, --resume, an existing file)."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
+import bench_script
 import numpy as np
 import pytest
 from test_llama_layers import tiny_model
@@ -17,15 +16,10 @@ from hadref.engine import passkey as pk
 from hadref.engine.layers.causal_attention import CausalFloatAttentionCore
 from hadref.had.kernels.causal import ratio_top_n
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "lm_attention_ablation.py"
-
 
 @pytest.fixture(scope="module")
 def ablation():
-    spec = importlib.util.spec_from_file_location("lm_attention_ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_script.load("lm_attention_ablation")
 
 
 def _reference(q, k, v, n_of_row):

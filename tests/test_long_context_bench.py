@@ -2,12 +2,11 @@
 markdown, --resume keeps finished parts, cache bytes are counted. (No speed is checked.)"""
 
 import ctypes
-import importlib.util
 import json
 import sys
 import types
-from pathlib import Path
 
+import bench_script
 import numpy as np
 import pytest
 from test_llama_layers import tiny_model
@@ -16,15 +15,10 @@ from test_passkey import TOKENS, char_tokenizer
 import hadref
 from hadref.engine import passkey as pk
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "long_context.py"
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("long_context_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_script.load("long_context")
 
 
 @pytest.fixture(scope="module")
