@@ -14,6 +14,8 @@ learn around:
 ``sign-all``    HAD's hard binarization (sign q, sign k, sigma from the teacher as
                 ``hadref.had.decoder_binarize``), every key kept (ratio 1);
 ``sign-topn``   the binarized teacher of docs/results.md: signs and top-N (ratio).
+``sign-topn-layerL`` (``--per-layer``) signs and top-N in layer L only, float attention in the
+                others: which layers binarization hurts most (perplexity only).
 
 For each: perplexity over the first ``--tokens`` tokens of ``--text`` in disjoint windows of
 ``--seq`` tokens (``hadref.engine.perplexity``), and optionally passkey retrieval
@@ -96,6 +98,21 @@ class FloatTopNCausalCore(CausalFloatAttentionCore):
         return ctx.reshape(nb, hq, nt, d)
 
 
+class OneLayerCore:
+    """``inner`` (a HAD core) in the layers of ``layers``, float attention elsewhere;
+    inference without a cache (perplexity only)."""
+
+    def __init__(self, inner, layers):
+        self.inner, self.layers = inner, set(layers)
+        self.float = CausalFloatAttentionCore()
+
+    def forward(self, q, k, v, key_mask, layer, train=False):
+        if train:
+            raise ValueError("OneLayerCore is for evaluation only")
+        core = self.inner if layer in self.layers else self.float
+        return core.forward(q, k, v, key_mask, layer, False)
+
+
 def variants(teacher, args, log, only=()):
     """[(name, model, info)] in the module docstring's order (``only``: those names; sigma is
     measured only when a sign variant is asked for)."""
@@ -110,7 +127,7 @@ def variants(teacher, args, log, only=()):
         out.append((f"float-topn{n}", teacher.with_attention_core(FloatTopNCausalCore(top_n=n)),
                     {"scores": "float", "keys": f"top {n}"}))
     signs = [("sign-all", 1.0, "all"), ("sign-topn", ratio, f"top N = {ratio:g} x seen per row")]
-    if not only or any(name in only for name, _, _ in signs):
+    if not only or args.per_layer or any(name in only for name, _, _ in signs):
         began = time.perf_counter()
         sq, sk = decoder_sigma(teacher, sigma_windows(teacher.tokenizer, args.sigma_windows,
                                                       args.sigma_len))
@@ -118,7 +135,15 @@ def variants(teacher, args, log, only=()):
             f"in {time.perf_counter() - began:.0f} s")
         out += [(name, binarized_teacher(teacher, sq, sk, top_n_ratio=r),
                  {"scores": "signs (hard)", "keys": keys}) for name, r, keys in signs]
-    return [v for v in out if not only or v[0] in only]
+    if args.per_layer:
+        from hadref.had.causal_core import HADCausalCore
+
+        core = HADCausalCore.for_inference(sq, sk, top_n_ratio=args.top_n_ratio)
+        out += [(f"sign-topn-layer{i}", teacher.with_attention_core(OneLayerCore(core, [i])),
+                 {"scores": f"signs (hard) in layer {i} only", "keys": f"top N = {ratio:g} "
+                  "x seen per row in that layer", "layer": i})
+                for i in range(teacher.config.num_hidden_layers)]
+    return [v for v in out if not only or v[0] in only or "layer" in v[2]]
 
 
 def passkey_cells(model, tokenizer, lengths, trials, seed=0):
@@ -168,6 +193,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sigma-len", type=int, default=1024)
     ap.add_argument("--passkey-lengths", default="", help="e.g. 1024,2048 (empty: no passkey)")
     ap.add_argument("--trials", type=int, default=2, help="passkey trials per depth")
+    ap.add_argument("--per-layer", action="store_true",
+                    help="also sign-topn in one layer at a time, float elsewhere (perplexity only)")
     ap.add_argument("--only", default="", help="variants to run, comma-separated (default all)")
     ap.add_argument("--json", required=True)
     ap.add_argument("--resume", action="store_true")
@@ -207,7 +234,7 @@ def main(argv=None) -> int:
                                             for x in ppl["lengths"]]}
         log(f"{name}: ppl " + ", ".join(f"{x['ppl']:.2f} at {x['seq']}" for x in row["perplexity"])
             + f" ({time.perf_counter() - began:.0f} s)")
-        if lengths:
+        if lengths and "layer" not in info:
             row["passkey"] = passkey_cells(model, teacher.tokenizer, lengths, args.trials)
             log(f"{name}: passkey " + ", ".join(f"{c['correct']}/{c['trials']} at {n}"
                                                 for n, c in row["passkey"].items()))

@@ -96,6 +96,14 @@ def test_script_writes_resumes_and_keeps_an_existing_file(ablation, tmp_path, ca
     assert "| float-topn4 | float | top 4 |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         ablation.main(args)  # the file exists and --resume is not given
+    layers = tmp_path / "layers.json"
+    assert ablation.main(args[:-1] + [str(layers), "--only", "float", "--per-layer",
+                                      "--passkey-lengths", ""]) == 0
+    by_layer = json.loads(layers.read_text())["variants"]
+    assert list(by_layer) == ["float"] + [f"sign-topn-layer{i}" for i in range(
+        model.config.num_hidden_layers)]
+    assert all("passkey" not in r for r in by_layer.values())
+    assert len({r["perplexity"][0]["ppl"] for r in by_layer.values()}) == len(by_layer)
     stamp = out.read_text()
     assert ablation.main(args + ["--resume"]) == 0
     assert json.loads(out.read_text())["variants"] == json.loads(stamp)["variants"]
