@@ -14,6 +14,8 @@ learn around:
 ``sign-all``    HAD's hard binarization (sign q, sign k, sigma from the teacher as
                 ``hadref.had.decoder_binarize``), every key kept (ratio 1);
 ``sign-topn``   the binarized teacher of docs/results.md: signs and top-N (ratio).
+``sign-all-xC`` (``--sigma-scale C``) sign-all with sigma_Q sigma_K times C: how much of the
+                loss is the scores' temperature rather than their signs.
 ``sign-topn-layerL`` (``--per-layer``) signs and top-N in layer L only, float attention in the
                 others: which layers binarization hurts most (perplexity only).
 
@@ -127,7 +129,8 @@ def variants(teacher, args, log, only=()):
         out.append((f"float-topn{n}", teacher.with_attention_core(FloatTopNCausalCore(top_n=n)),
                     {"scores": "float", "keys": f"top {n}"}))
     signs = [("sign-all", 1.0, "all"), ("sign-topn", ratio, f"top N = {ratio:g} x seen per row")]
-    if not only or args.per_layer or any(name in only for name, _, _ in signs):
+    if (not only or args.per_layer or args.sigma_scale
+            or any(name in only for name, _, _ in signs)):
         began = time.perf_counter()
         sq, sk = decoder_sigma(teacher, sigma_windows(teacher.tokenizer, args.sigma_windows,
                                                       args.sigma_len))
@@ -135,6 +138,11 @@ def variants(teacher, args, log, only=()):
             f"in {time.perf_counter() - began:.0f} s")
         out += [(name, binarized_teacher(teacher, sq, sk, top_n_ratio=r),
                  {"scores": "signs (hard)", "keys": keys}) for name, r, keys in signs]
+    for c in args.sigma_scale or []:
+        # scores x c: sigma_q sigma_K scaled by c (each by sqrt(c)); the signs are the same
+        out.append((f"sign-all-x{c:g}", binarized_teacher(
+            teacher, sq * math.sqrt(c), sk * math.sqrt(c), top_n_ratio=1.0),
+            {"scores": f"signs (hard), sigma_q sigma_k x {c:g}", "keys": "all", "scale": c}))
     if args.per_layer:
         from hadref.had.causal_core import HADCausalCore
 
@@ -143,7 +151,7 @@ def variants(teacher, args, log, only=()):
                  {"scores": f"signs (hard) in layer {i} only", "keys": f"top N = {ratio:g} "
                   "x seen per row in that layer", "layer": i})
                 for i in range(teacher.config.num_hidden_layers)]
-    return [v for v in out if not only or v[0] in only or "layer" in v[2]]
+    return [v for v in out if not only or v[0] in only or "layer" in v[2] or "scale" in v[2]]
 
 
 def passkey_cells(model, tokenizer, lengths, trials, seed=0):
@@ -195,6 +203,8 @@ def main(argv=None) -> int:
     ap.add_argument("--trials", type=int, default=2, help="passkey trials per depth")
     ap.add_argument("--per-layer", action="store_true",
                     help="also sign-topn in one layer at a time, float elsewhere (perplexity only)")
+    ap.add_argument("--sigma-scale", type=float, action="append",
+                    help="also sign-all with the scores scaled by this factor (repeatable)")
     ap.add_argument("--only", default="", help="variants to run, comma-separated (default all)")
     ap.add_argument("--json", required=True)
     ap.add_argument("--resume", action="store_true")

@@ -97,10 +97,10 @@ def test_script_writes_resumes_and_keeps_an_existing_file(ablation, tmp_path, ca
     with pytest.raises(SystemExit):
         ablation.main(args)  # the file exists and --resume is not given
     layers = tmp_path / "layers.json"
-    assert ablation.main(args[:-1] + [str(layers), "--only", "float", "--per-layer",
-                                      "--passkey-lengths", ""]) == 0
+    assert ablation.main(args[:-1] + [str(layers), "--only", "sign-all", "--per-layer",
+                                      "--sigma-scale", "2", "--passkey-lengths", ""]) == 0
     by_layer = json.loads(layers.read_text())["variants"]
-    assert list(by_layer) == ["float"] + [f"sign-topn-layer{i}" for i in range(
+    assert list(by_layer) == ["sign-all", "sign-all-x2"] + [f"sign-topn-layer{i}" for i in range(
         model.config.num_hidden_layers)]
     assert all("passkey" not in r for r in by_layer.values())
     assert len({r["perplexity"][0]["ppl"] for r in by_layer.values()}) == len(by_layer)
