@@ -172,9 +172,10 @@ def passkey_cells(model, tokenizer, lengths, trials, seed=0):
 
 
 def save_json(path, data):
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    from hadref.files import atomic_file
+
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 
 def markdown(data) -> str:
@@ -214,6 +215,8 @@ def main(argv=None) -> int:
 
     import hadref
     from hadref.engine.perplexity import perplexity
+    from hadref.errors import HadrefError
+    from hadref.files import check_distinct, read_json_file
 
     def log(msg):
         print(msg, flush=True)
@@ -222,10 +225,17 @@ def main(argv=None) -> int:
                 "top_n_ratio": args.top_n_ratio, "passkey_lengths": lengths,
                 "trials": args.trials, "sigma": [args.sigma_windows, args.sigma_len]}
     data = {"settings": settings, "variants": {}}
-    if Path(args.json).exists():
-        if not args.resume:
-            ap.error(f"--json {args.json}: file exists; pass --resume to continue it")
-        old = json.loads(Path(args.json).read_text())
+    try:
+        check_distinct({"--model": args.model, **{f"--text {t}": t for t in args.text}},
+                       {"--json": args.json})
+        old = None
+        if Path(args.json).exists():
+            if not args.resume:
+                raise HadrefError(f"--json {args.json}: file exists; pass --resume to continue it")
+            old = read_json_file(args.json, "this script's --json output", "--json ")
+    except HadrefError as err:
+        ap.error(str(err))
+    if old is not None:
         if old.get("settings") != json.loads(json.dumps(settings)):
             ap.error(f"--resume: {args.json} was run with other settings")
         data = old

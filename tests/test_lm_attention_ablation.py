@@ -96,6 +96,9 @@ def test_script_writes_resumes_and_keeps_an_existing_file(ablation, tmp_path, ca
     assert "| float-topn4 | float | top 4 |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         ablation.main(args)  # the file exists and --resume is not given
+    with pytest.raises(SystemExit):  # never written over an input
+        ablation.main(args[:-1] + [str(text), "--resume"])
+    assert text.read_text(encoding="utf-8").startswith(pk.INTRO)
     layers = tmp_path / "layers.json"
     assert ablation.main(args[:-1] + [str(layers), "--only", "sign-all", "--per-layer",
                                       "--sigma-scale", "2", "--passkey-lengths", ""]) == 0
